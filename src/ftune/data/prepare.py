@@ -1,0 +1,174 @@
+"""From sources to clean train/validation/test splits with integer labels and saved names."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ftune.config import DataConfig
+from ftune.data.sources import Table, read_source
+from ftune.errors import DataError
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+@dataclass
+class Splits:
+    """Three DataFrames with columns text, [text_pair], label (an int index into `labels`)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    labels: list[str]
+
+    def fingerprint(self) -> str:
+        """sha256 of every split's texts and labels: what the manifest records as the data hash."""
+        h = hashlib.sha256()
+        for name in ("train", "validation", "test"):
+            h.update(name.encode())
+            h.update(pd.util.hash_pandas_object(getattr(self, name), index=False).values.tobytes())
+        return h.hexdigest()
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Read, check and split the configured data; deterministic for a given seed."""
+    given = _given_splits(cfg)
+    train = given["train"]
+    labels = label_names(train["label"])
+    for name, frame in given.items():
+        given[name] = encode_labels(frame, labels, where=name)
+    train = given["train"]
+    if "test" not in given:
+        train, given["test"] = _split(train, cfg.test_size, seed, "test")
+    if "validation" not in given:
+        train, given["validation"] = _split(train, cfg.validation_size, seed, "validation")
+    train = _subsample(train, cfg.max_train_samples, seed)
+    validation = _subsample(given["validation"], cfg.max_eval_samples, seed)
+    test = _subsample(given["test"], cfg.max_eval_samples, seed)
+    return Splits(train, validation, test, labels)
+
+
+def load_eval_frame(source: str, cfg: DataConfig, labels: list[str]) -> pd.DataFrame:
+    """A single labeled table for `ftune eval`, with labels mapped to the run's label names."""
+    table = read_source(source)
+    if isinstance(table, dict):
+        table = table.get("test", next(iter(table.values())))
+    return encode_labels(select_columns(table, cfg, source), labels, where=source)
+
+
+def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True) -> pd.DataFrame:
+    """Rename the user's columns to text / text_pair / label and check every text is present."""
+    out = pd.DataFrame({"text": _column(frame, cfg.text_column or "text", "text_column", where)})
+    if cfg.text_pair_column:
+        out["text_pair"] = _column(frame, cfg.text_pair_column, "text_pair_column", where)
+    if need_label:
+        out["label"] = _column(frame, cfg.label_column or "label", "label_column", where)
+    for col in out.columns:
+        missing = out[col].isna() | (out[col].astype(str).str.strip() == "")
+        if missing.any():
+            row = int(missing.to_numpy().nonzero()[0][0])
+            what = "label" if col == "label" else "text"
+            raise DataError(f"{where} row {row + 1}: empty {what} in column '{_user_name(cfg, col)}'; "
+                            f"fill it or remove the row ({int(missing.sum())} such rows)")
+    for col in ("text", "text_pair"):
+        if col in out:
+            out[col] = out[col].astype(str)
+    return out.reset_index(drop=True)
+
+
+def label_names(values: pd.Series) -> list[str]:
+    """Sorted label names; integer labels sort numerically so 2 comes before 10."""
+    names = {_label_str(v) for v in values}
+    numeric = all(n.lstrip("-").isdigit() for n in names)
+    return sorted(names, key=int) if numeric else sorted(names)
+
+
+def encode_labels(frame: pd.DataFrame, labels: list[str], where: str) -> pd.DataFrame:
+    index = {name: i for i, name in enumerate(labels)}
+    as_str = frame["label"].map(_label_str)
+    unknown = ~as_str.isin(index)
+    if unknown.any():
+        row = int(unknown.to_numpy().nonzero()[0][0])
+        raise DataError(f"{where} row {row + 1}: label '{as_str.iloc[row]}' does not occur in the training data "
+                        f"(labels: {', '.join(labels[:10])}); fix the label or add training examples for it")
+    return frame.assign(label=as_str.map(index).astype("int64"))
+
+
+def _given_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    table = read_source(cfg.train)
+    splits = _named_splits(table, cfg)
+    for name, source in (("validation", cfg.validation), ("test", cfg.test)):
+        if source:
+            extra = read_source(source)
+            if isinstance(extra, dict):
+                extra = extra.get(name, next(iter(extra.values())))
+            splits[name] = extra
+    out = {name: select_columns(frame, cfg, _where(cfg, name)) for name, frame in splits.items()}
+    if len(out["train"]) < 2:
+        raise DataError(f"{cfg.train}: the training split has {len(out['train'])} rows; fine-tuning needs more")
+    return out
+
+
+def _named_splits(table: Table, cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    if isinstance(table, dict):
+        splits = {SPLIT_ALIASES.get(k.lower(), k): v for k, v in table.items()}
+    elif cfg.split_column:
+        col = _column(table, cfg.split_column, "split_column", cfg.train)
+        names = col.astype(str).str.lower().map(SPLIT_ALIASES)
+        if names.isna().any():
+            bad = col[names.isna()].iloc[0]
+            raise DataError(f"{cfg.train}: split column '{cfg.split_column}' has value '{bad}'; use train, validation or test")
+        splits = {name: table[names == name] for name in names.unique()}
+    else:
+        return {"train": table}
+    if "train" not in splits:
+        raise DataError(f"{cfg.train}: no 'train' split among {', '.join(splits)}; name one split train")
+    return {k: v for k, v in splits.items() if k in ("train", "validation", "test")}
+
+
+def _split(frame: pd.DataFrame, size: float, seed: int, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    counts = frame["label"].value_counts()
+    n_out = round(len(frame) * size)
+    if n_out < 1 or n_out >= len(frame):
+        raise DataError(f"cannot hold out {size:.0%} of {len(frame)} rows for {name}; add data or give a {name} file")
+    stratify = frame["label"] if counts.min() >= 2 and n_out >= len(counts) else None
+    kept, held = train_test_split(frame, test_size=n_out, random_state=seed, stratify=stratify)
+    return kept.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    if limit is None or len(frame) <= limit:
+        return frame
+    return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
+
+
+def _column(frame: pd.DataFrame, name: str, key: str, where: str) -> pd.Series:
+    if name in frame.columns:
+        return frame[name]
+    columns = [str(c) for c in frame.columns]
+    close = difflib.get_close_matches(name, columns, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise DataError(f"{where}: no column '{name}' (columns: {', '.join(columns[:12])}); {hint}"
+                    f"set data.{key} (--{key.replace('_', '-')})")
+
+
+def _label_str(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _user_name(cfg: DataConfig, col: str) -> str:
+    return {"text": cfg.text_column or "text", "text_pair": cfg.text_pair_column or "",
+            "label": cfg.label_column or "label"}[col]
+
+
+def _where(cfg: DataConfig, split: str) -> str:
+    source = {"validation": cfg.validation, "test": cfg.test}.get(split) or cfg.train
+    return source if Path(source).exists() or split == "train" else f"{source} ({split})"

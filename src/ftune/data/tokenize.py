@@ -1,0 +1,94 @@
+"""Tokenize once, cache by content, pad per batch.
+
+Encodings are ragged (no padding); `collate` pads each batch only to its own longest text, so
+a batch of tweets never pays for a 512-token window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ftune.data.builtin import cache_dir
+
+
+@dataclass
+class Encoded:
+    """Token ids per example (ragged), optional segment ids, and labels."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+    """Token ids for a split, from the cache when this data, tokenizer and length were seen before."""
+    texts = frame["text"].tolist()
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    labels = frame["label"].to_numpy(dtype=np.int64) if "label" in frame else None
+    path = cache_dir() / "tokens" / f"{_cache_key(texts, pairs, tokenizer, max_length)}.npz"
+    if use_cache and path.is_file():
+        with np.load(path) as z:
+            ids = np.split(z["ids"], z["offsets"][1:-1])
+            types = np.split(z["types"], z["offsets"][1:-1]) if "types" in z else None
+        return Encoded(ids, types, labels)
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+    types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    if use_cache:
+        _save(path, ids, types)
+    return Encoded(ids, types, labels)
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """One padded batch: input_ids, attention_mask, [token_type_ids], [labels]."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids is not None else None
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.from_numpy(data.input_ids[i].astype(np.int64))
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.from_numpy(data.token_type_ids[i].astype(np.int64))
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if data.labels is not None:
+        batch["labels"] = torch.from_numpy(data.labels[indices])
+    return batch
+
+
+def _cache_key(texts: list[str], pairs: list[str] | None, tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else tokenizer.name_or_path).encode())
+    h.update(json.dumps([max_length, tokenizer.model_max_length, pairs is not None]).encode())
+    for text in texts + (pairs or []):
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _save(path, ids: list[np.ndarray], types: list[np.ndarray] | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
+    arrays = {"ids": np.concatenate(ids), "offsets": offsets}
+    if types is not None:
+        arrays["types"] = np.concatenate(types)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)

@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints their message as one line and exits 2."""
+
+
+class FtuneError(Exception):
+    """Base class: a problem with the user's input, named with its place and its fix."""
+
+
+class ConfigError(FtuneError):
+    """A config file or override that cannot be used."""
+
+
+class DataError(FtuneError):
+    """A data file, column or label that cannot be used."""
+
+
+class ModelError(FtuneError):
+    """A model that cannot be found or loaded."""
+
+
+class RunError(FtuneError):
+    """A run directory that is missing, incomplete or already in use."""

@@ -1,0 +1,65 @@
+"""Fine-tuning methods: each takes a freshly loaded model and decides what trains.
+
+A dict of small functions, not a class tree; adding a method means adding one function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ftune.config import FreezeMethod, FullMethod, LoraMethod
+from ftune.errors import ConfigError
+
+
+def full(model: nn.Module, cfg: FullMethod) -> nn.Module:
+    """Every weight trains."""
+    return model
+
+
+def freeze(model: nn.Module, cfg: FreezeMethod) -> nn.Module:
+    """Freeze the embeddings and the first `layers` encoder layers; with layers=None, train the head only."""
+    base = model.base_model
+    if cfg.layers is None:
+        base.requires_grad_(False)
+        return model
+    layers = encoder_layers(model)
+    if cfg.layers > len(layers):
+        raise ConfigError(f"method.layers={cfg.layers} but the model has {len(layers)} layers; use 0..{len(layers)}")
+    model.get_input_embeddings().requires_grad_(False)
+    getattr(base, "embeddings", nn.Module()).requires_grad_(False)  # position/type embeddings and their norm
+    for layer in layers[: cfg.layers]:
+        layer.requires_grad_(False)
+    return model
+
+
+def lora(model: nn.Module, cfg: LoraMethod) -> nn.Module:
+    """LoRA adapters through peft; SEQ_CLS keeps the new classification head trainable and saved."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                        target_modules=cfg.target_modules)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise ConfigError(f"method.target_modules: {str(e).splitlines()[0]}; name modules the model has") from None
+
+
+METHODS: dict[str, Callable[[nn.Module, object], nn.Module]] = {"full": full, "freeze": freeze, "lora": lora}
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer layers: the ModuleList as long as config.num_hidden_layers."""
+    n = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError(f"cannot find the {n} encoder layers of {type(model).__name__}; use method.layers=null (head only)")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,151 @@
+"""The run directory: the only contract between training and everything after it.
+
+    run.json        manifest: status, times, versions, seed, data hash, model source, git commit
+    config.yaml     the resolved config
+    labels.json     label names, index = class id
+    metrics.jsonl   one line per logging step and per evaluation
+    metrics.json    final metrics: fine-tuned, base model and baseline on the test split
+    report.md       the before/after table and per-class scores
+    model/          transformers model + tokenizer (full, freeze; LoRA with merge)
+    adapter/        peft adapter + tokenizer (LoRA)
+    checkpoints/    step-N/ folders for --resume; best/ holds the best weights so far
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftune.config import Config, to_yaml, validate
+from ftune.errors import RunError
+
+RUN_FILE = "run.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def default_output_dir(config: Config) -> Path:
+    data = Path(config.data.train).stem or config.data.train
+    return Path("runs") / f"{data}-{config.method.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def open_run_dir(config: Config, resume: bool) -> Path:
+    """Create a fresh run directory, or reopen an interrupted one for --resume."""
+    if resume and not config.output_dir:
+        raise RunError("--resume needs the run to continue: pass --output-dir DIR (or set output_dir)")
+    path = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    if resume:
+        return _reopen(path, config)
+    if path.exists() and any(path.iterdir()):
+        raise RunError(f"{path} already holds files; pass --resume to continue that run or choose another --output-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text(to_yaml(config.model_copy(update={"output_dir": str(path)})), encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot write to {path} ({e.strerror}); choose a writable --output-dir") from None
+    write_json(path / RUN_FILE, {"status": "running", **_environment(), "seed": config.train.seed,
+                                 "method": config.method.name, "data": config.data.train})
+    return path
+
+
+def _reopen(path: Path, config: Config) -> Path:
+    if not (path / RUN_FILE).is_file():
+        raise RunError(f"{path} holds no ftune run to resume; drop --resume to start one there")
+    status = read_json(path / RUN_FILE).get("status")
+    if status == "complete":
+        raise RunError(f"{path} is a complete run; nothing to resume (use another --output-dir for a new run)")
+    saved = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")), str(path / "config.yaml"))
+    new = config.model_copy(update={"output_dir": saved.output_dir})
+    diff = _first_difference(saved.model_dump(), new.model_dump())
+    if diff:
+        raise RunError(f"{path}: {diff} differs from the interrupted run's config; resume with the same settings")
+    update_manifest(path, status="running", resumed_at=_now())
+    return path
+
+
+def update_manifest(path: Path, **fields: Any) -> dict:
+    manifest = read_json(path / RUN_FILE)
+    manifest.update(fields)
+    write_json(path / RUN_FILE, manifest)
+    return manifest
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    for key in a:
+        if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        elif a[key] != b.get(key):
+            return f"{prefix}{key} ({b.get(key)!r}, was {a[key]!r})"
+    return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("ftune", "torch", "transformers", "peft", "accelerate", "datasets", "scikit-learn", "tokenizers"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return {"started_at": _now(), "versions": versions, "python": platform.python_version(),
+            "platform": platform.platform(), "git_commit": _git_commit(), "started_unix": time.time()}
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+class Run:
+    """A finished run directory: its config, labels, metrics, and a predictor on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / RUN_FILE).is_file():
+            raise RunError(f"{self.path} is not an ftune run directory (no {RUN_FILE}); pass the folder `ftune train` wrote")
+        self.manifest = read_json(self.path / RUN_FILE)
+        if self.manifest.get("status") != "complete":
+            raise RunError(f"run {self.path} did not finish (status: {self.manifest.get('status')}); "
+                           f"continue it with `ftune train --output-dir {self.path} --resume`")
+        self.config = validate(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")), str(self.path))
+        self.labels: list[str] = read_json(self.path / "labels.json")
+        self.metrics: dict = read_json(self.path / "metrics.json")
+        self._predictor = None
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        """Label, score and all class scores for each text."""
+        if self._predictor is None:
+            from ftune.predict import Predictor
+
+            self._predictor = Predictor(self.path)
+        return self._predictor.predict(texts, pairs)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, test_accuracy={self.metrics['test']['finetuned']['accuracy']:.4f})"
