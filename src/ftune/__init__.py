@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     """Fine-tune as configured; returns the finished Run (see ftune.train module)."""
-    from ftune.train import train as _train
+    from ftune.training import train as _train
 
     return _train(config, resume=resume, quiet=quiet)
 

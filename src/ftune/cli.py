@@ -44,7 +44,7 @@ def train(
     """Fine-tune a model and print the before/after table."""
     from ftune.config import load_config, parse_override
     from ftune.report import before_after_rows
-    from ftune.train import train as run_training
+    from ftune.training import train as run_training
 
     flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
              "data.text_column": text_column, "data.text_pair_column": text_pair_column,

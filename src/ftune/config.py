@@ -46,7 +46,7 @@ class FullMethod(Section):
 
 class FreezeMethod(Section):
     name: Literal["freeze"] = "freeze"
-    layers: int | None = Field(None, ge=0, description="freeze embeddings and the first N layers; None: train the head only")
+    layers: int | None = Field(None, ge=0, description="freeze embeddings and the first N layers; None: all (head only)")
 
 
 class LoraMethod(Section):

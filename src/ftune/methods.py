@@ -19,17 +19,15 @@ def full(model: nn.Module, cfg: FullMethod) -> nn.Module:
 
 
 def freeze(model: nn.Module, cfg: FreezeMethod) -> nn.Module:
-    """Freeze the embeddings and the first `layers` encoder layers; with layers=None, train the head only."""
-    base = model.base_model
-    if cfg.layers is None:
-        base.requires_grad_(False)
-        return model
+    """Freeze the embeddings and the first `layers` encoder layers; layers=None freezes them all (head only:
+    whatever sits after the encoder, e.g. BERT's pooler and the classifier, still trains)."""
     layers = encoder_layers(model)
-    if cfg.layers > len(layers):
-        raise ConfigError(f"method.layers={cfg.layers} but the model has {len(layers)} layers; use 0..{len(layers)}")
+    n = len(layers) if cfg.layers is None else cfg.layers
+    if n > len(layers):
+        raise ConfigError(f"method.layers={n} but the model has {len(layers)} layers; use 0..{len(layers)}")
     model.get_input_embeddings().requires_grad_(False)
-    getattr(base, "embeddings", nn.Module()).requires_grad_(False)  # position/type embeddings and their norm
-    for layer in layers[: cfg.layers]:
+    getattr(model.base_model, "embeddings", nn.Module()).requires_grad_(False)  # position/type embeddings, norm
+    for layer in layers[:n]:
         layer.requires_grad_(False)
     return model
 

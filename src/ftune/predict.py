@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftune.data.tokenize import encode
-from ftune.evaluate import softmax
+from ftune.metrics import softmax
 from ftune.inference import predict_logits
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 
@@ -61,7 +61,7 @@ def _read_yaml(path: Path) -> dict:
 def evaluate_run(run, source: str, **columns: str | None) -> dict:
     """Metrics of a finished run on another labeled source, with the run's column names unless given."""
     from ftune.data import load_eval_frame
-    from ftune.evaluate import bootstrap_accuracy, logits_metrics
+    from ftune.metrics import bootstrap_accuracy, logits_metrics
 
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     frame = load_eval_frame(source, data_cfg, run.labels)

@@ -42,7 +42,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     train = given["train"]
     labels = label_names(train["label"])
     for name, frame in given.items():
-        given[name] = encode_labels(frame, labels, where=name)
+        given[name] = encode_labels(frame, labels, where=_where(cfg, name))
     train = given["train"]
     if "test" not in given:
         train, given["test"] = _split(train, cfg.test_size, seed, "test")

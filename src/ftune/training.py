@@ -23,7 +23,7 @@ from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
 from ftune.errors import ConfigError
-from ftune.evaluate import bootstrap_accuracy, classification_metrics, is_better, logits_metrics
+from ftune.metrics import bootstrap_accuracy, classification_metrics, is_better, logits_metrics
 from ftune.inference import predict_logits
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
@@ -140,6 +140,7 @@ def _fit(config: Config, splits, run_dir: Path, resume: bool, progress: TrainPro
                          "loss": float(running_loss) / running_batches, "lr": scheduler.get_last_lr()[0],
                          "samples_per_s": (state.samples_seen + samples) / max(elapsed, 1e-9)}
                 log.write(json.dumps(entry) + "\n")
+                log.flush()
                 progress.step(state.global_step, entry)
                 running_loss.zero_()
                 running_batches = 0
