@@ -34,10 +34,13 @@ from ftune.run import Run, open_run_dir, update_manifest, write_json
 
 def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     """Fine-tune as configured and return the finished run; `resume` continues an interrupted one."""
-    splits = load_splits(config.data, config.train.seed)  # bad data stops us before any file is written
+    splits = load_splits(config.data, config.train.seed)  # bad data or a bad model stops us before any file is written
+    source = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(source, config.model.trust_remote_code)
+    _mixed_precision(config.train.precision)  # a precision this machine lacks is a config error, found now
     run_dir = open_run_dir(config, resume)
     try:
-        _fit(config, splits, run_dir, resume, TrainProgress(quiet))
+        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet))
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
@@ -45,11 +48,9 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     return Run(run_dir)
 
 
-def _fit(config: Config, splits, run_dir: Path, resume: bool, progress: TrainProgress) -> None:
+def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress) -> None:
     cfg = config.train
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
-    source = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
     model = load_classifier(source, splits.labels, config.model.trust_remote_code)
     if cfg.gradient_checkpointing:
@@ -165,11 +166,11 @@ def _fit(config: Config, splits, run_dir: Path, resume: bool, progress: TrainPro
             model.train()
     progress.stop()
     log.close()
-    _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), tokenizer, state, pad_id, device)
+    _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), tokenizer, state, pad_id, device, source)
 
 
 def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, model, tokenizer,
-            state: TrainState, pad_id: int, device) -> None:
+            state: TrainState, pad_id: int, device, source: str) -> None:
     """Best weights -> test metrics next to the baselines -> model files, metrics, report -> complete."""
     cfg = config.train
     best = run_dir / "checkpoints" / "best"
@@ -199,7 +200,7 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.md", config, metrics, splits.labels)
     update_manifest(run_dir, status="complete", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    data_hash=splits.fingerprint(), model_source=resolve_model(config.model.name))
+                    data_hash=splits.fingerprint(), model_source=source)
 
 
 def _save_model(model, tokenizer, run_dir: Path, config: Config) -> None:

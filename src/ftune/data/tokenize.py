@@ -74,13 +74,23 @@ def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.T
 
 def _cache_key(texts: list[str], pairs: list[str] | None, tokenizer, max_length: int) -> str:
     h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else tokenizer.name_or_path).encode())
+    h.update(_tokenizer_identity(tokenizer).encode())
     h.update(json.dumps([max_length, tokenizer.model_max_length, pairs is not None]).encode())
     for text in texts + (pairs or []):
         h.update(text.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    """The tokenizer's full definition, minus the truncation/padding state that each call rewrites."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}"
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return json.dumps(spec, sort_keys=True)
 
 
 def _save(path, ids: list[np.ndarray], types: list[np.ndarray] | None) -> None:

