@@ -153,3 +153,18 @@ def test_resume_refuses_a_changed_config(tiny_config):
     (Path(cfg.output_dir) / "run.json").write_text(json.dumps({**manifest, "status": "failed"}))
     with pytest.raises(RunError, match=r"train.learning_rate .* differs"):
         ftune.train(tiny_config(**{"train.epochs": 1, "train.learning_rate": 0.1}), resume=True, quiet=True)
+
+
+def test_lora_without_merge_predicts_through_base_model_and_adapter(tiny_config):
+    from peft import PeftModel
+
+    run = ftune.train(tiny_config(**{"method.name": "lora", "method.r": 4}), quiet=True)
+    assert not (run.path / "model").exists() and (run.path / "adapter" / "adapter_model.safetensors").is_file()
+    texts = ["great film", "a boring plot"]
+    base = AutoModelForSequenceClassification.from_pretrained(run.config.model.name, num_labels=2)
+    adapted = PeftModel.from_pretrained(base, run.path / "adapter").eval()
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(run.path / "adapter")
+    with torch.no_grad():
+        expected = adapted(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+    got = run.predict(texts)
+    assert [g["score"] for g in got] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
