@@ -25,6 +25,7 @@ class TrainState:
     batch_in_epoch: int = 0    # micro-batches of this epoch already trained
     global_step: int = 0       # optimizer steps taken
     samples_seen: int = 0
+    tokens_seen: int = 0       # real (unpadded) tokens trained on
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0

@@ -110,8 +110,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     model.train()
     running_loss, running_batches = torch.zeros((), device=device), 0
     progress.start(total_steps, state.global_step)
+    lengths = data["train"].lengths
     while state.epoch < cfg.epochs and not state.stopped_early:
-        batches = train_batches(data["train"].lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
         tick, samples = time.perf_counter(), 0
         for b in range(state.batch_in_epoch, len(batches)):
             batch = {k: v.to(device) for k, v in collate(data["train"], batches[b], pad_id).items()}
@@ -126,6 +127,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             running_loss += loss.detach()
             running_batches += 1
             samples += len(labels)
+            state.tokens_seen += int(lengths[batches[b]].sum())  # from the cached lengths: no device sync
             state.batch_in_epoch = b + 1
             if not last_in_group:
                 continue
@@ -191,7 +193,9 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
                        "history": state.evaluations},
         "train": {"steps": state.global_step, "epochs": state.epoch, "stopped_early": state.stopped_early,
-                  "seconds": state.train_seconds, "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
+                  "seconds": state.train_seconds, "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen,
+                  "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
+                  "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
                   "trainable_parameters": trainable, "total_parameters": total},
         "data": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
     }

@@ -1,0 +1,159 @@
+"""Training speed, side by side in one run: the Hugging Face Trainer recipes vs `ftune train`.
+
+Same machine, data (a fixed subset of built-in `mr`), model (MiniLM), learning rate, schedule,
+epochs and seed. Each configuration runs in its own subprocess so its peak RSS is its own.
+
+    .venv/bin/python bench/train_speed.py                 # about 10 minutes on 2 cores
+    .venv/bin/python bench/train_speed.py --train-samples 480 --tutorial-steps 4   # a quick look
+
+Prints a table (samples/s, tokens/s, wall time, peak RSS, test accuracy, ratios to the
+well-configured Trainer) and writes it to bench/results/train_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+RECIPES = ["trainer_tutorial", "trainer_dynamic", "ftune_full", "ftune_freeze", "ftune_lora"]
+TITLES = {"trainer_tutorial": "HF Trainer, padding=max_length, batch 8 (tutorial)",
+          "trainer_dynamic": "HF Trainer, dynamic padding, batch 32",
+          "ftune_full": "ftune full", "ftune_freeze": "ftune freeze (first 4 of 6 layers)",
+          "ftune_lora": "ftune lora (r 16)"}
+LR = {"ftune_lora": 1e-3, "ftune_freeze": 1e-4}  # each method at its own usual learning rate
+
+
+def splits(args):
+    from ftune.config import DataConfig
+    from ftune.data import load_splits
+
+    s = load_splits(DataConfig(train="mr", max_train_samples=args.train_samples), seed=0)
+    return s
+
+
+def run_trainer(args, tutorial: bool) -> dict:
+    import numpy as np
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    from ftune.models import resolve_model
+
+    s = splits(args)
+    path = resolve_model("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    padding = {"padding": "max_length", "max_length": 512} if tutorial else {"max_length": args.max_length}
+
+    def tokenize(frame):
+        ds = Dataset.from_pandas(frame.rename(columns={"label": "labels"})[["text", "labels"]])
+        return ds.map(lambda b: tokenizer(b["text"], truncation=True, **padding), batched=True, remove_columns=["text"])
+
+    train, test = tokenize(s.train), tokenize(s.test)
+    set_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(s.labels))
+    batch = 8 if tutorial else 32
+    targs = TrainingArguments(output_dir=str(RESULTS / "trainer_tmp"), per_device_train_batch_size=batch,
+                              per_device_eval_batch_size=128, learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.1,
+                              num_train_epochs=args.epochs, max_steps=args.tutorial_steps if tutorial else -1,
+                              save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=0,
+                              disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=model, args=targs, train_dataset=train,
+                      data_collator=None if tutorial else DataCollatorWithPadding(tokenizer))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
+    samples = min(steps * batch, len(train) * args.epochs)
+    lengths = np.array([len(x) for x in tokenizer(s.train["text"].tolist(), truncation=True,
+                                                  max_length=args.max_length)["input_ids"]])
+    tokens = lengths.mean() * samples  # real (non-pad) tokens trained on
+    accuracy = None
+    if not tutorial:
+        preds = trainer.predict(test).predictions.argmax(-1)
+        accuracy = float((preds == np.array(test["labels"])).mean())
+    return {"samples": samples, "seconds": seconds, "tokens": float(tokens), "accuracy": accuracy}
+
+
+def run_ftune(args, method: str) -> dict:
+    import ftune
+
+    overrides = {"data.train": "mr", "data.max_train_samples": args.train_samples, "data.max_length": args.max_length,
+                 "method.name": method, "train.epochs": args.epochs, "train.learning_rate": LR.get(f"ftune_{method}", 5e-5),
+                 "train.batch_size": 32, "train.baselines": False, "output_dir": str(RESULTS / f"ftune_{method}_run")}
+    if method == "freeze":
+        overrides["method.layers"] = 4
+    import shutil
+
+    shutil.rmtree(overrides["output_dir"], ignore_errors=True)
+    run = ftune.train(ftune.load_config(overrides=overrides), quiet=True)
+    train = run.metrics["train"]
+    return {"samples": train["samples_seen"], "seconds": train["seconds"], "tokens": train["tokens_seen"],
+            "accuracy": run.metrics["test"]["finetuned"]["accuracy"]}
+
+
+def one(args) -> None:
+    start = time.perf_counter()
+    if args.one.startswith("trainer"):
+        result = run_trainer(args, tutorial=args.one == "trainer_tutorial")
+    else:
+        result = run_ftune(args, args.one.removeprefix("ftune_"))
+    result["wall_seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-samples", type=int, default=1920)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--tutorial-steps", type=int, default=10, help="the tutorial recipe is too slow for a whole epoch")
+    p.add_argument("--only", nargs="*", default=RECIPES)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        return one(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in args.only:
+        cmd = [sys.executable, __file__, "--one", name, "--train-samples", str(args.train_samples), "--epochs",
+               str(args.epochs), "--max-length", str(args.max_length), "--tutorial-steps", str(args.tutorial_steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if done.returncode or not line:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows[name] = json.loads(line[-1][7:])
+        r = rows[name]
+        print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s", file=sys.stderr)
+    report(rows, args)
+
+
+def report(rows: dict, args) -> None:
+    ref = rows.get("trainer_dynamic")
+    ref_sps = ref["samples"] / ref["seconds"] if ref else None
+    header = ["recipe", "samples/s", "tokens/s", "train s", "wall s", "peak RSS MB", "test acc", "samples/s vs (2)", "acc - (2)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (name, r) in enumerate(rows.items(), 1):
+        sps = r["samples"] / r["seconds"]
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "n/a (steps only)"
+        ratio = f"{sps / ref_sps:.2f}x" if ref_sps else ""
+        dacc = f"{(r['accuracy'] - ref['accuracy']) * 100:+.2f} pt" if ref and r["accuracy"] is not None else ""
+        lines.append(f"| ({i}) {TITLES[name]} | {sps:.1f} | {r['tokens'] / r['seconds']:.0f} | {r['seconds']:.1f} | "
+                     f"{r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {acc} | {ratio} | {dacc} |")
+    table = "\n".join(lines)
+    setup = (f"mr, {args.train_samples} training sentences, {args.epochs} epoch(s), max_length {args.max_length}, "
+             f"test 800 sentences, seed 0; tutorial recipe: {args.tutorial_steps} steps")
+    print(setup)
+    print(table)
+    (RESULTS / "train_speed.md").write_text(setup + "\n\n" + table + "\n")
+    (RESULTS / "train_speed.json").write_text(json.dumps({"setup": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
