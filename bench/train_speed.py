@@ -59,7 +59,7 @@ def run_trainer(args, tutorial: bool) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(s.labels))
     batch = 8 if tutorial else 32
     targs = TrainingArguments(output_dir=str(RESULTS / "trainer_tmp"), per_device_train_batch_size=batch,
-                              per_device_eval_batch_size=128, learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.1,
+                              per_device_eval_batch_size=128, learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.1,
                               num_train_epochs=args.epochs, max_steps=args.tutorial_steps if tutorial else -1,
                               save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=0,
                               disable_tqdm=True, use_cpu=True)

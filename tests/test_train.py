@@ -168,3 +168,11 @@ def test_lora_without_merge_predicts_through_base_model_and_adapter(tiny_config)
         expected = adapted(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
     got = run.predict(texts)
     assert [g["score"] for g in got] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_model(tiny_config, tmp_path):
+    common = {"train.epochs": 1, "train.baselines": False}
+    plain = ftune.train(tiny_config(**common, **{"output_dir": str(tmp_path / "a")}), quiet=True)
+    ckpt = ftune.train(tiny_config(**common, **{"train.gradient_checkpointing": True, "output_dir": str(tmp_path / "b")}),
+                       quiet=True)
+    assert ckpt.metrics["test"]["finetuned"]["loss"] == pytest.approx(plain.metrics["test"]["finetuned"]["loss"], abs=1e-5)

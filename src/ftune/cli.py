@@ -90,7 +90,7 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Argument(help="run directory")],
     text: Annotated[Optional[list[str]], typer.Option(help="a text to label, repeatable")] = None,
-    input: Annotated[Opt, typer.Option(help="CSV/TSV/JSON/JSONL/Parquet file, or - for lines on stdin")] = None,
+    input_: Annotated[Opt, typer.Option("--input", help="CSV/TSV/JSON/JSONL/Parquet/TXT file, or - for stdin lines")] = None,
     text_column: Annotated[Opt, typer.Option(help="column of --input holding the text")] = None,
     output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
 ) -> None:
@@ -102,10 +102,10 @@ def predict(
     loaded = Run(run)
     if text:
         frame = pd.DataFrame({"text": text})
-    elif input == "-":
+    elif input_ == "-":
         frame = pd.DataFrame({"text": [line.rstrip("\n") for line in sys.stdin if line.strip()]})
-    elif input:
-        frame = _read_input(input, text_column or loaded.config.data.text_column or "text")
+    elif input_:
+        frame = _read_input(input_, text_column or loaded.config.data.text_column or "text")
     else:
         raise FtuneError("nothing to predict: pass --text TEXT, --input FILE, or --input - for stdin")
     texts = frame.pop("_text").tolist() if "_text" in frame else frame["text"].tolist()
