@@ -113,7 +113,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     lengths = data["train"].lengths
     while state.epoch < cfg.epochs and not state.stopped_early:
         batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
-        tick, samples = time.perf_counter(), 0
+        tick = time.perf_counter()
         for b in range(state.batch_in_epoch, len(batches)):
             batch = {k: v.to(device) for k, v in collate(data["train"], batches[b], pad_id).items()}
             labels = batch.pop("labels")
@@ -126,7 +126,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             accelerator.backward(loss / group_size)  # mean over the whole accumulated group
             running_loss += loss.detach()
             running_batches += 1
-            samples += len(labels)
+            state.samples_seen += len(labels)
             state.tokens_seen += int(lengths[batches[b]].sum())  # from the cached lengths: no device sync
             state.batch_in_epoch = b + 1
             if not last_in_group:
@@ -141,7 +141,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                 elapsed = state.train_seconds + time.perf_counter() - tick
                 entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + (b + 1) / len(batches),
                          "loss": float(running_loss) / running_batches, "lr": scheduler.get_last_lr()[0],
-                         "samples_per_s": (state.samples_seen + samples) / max(elapsed, 1e-9)}
+                         "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
                 progress.step(state.global_step, entry)
@@ -150,15 +150,13 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             else:
                 progress.step(state.global_step)
             if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
-                state.train_seconds += time.perf_counter() - tick
-                state.samples_seen += samples
-                tick, samples = time.perf_counter(), 0
+                state.train_seconds += time.perf_counter() - tick  # evaluation time is not training time
                 evaluate_and_checkpoint()
+                tick = time.perf_counter()
                 model.train()
                 if state.stopped_early:
                     break
         state.train_seconds += time.perf_counter() - tick
-        state.samples_seen += samples
         if state.stopped_early:
             break
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
