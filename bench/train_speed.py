@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -35,8 +36,7 @@ def splits(args):
     from ftune.config import DataConfig
     from ftune.data import load_splits
 
-    s = load_splits(DataConfig(train="mr", max_train_samples=args.train_samples), seed=0)
-    return s
+    return load_splits(DataConfig(train="mr", max_train_samples=args.train_samples), seed=0)
 
 
 def run_trainer(args, tutorial: bool) -> dict:
@@ -91,8 +91,6 @@ def run_ftune(args, recipe: str) -> dict:
                  "train.batch_size": 32, "train.baselines": False, "output_dir": str(RESULTS / f"ftune_{recipe}_run")}
     if method == "freeze":
         overrides["method.layers"] = 4
-    import shutil
-
     shutil.rmtree(overrides["output_dir"], ignore_errors=True)
     run = ftune.train(ftune.load_config(overrides=overrides), quiet=True)
     train = run.metrics["train"]

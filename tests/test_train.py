@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, pipeline
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import ftune
 from ftune.errors import RunError
@@ -163,7 +163,7 @@ def test_lora_without_merge_predicts_through_base_model_and_adapter(tiny_config)
     texts = ["great film", "a boring plot"]
     base = AutoModelForSequenceClassification.from_pretrained(run.config.model.name, num_labels=2)
     adapted = PeftModel.from_pretrained(base, run.path / "adapter").eval()
-    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(run.path / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(run.path / "adapter")
     with torch.no_grad():
         expected = adapted(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
     got = run.predict(texts)

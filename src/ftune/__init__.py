@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 
 def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
-    """Fine-tune as configured; returns the finished Run (see ftune.train module)."""
+    """Fine-tune as configured; returns the finished Run (see ftune.training)."""
     from ftune.training import train as _train
 
     return _train(config, resume=resume, quiet=quiet)

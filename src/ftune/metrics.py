@@ -36,6 +36,14 @@ def logits_metrics(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> 
     return {"loss": cross_entropy(logits, labels), **classification_metrics(labels, logits.argmax(-1), names)}
 
 
+def metrics_with_interval(logits: np.ndarray, labels: np.ndarray, names: list[str], seed: int = 0) -> dict:
+    """`logits_metrics` plus the 95% bootstrap interval of the accuracy: how a final score is reported."""
+    metrics = logits_metrics(logits, labels, names)
+    hits = (logits.argmax(-1) == labels).astype(np.float64)
+    metrics["accuracy_ci95"] = bootstrap_accuracy(hits, seed=seed)
+    return metrics
+
+
 def bootstrap_accuracy(correct: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval for accuracy, from a 0/1 array of per-example hits."""
     rng = np.random.default_rng(seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +10,7 @@ from ftune.data.tokenize import encode
 from ftune.metrics import softmax
 from ftune.inference import predict_logits
 from ftune.models import load_classifier, load_tokenizer, resolve_model
+from ftune.run import RUN_FILE, read_json
 
 
 class Predictor:
@@ -19,8 +19,8 @@ class Predictor:
     def __init__(self, run_dir: str | Path, batch_size: int = 128):
         self.run_dir = Path(run_dir)
         self.batch_size = batch_size
-        self.labels: list[str] = json.loads((self.run_dir / "labels.json").read_text(encoding="utf-8"))
-        manifest = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+        self.labels: list[str] = read_json(self.run_dir / "labels.json")
+        manifest = read_json(self.run_dir / RUN_FILE)
         config = _read_yaml(self.run_dir / "config.yaml")
         self.max_length = config["data"]["max_length"]
         trust = config["model"]["trust_remote_code"]
@@ -61,12 +61,10 @@ def _read_yaml(path: Path) -> dict:
 def evaluate_run(run, source: str, **columns: str | None) -> dict:
     """Metrics of a finished run on another labeled source, with the run's column names unless given."""
     from ftune.data import load_eval_frame
-    from ftune.metrics import bootstrap_accuracy, logits_metrics
+    from ftune.metrics import metrics_with_interval
 
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     frame = load_eval_frame(source, data_cfg, run.labels)
     predictor = Predictor(run.path)
     logits = predictor.logits(frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame else None)
-    metrics = logits_metrics(logits, frame["label"].to_numpy(), run.labels)
-    metrics["accuracy_ci95"] = bootstrap_accuracy((logits.argmax(-1) == frame["label"].to_numpy()).astype(float))
-    return metrics
+    return metrics_with_interval(logits, frame["label"].to_numpy(), run.labels)

@@ -23,7 +23,7 @@ from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
 from ftune.errors import ConfigError
-from ftune.metrics import bootstrap_accuracy, classification_metrics, is_better, logits_metrics
+from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval
 from ftune.inference import predict_logits
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
@@ -177,10 +177,7 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
     if best.is_dir():
         load_weights(model, best)
     logits = predict_logits(model, data["test"], cfg.eval_batch_size, pad_id, device)
-    finetuned = logits_metrics(logits, data["test"].labels, splits.labels)
-    hits = (logits.argmax(-1) == data["test"].labels).astype(np.float64)
-    finetuned["accuracy_ci95"] = bootstrap_accuracy(hits, seed=cfg.seed)
-    test = {"finetuned": finetuned}
+    test = {"finetuned": metrics_with_interval(logits, data["test"].labels, splits.labels, seed=cfg.seed)}
     if cfg.baselines:
         test["base_model"] = state.base_model_test
         tfidf = tfidf_predictions(splits.train, splits.test, cfg.seed)
