@@ -1,10 +1,12 @@
-"""Inference speed, side by side in one run: `transformers.pipeline` vs `ftune predict` on the same texts.
+"""Inference speed, side by side in one run: `transformers.pipeline`, `ftune predict` on the PyTorch
+run, and `ftune predict` on its ONNX export (fp32 and int8, onnxruntime), all on the same texts.
 
     .venv/bin/python bench/predict_speed.py --run runs/mr_full     # a finished full/freeze run (has model/)
     .venv/bin/python bench/predict_speed.py                        # trains a small run first (~1 minute)
 
-Texts: 1,600 `mr` sentences (train split, fixed order). Prints samples/s, ratios to the pipeline
-with its default batch, checks that all three give the same labels, and writes
+Texts: 1,600 `mr` sentences (train split, fixed order). The export is RUN/onnx, made first with
+`ftune export RUN --quantize int8` when missing. Prints samples/s, ratios to the pipeline with its
+default batch and to ftune's PyTorch path, the share of labels equal to the pipeline's, and writes
 bench/results/predict_speed.{json,md}.
 """
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+PYTORCH = "ftune predict, PyTorch run (length-sorted batches of 128)"
 
 
 def timed(fn, texts: list[str]) -> tuple[float, list[str]]:
@@ -34,6 +37,7 @@ def main() -> None:
     import ftune
     from ftune.config import DataConfig
     from ftune.data import load_splits
+    from ftune.onnx_model import OnnxPredictor
     from ftune.predict import Predictor
     from transformers import pipeline
 
@@ -47,20 +51,30 @@ def main() -> None:
                                                  "train.baselines": False, "output_dir": run_dir}), quiet=True)
     texts = load_splits(DataConfig(train="mr"), seed=0).train["text"].tolist()[: args.texts]
 
+    export_dir = Path(run_dir) / "onnx"
+    if not (export_dir / "export.json").is_file():
+        from ftune.export import export_onnx
+
+        export_onnx(run_dir, export_dir, quantize="int8")
     classify = pipeline("text-classification", model=f"{run_dir}/model", device="cpu")
-    predictor = Predictor(run_dir)
+    predictors = {"pytorch": Predictor(run_dir), "fp32": OnnxPredictor(export_dir, "fp32"),
+                  "int8": OnnxPredictor(export_dir, "int8")}
     recipes = {
         "transformers.pipeline, default batch (1)": lambda t: [r["label"] for r in classify(t, truncation=True)],
         "transformers.pipeline, batch_size=32": lambda t: [r["label"] for r in classify(t, batch_size=32, truncation=True)],
-        "ftune predict (length-sorted batches of 128)": lambda t: [r["label"] for r in predictor.predict(t)],
+        PYTORCH: lambda t: [r["label"] for r in predictors["pytorch"].predict(t)],
+        "ftune predict, ONNX fp32 export (onnxruntime)": lambda t: [r["label"] for r in predictors["fp32"].predict(t)],
+        "ftune predict, ONNX int8 export (onnxruntime)": lambda t: [r["label"] for r in predictors["int8"].predict(t)],
     }
     rows = {name: timed(fn, texts) for name, fn in recipes.items()}
     reference = next(iter(rows.values()))
-    lines = ["| recipe | samples/s | vs pipeline default | vs pipeline batch 32 | same labels |", "|---|---|---|---|---|"]
+    lines = ["| recipe | samples/s | vs pipeline default | vs pipeline batch 32 | vs ftune PyTorch | same labels |",
+             "|---|---|---|---|---|---|"]
     batch32 = rows["transformers.pipeline, batch_size=32"][0]
     for name, (sps, labels) in rows.items():
         same = sum(a == b for a, b in zip(labels, reference[1])) / len(texts)
-        lines.append(f"| {name} | {sps:.1f} | {sps / reference[0]:.2f}x | {sps / batch32:.2f}x | {same:.1%} |")
+        lines.append(f"| {name} | {sps:.1f} | {sps / reference[0]:.2f}x | {sps / batch32:.2f}x | "
+                     f"{sps / rows[PYTORCH][0]:.2f}x | {same:.1%} |")
     table = "\n".join(lines)
     setup = f"{len(texts)} mr sentences, model {run_dir}/model, CPU threads {__import__('torch').get_num_threads()}"
     print(setup + "\n" + table)

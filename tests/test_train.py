@@ -61,6 +61,14 @@ def test_lora_saves_an_adapter_that_peft_loads_and_merge_writes_full_weights(tin
     assert head, "the new classification head is saved with the adapter"
 
 
+def test_an_fp16_checkpoint_is_trained_in_float32(tiny_model, tmp_path):
+    from ftune.models import load_classifier
+
+    half = tmp_path / "tiny-fp16"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, dtype=torch.float16).save_pretrained(half)
+    assert load_classifier(str(half), ["neg", "pos"]).dtype == torch.float32  # fp16 weights under AdamW diverge
+
+
 def test_freeze_keeps_frozen_weights_and_trains_the_rest(tiny_config, tiny_model):
     run = ftune.train(tiny_config(**{"method.name": "freeze", "method.layers": 1}), quiet=True)
     before = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).state_dict()
@@ -175,4 +183,6 @@ def test_gradient_checkpointing_gives_the_same_model(tiny_config, tmp_path):
     plain = ftune.train(tiny_config(**common, **{"output_dir": str(tmp_path / "a")}), quiet=True)
     ckpt = ftune.train(tiny_config(**common, **{"train.gradient_checkpointing": True, "output_dir": str(tmp_path / "b")}),
                        quiet=True)
-    assert ckpt.metrics["test"]["finetuned"]["loss"] == pytest.approx(plain.metrics["test"]["finetuned"]["loss"], abs=1e-5)
+    # On CPU (fp32) recomputation is exact; under CUDA bf16 autocast the kernels are not bit-reproducible.
+    tolerance = 1e-2 if torch.cuda.is_available() else 1e-5
+    assert ckpt.metrics["test"]["finetuned"]["loss"] == pytest.approx(plain.metrics["test"]["finetuned"]["loss"], abs=tolerance)

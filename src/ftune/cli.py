@@ -88,34 +88,98 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run directory")],
+    source: Annotated[Path, typer.Argument(metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder")],
     text: Annotated[Optional[list[str]], typer.Option(help="a text to label, repeatable")] = None,
     input_: Annotated[Opt, typer.Option("--input", help="CSV/TSV/JSON/JSONL/Parquet/TXT file, or - for stdin lines")] = None,
     text_column: Annotated[Opt, typer.Option(help="column of --input holding the text")] = None,
     output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
+    variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
 ) -> None:
-    """Label texts with a fine-tuned run."""
+    """Label texts with a fine-tuned run or its ONNX export."""
     import pandas as pd
 
-    from ftune.run import Run
+    from ftune.predict import load_predictor
 
-    loaded = Run(run)
+    predictor = load_predictor(source, variant)
     if text:
         frame = pd.DataFrame({"text": text})
     elif input_ == "-":
         frame = pd.DataFrame({"text": [line.rstrip("\n") for line in sys.stdin if line.strip()]})
     elif input_:
-        frame = _read_input(input_, text_column or loaded.config.data.text_column or "text")
+        frame = _read_input(input_, text_column or predictor.text_column or "text")
     else:
         raise FtuneError("nothing to predict: pass --text TEXT, --input FILE, or --input - for stdin")
     texts = frame.pop("_text").tolist() if "_text" in frame else frame["text"].tolist()
-    results = loaded.predict(texts)
+    results = predictor.predict(texts)
     if output:
         _write_predictions(frame, texts, results, output)
         out.print(f"wrote {len(texts)} predictions to {output}")
     else:
         for text_, result in zip(texts, results):
             print(json.dumps({"text": text_, **result}, ensure_ascii=False))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    format_: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
+    quantize: Annotated[Opt, typer.Option(help="also write an int8 model (dynamic quantization): int8")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/onnx)")] = None,
+    data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
+) -> None:
+    """Export a run to ONNX (LoRA merged), optionally int8, and check it against PyTorch."""
+    from ftune.export import export_onnx
+    from ftune.run import read_json
+
+    if format_ != "onnx":
+        raise FtuneError(f"--format {format_!r} is not supported; use --format onnx")
+    with out.status("exporting, then checking the export against PyTorch on held-out texts"):
+        folder = export_onnx(run, output, quantize, data)
+    parity = read_json(folder / "export.json")["parity"]
+    table = Table(title=f"parity on {parity['texts']} held-out texts")
+    for col in ("model", "accuracy", "max |logit diff|", "same label as PyTorch", "size MB"):
+        table.add_column(col)
+    table.add_row("pytorch", _pct(parity["pytorch"]["accuracy"]), "", "", "")
+    for name in ("onnx-fp32", "onnx-int8"):
+        if name in parity:
+            row = parity[name]
+            table.add_row(name, _pct(row["accuracy"]), f"{row['max_abs_diff']:.2g}", _pct(row["same_label_as_pytorch"]),
+                          f"{row['bytes'] / 1e6:.1f}")
+    out.print(table)
+    out.print(f"export folder: {folder}")
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder")],
+    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[Opt, typer.Option(envvar="FTUNE_API_KEY", help="require this key (or set FTUNE_API_KEY)")] = None,
+    variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
+    max_batch: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
+    max_texts: Annotated[int, typer.Option(help="texts per request")] = 64,
+    max_chars: Annotated[int, typer.Option(help="characters per text")] = 10_000,
+    max_waiting: Annotated[int, typer.Option(help="texts queued before requests get 503")] = 1024,
+    batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
+) -> None:
+    """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
+    from ftune.predict import load_predictor
+    from ftune.serve import ServeSettings, is_loopback
+    from ftune.serve import serve as run_server
+
+    predictor = load_predictor(source, variant)
+    if not is_loopback(host) and api_key is None:
+        Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
+                                   f"this port can use the model")
+    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             max_waiting=max_waiting, batching=batching, api_key=api_key)
+    out.print(f"serving {source} ({predictor.kind}) on http://{host}:{port}  (docs: /docs)", highlight=False)
+    run_server(predictor, host, port, settings)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 @data_app.command("list")

@@ -5,7 +5,6 @@ A dict of small functions, not a class tree; adding a method means adding one fu
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 from torch import nn
@@ -45,8 +44,6 @@ def lora(model: nn.Module, cfg: LoraMethod) -> nn.Module:
         raise ConfigError(f"method.target_modules: {str(e).splitlines()[0]}; name modules the model has") from None
 
 
-# peft calls a transformers attribute deprecated in v5; the warning is theirs to fix, not our users'.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 METHODS: dict[str, Callable[[nn.Module, object], nn.Module]] = {"full": full, "freeze": freeze, "lora": lora}
 

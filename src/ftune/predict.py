@@ -1,45 +1,36 @@
-"""Load a finished run directory and label new texts, batched and sorted by length."""
+"""Label new texts with a finished run (PyTorch) or an ONNX export, batched and sorted by length."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftune.data.tokenize import encode
-from ftune.metrics import softmax
+from ftune.errors import RunError
 from ftune.inference import predict_logits
+from ftune.metrics import softmax
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 from ftune.run import RUN_FILE, read_json
 
+EXPORT_FILE = "export.json"
 
-class Predictor:
-    """The fine-tuned model of a run: merged/full weights from model/, else base model + adapter/."""
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 128):
-        self.run_dir = Path(run_dir)
-        self.batch_size = batch_size
-        self.labels: list[str] = read_json(self.run_dir / "labels.json")
-        manifest = read_json(self.run_dir / RUN_FILE)
-        config = _read_yaml(self.run_dir / "config.yaml")
-        self.max_length = config["data"]["max_length"]
-        trust = config["model"]["trust_remote_code"]
-        if (self.run_dir / "model").is_dir():
-            self.tokenizer = load_tokenizer(str(self.run_dir / "model"), trust)
-            self.model = load_classifier(str(self.run_dir / "model"), self.labels, trust)
-        else:
-            from peft import PeftModel
+class Labeler:
+    """What every predictor shares: tokenize, get logits, turn them into labels and scores."""
 
-            source = manifest.get("model_source") or resolve_model(config["model"]["name"])
-            self.tokenizer = load_tokenizer(str(self.run_dir / "adapter"), trust)
-            base = load_classifier(source, self.labels, trust)
-            self.model = PeftModel.from_pretrained(base, str(self.run_dir / "adapter"))
-        self.model.eval()
+    kind: str
+    labels: list[str]
+    max_length: int
+    text_column: str | None
+    tokenizer: object
+    batch_size: int
 
-    def logits(self, texts: list[str], pairs: list[str] | None = None):
+    def logits(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         frame = pd.DataFrame({"text": texts} | ({"text_pair": pairs} if pairs is not None else {}))
         data = encode(frame, self.tokenizer, self.max_length, use_cache=False)
-        return predict_logits(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0)
+        return self._logits(data)
 
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
         """For each text: the label, its probability, and every class's probability."""
@@ -49,13 +40,74 @@ class Predictor:
         return [{"label": self.labels[int(p.argmax())], "score": float(p.max()),
                  "scores": {name: float(p[i]) for i, name in enumerate(self.labels)}} for p in probs]
 
+    def _logits(self, data) -> np.ndarray:
+        raise NotImplementedError
 
-def _read_yaml(path: Path) -> dict:
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class Predictor(Labeler):
+    """The fine-tuned model of a run: merged/full weights from model/, else base model + adapter/."""
+
+    kind = "pytorch"
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 128):
+        self.run_dir = Path(run_dir)
+        self.batch_size = batch_size
+        self.labels: list[str] = read_json(self.run_dir / "labels.json")
+        self.manifest = read_json(self.run_dir / RUN_FILE)
+        self.config = read_yaml(self.run_dir / "config.yaml")
+        self.max_length = self.config["data"]["max_length"]
+        self.text_column = self.config["data"]["text_column"]
+        trust = self.config["model"]["trust_remote_code"]
+        self.is_adapter = not (self.run_dir / "model").is_dir()
+        if not self.is_adapter:
+            self.tokenizer = load_tokenizer(str(self.run_dir / "model"), trust)
+            self.model = load_classifier(str(self.run_dir / "model"), self.labels, trust)
+        else:
+            from peft import PeftModel
+
+            source = self.manifest.get("model_source") or resolve_model(self.config["model"]["name"])
+            self.tokenizer = load_tokenizer(str(self.run_dir / "adapter"), trust)
+            base = load_classifier(source, self.labels, trust)
+            self.model = PeftModel.from_pretrained(base, str(self.run_dir / "adapter"))
+        self.model.eval()
+
+    def _logits(self, data) -> np.ndarray:
+        return predict_logits(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0)
+
+    def plain_model(self):
+        """The model with any LoRA adapter merged into its weights: what an exporter can trace."""
+        return self.model.merge_and_unload() if self.is_adapter else self.model
+
+    def describe(self) -> dict:
+        metrics = read_json(self.run_dir / "metrics.json")["test"]["finetuned"]
+        return {"kind": self.kind, "labels": self.labels, "base_model": self.config["model"]["name"],
+                "method": self.config["method"]["name"], "max_length": self.max_length, "source": str(self.run_dir),
+                "metrics": {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}}
+
+
+def load_predictor(path: str | Path, variant: str | None = None) -> Labeler:
+    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one)."""
+    path = Path(path)
+    if (path / EXPORT_FILE).is_file():
+        from ftune.onnx_model import OnnxPredictor
+
+        return OnnxPredictor(path, variant)
+    if variant is not None:
+        raise RunError(f"{path} is a run directory, which has only its PyTorch model; "
+                       f"--variant applies to an export made by `ftune export`")
+    from ftune.run import Run
+
+    Run(path)  # refuses a folder that is not a finished run, with the fix in the message
+    return Predictor(path)
+
+
+def read_yaml(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
 
 
 def evaluate_run(run, source: str, **columns: str | None) -> dict:

@@ -54,7 +54,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
     model = load_classifier(source, splits.labels, config.model.trust_remote_code)
     if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})  # transformers v5's name for it
+        # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     model = METHODS[config.method.name](model, config.method)
     data = {name: encode(getattr(splits, name), tokenizer, config.data.max_length)
             for name in ("train", "validation", "test")}

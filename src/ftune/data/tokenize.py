@@ -38,8 +38,9 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
     texts = frame["text"].tolist()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     labels = frame["label"].to_numpy(dtype=np.int64) if "label" in frame else None
-    path = cache_dir() / "tokens" / f"{_cache_key(texts, pairs, tokenizer, max_length)}.npz"
-    if use_cache and path.is_file():
+    # The key hashes the whole tokenizer definition (~100 ms): only worth it when the cache is used.
+    path = cache_dir() / "tokens" / f"{_cache_key(texts, pairs, tokenizer, max_length)}.npz" if use_cache else None
+    if path is not None and path.is_file():
         with np.load(path) as z:
             ids = np.split(z["ids"], z["offsets"][1:-1])
             types = np.split(z["types"], z["offsets"][1:-1]) if "types" in z else None
@@ -47,7 +48,7 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
     types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
-    if use_cache:
+    if path is not None:
         _save(path, ids, types)
     return Encoded(ids, types, labels)
 
