@@ -24,9 +24,8 @@ class OnnxPredictor(Labeler):
         files: dict[str, str] = self.info["files"]
         variant = variant or ("int8" if "int8" in files else "fp32")
         if variant not in files:
-            raise RunError(f"{self.export_dir} has no {variant} model (it has: {', '.join(files)}); "
-                           f"export it with `ftune export RUN --quantize int8`" if variant == "int8" else
-                           f"{self.export_dir} has no {variant} model (it has: {', '.join(files)})")
+            hint = "; export it with `ftune export RUN --quantize int8`" if variant == "int8" else ""
+            raise RunError(f"{self.export_dir} has no {variant} model (it has: {', '.join(files)}){hint}")
         self.kind = f"onnx-{variant}"
         self.file = self.export_dir / files[variant]
         self.batch_size = batch_size
