@@ -56,7 +56,7 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
                 "text_column": run.config.data.text_column, "created_at": datetime.now(timezone.utc).isoformat(),
                 "versions": _versions()}
-        write_json(staging / EXPORT_FILE, info)
+        write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
         info["parity"] = _parity(staging, files, reference, labels, texts, pairs)
         write_json(staging / EXPORT_FILE, info)
         staging.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
@@ -136,7 +136,7 @@ def _parity(folder: Path, files: dict, reference: np.ndarray, labels: np.ndarray
     fp32_diff = report["onnx-fp32"]["max_abs_diff"]
     if not fp32_diff <= PARITY_TOLERANCE:
         raise RunError(f"the ONNX graph disagrees with PyTorch (max |logit diff| {fp32_diff:.3g} > {PARITY_TOLERANCE}); "
-                       f"nothing was written. Try another --opset, and report it with the model name")
+                       f"nothing was written. Please report it with the model name")
     return report
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ftune.errors import RunError
 from ftune.inference import batched_logits
+from ftune.models import load_tokenizer
 from ftune.predict import EXPORT_FILE, Labeler
 from ftune.run import read_json
 
@@ -17,7 +18,6 @@ class OnnxPredictor(Labeler):
 
     def __init__(self, export_dir: str | Path, variant: str | None = None, batch_size: int = 128):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self.export_dir = Path(export_dir)
         self.info = read_json(self.export_dir / EXPORT_FILE)
@@ -32,7 +32,7 @@ class OnnxPredictor(Labeler):
         self.labels = read_json(self.export_dir / "labels.json")
         self.max_length = self.info["max_length"]
         self.text_column = self.info.get("text_column")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.export_dir))
+        self.tokenizer = load_tokenizer(str(self.export_dir))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
         self.session = ort.InferenceSession(str(self.file), options, providers=ort.get_available_providers())

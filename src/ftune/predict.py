@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from ftune.run import RUN_FILE, read_json
 EXPORT_FILE = "export.json"
 
 
-class Labeler:
+class Labeler(ABC):
     """What every predictor shares: tokenize, get logits, turn them into labels and scores."""
 
     kind: str
@@ -40,11 +41,13 @@ class Labeler:
         return [{"label": self.labels[int(p.argmax())], "score": float(p.max()),
                  "scores": {name: float(p[i]) for i, name in enumerate(self.labels)}} for p in probs]
 
+    @abstractmethod
     def _logits(self, data) -> np.ndarray:
-        raise NotImplementedError
+        """Logits for encoded texts, in their order."""
 
+    @abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """What GET /v1/model reports: kind, labels, base model, method, metrics."""
 
 
 class Predictor(Labeler):
@@ -57,7 +60,7 @@ class Predictor(Labeler):
         self.batch_size = batch_size
         self.labels: list[str] = read_json(self.run_dir / "labels.json")
         self.manifest = read_json(self.run_dir / RUN_FILE)
-        self.config = read_yaml(self.run_dir / "config.yaml")
+        self.config = _read_yaml(self.run_dir / "config.yaml")
         self.max_length = self.config["data"]["max_length"]
         self.text_column = self.config["data"]["text_column"]
         trust = self.config["model"]["trust_remote_code"]
@@ -104,7 +107,7 @@ def load_predictor(path: str | Path, variant: str | None = None) -> Labeler:
     return Predictor(path)
 
 
-def read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text(encoding="utf-8"))
