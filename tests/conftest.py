@@ -63,6 +63,7 @@ def tiny_config(tiny_model, reviews_csv, tmp_path):
     def make(**overrides):
         base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
                 "data.label_column": "stars", "data.max_length": 32, "train.epochs": 3, "train.batch_size": 16,
-                "train.learning_rate": 3e-3, "train.warmup_ratio": 0.0, "output_dir": str(tmp_path / "run")}
+                "train.learning_rate": 3e-3, "train.warmup_ratio": 0.0, "output_dir": str(tmp_path / "run"),
+                "tracking.backend": "none"}  # tracking has its own tests
         return load_config(overrides={**base, **overrides})
     return make

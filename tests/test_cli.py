@@ -26,7 +26,7 @@ def trained_run(tiny_model, reviews_csv, tmp_path, monkeypatch, capsys):
     code, out, err = ftune_cli(monkeypatch, capsys, "train", "--model", tiny_model, "--data", str(reviews_csv),
                                "--text-column", "review", "--label-column", "stars", "--output-dir", str(run_dir),
                                "--set", "train.learning_rate=3e-3", "--set", "data.max_length=32", "--batch-size", "16",
-                               "--set", "train.warmup_ratio=0", "--quiet")
+                               "--set", "train.warmup_ratio=0", "--set", "tracking.backend=none", "--quiet")
     assert code == 0, err
     assert "fine-tuned" in out and "TF-IDF" in out and str(run_dir) in out
     return run_dir

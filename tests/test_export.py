@@ -22,7 +22,7 @@ def runs(tiny_model, reviews_csv, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-runs")
     base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
             "data.label_column": "stars", "data.max_length": 32, "train.epochs": 2, "train.batch_size": 16,
-            "train.learning_rate": 3e-3, "train.warmup_ratio": 0.0, "train.baselines": False}
+            "train.learning_rate": 3e-3, "train.warmup_ratio": 0.0, "train.baselines": False, "tracking.backend": "none"}
     full = ftune.train(ftune.load_config(overrides=base | {"output_dir": str(root / "full")}), quiet=True)
     lora = ftune.train(ftune.load_config(overrides=base | {"method.name": "lora", "method.r": 4,
                                                            "output_dir": str(root / "lora")}), quiet=True)

@@ -22,7 +22,7 @@ KEY = "test-key"
 def predictor(tiny_model, reviews_csv, tmp_path_factory):
     overrides = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
                  "data.label_column": "stars", "data.max_length": 32, "train.epochs": 1, "train.batch_size": 16,
-                 "train.learning_rate": 3e-3, "train.baselines": False,
+                 "train.learning_rate": 3e-3, "train.baselines": False, "tracking.backend": "none",
                  "output_dir": str(tmp_path_factory.mktemp("serve") / "run")}
     return Predictor(ftune.train(ftune.load_config(overrides=overrides), quiet=True).path)
 

@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune pretrained transformers on your labeled data.")
 data_app = typer.Typer(no_args_is_help=True, help="Built-in datasets.")
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(no_args_is_help=True, help="List, compare and browse runs.")
+app.add_typer(runs_app, name="runs")
 out = Console()
 
 Opt = Optional[str]
@@ -37,6 +39,7 @@ def train(
     learning_rate: Annotated[Optional[float], typer.Option(help="train.learning_rate")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="train.batch_size")] = None,
     output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
+    tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard or none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
@@ -49,7 +52,8 @@ def train(
     flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
              "data.text_column": text_column, "data.text_pair_column": text_pair_column,
              "data.label_column": label_column, "method.name": method, "train.epochs": epochs,
-             "train.learning_rate": learning_rate, "train.batch_size": batch_size, "output_dir": output_dir}
+             "train.learning_rate": learning_rate, "train.batch_size": batch_size, "output_dir": output_dir,
+             "tracking.backend": tracking}
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_override(item) for item in set_ or [])
     cfg = load_config(config, overrides)
@@ -60,7 +64,13 @@ def train(
     for row in before_after_rows(run.metrics["test"]):
         table.add_row(*row)
     out.print(table)
-    out.print(f"run directory: {run.path}")
+    out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
+    tracking = run.manifest.get("tracking", {})
+    if tracking.get("backend") == "mlflow":
+        from ftune.tracking import local_store_uri
+
+        browse = "ftune runs ui" + ("" if tracking["uri"] == local_store_uri() else f" --store {tracking['uri']}")
+        out.print(f"MLflow: run {tracking['run_id']} in {tracking['uri']}  (browse: {browse})", highlight=False)
 
 
 @app.command("eval")
@@ -176,6 +186,68 @@ def serve(
                              max_waiting=max_waiting, batching=batching, api_key=api_key)
     out.print(f"serving {source} ({predictor.kind}) on http://{host}:{port}  (docs: /docs)", highlight=False)
     run_server(predictor, host, port, settings)
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Write the run's report.html, report.md and plots/ again from its files."""
+    from ftune.report import write_reports
+    from ftune.run import Run
+
+    write_reports(Run(run).path)
+    out.print(f"report: {run / 'report.html'}", highlight=False)
+
+
+@runs_app.command("list")
+def runs_list(root: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
+    """One line per run: name, model, method, data, test accuracy, best validation, time, status."""
+    from ftune.runs import find_runs, run_row
+
+    rows = [run_row(path) for path in find_runs(root)]
+    if not rows:
+        out.print(f"no runs in {root}")
+        return
+    table = Table()
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more finished run directories; the first is the reference")],
+    output: Annotated[Optional[Path], typer.Option(help="folder for compare.html/.md and curves.png")] = None,
+) -> None:
+    """Metrics side by side with differences from the first run, and overlaid training curves."""
+    from ftune.runs import compare_runs
+
+    header, rows, folder = compare_runs(runs, output)
+    table = Table()
+    for col in header:
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    out.print(table)
+    out.print(f"curves and tables: {folder / 'compare.html'}", highlight=False)
+
+
+@runs_app.command("ui")
+def runs_ui(
+    store: Annotated[Opt, typer.Option(help="folder holding mlflow.db, or a tracking URI (default: ./mlruns)")] = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 5000,
+) -> None:
+    """Start the MLflow UI on the local tracking store."""
+    import os
+
+    from ftune.tracking import ui_command
+
+    command = ui_command(store, host, port)
+    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # become the MLflow server: Ctrl-C and kill reach it directly
 
 
 def _pct(value: float | None) -> str:

@@ -1,6 +1,6 @@
 """The whole configuration as pydantic models: the schema is the documentation.
 
-One YAML file whose sections follow the flow (model -> data -> method -> train -> output_dir),
+One YAML file whose sections follow the flow (model -> data -> method -> train -> tracking -> output_dir),
 plus `section.key=value` overrides. Unknown keys are errors, with the closest valid key.
 """
 
@@ -86,11 +86,21 @@ class TrainConfig(Section):
     baselines: bool = Field(True, description="also score the base model and a TF-IDF baseline on the test split")
 
 
+class TrackingConfig(Section):
+    backend: Literal["mlflow", "tensorboard", "none"] = Field(
+        "mlflow", description="where metrics and artifacts also go; the run directory always has them")
+    uri: str | None = Field(None, description="mlflow: a tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
+                                              "store in ./mlruns); tensorboard: a log directory (default: RUN/tensorboard)")
+    experiment: str = Field("ftune", description="MLflow experiment name")
+    log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow artifact")
+
+
 class Config(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: Method = FullMethod()
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
 
 

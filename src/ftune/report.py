@@ -1,13 +1,34 @@
-"""The before/after report: base model, TF-IDF baseline and fine-tuned model on the same test split."""
+"""The run's report, built from the run directory alone: report.md, report.html (self-contained) and plots/.
+
+One list of sections (text, a table, figures, a code block) is rendered twice, as Markdown and
+as HTML with the figures embedded, so the two reports cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+from dataclasses import dataclass
 from pathlib import Path
 
-from ftune.config import Config, to_yaml
+import pandas as pd
+
+from ftune import plots
+from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
         ("finetuned", "fine-tuned"))
+MISTAKES_SHOWN = 8
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    header: list[str] | None = None
+    rows: list[tuple] | None = None
+    images: tuple[str, ...] = ()  # file names under plots/
+    code: str | None = None
 
 
 def before_after_rows(test: dict) -> list[tuple[str, str, str, str]]:
@@ -25,43 +46,149 @@ def before_after_rows(test: dict) -> list[tuple[str, str, str, str]]:
 
 def markdown_table(header: list[str], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def write_report(path: Path, config: Config, metrics: dict, labels: list[str]) -> None:
-    test = metrics["test"]
-    n = test["finetuned"]["n"]
-    per_class = [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
-                 for name, s in test["finetuned"]["per_class"].items()]
-    confusion = [(labels[i], *row) for i, row in enumerate(test["finetuned"]["confusion"])]
-    train = metrics["train"]
-    text = f"""# ftune run: {config.data.train}, {config.method.name}, {config.model.name}
+def write_reports(run_dir: Path) -> None:
+    """Draw the plots, then write report.md and report.html into the run directory."""
+    run_dir = Path(run_dir)
+    title, sections = build_sections(run_dir)
+    (run_dir / "report.md").write_text(to_markdown(title, sections), encoding="utf-8")
+    (run_dir / "report.html").write_text(to_html(title, sections, run_dir / "plots"), encoding="utf-8")
 
-## Before and after, on the same test split ({n} examples)
 
-{markdown_table(["model", "accuracy", "95% CI", "macro-F1"], before_after_rows(test))}
+def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
+    import yaml
 
-## Fine-tuned model per class
+    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(config_text)
+    labels: list[str] = read_json(run_dir / "labels.json")
+    metrics = read_json(run_dir / "metrics.json")
+    manifest = read_json(run_dir / RUN_FILE)
+    test, train, validation = metrics["test"], metrics["train"], metrics["validation"]
+    finetuned = test["finetuned"]
+    plot_dir = run_dir / "plots"
+    title = f"ftune run {run_dir.name}: {config['data']['train']}, {config['method']['name']}, {config['model']['name']}"
 
-{markdown_table(["class", "precision", "recall", "F1", "support"], per_class)}
+    sections = [Section(f"Before and after, on the same test split ({finetuned['n']} examples)",
+                        "Accuracy with the 95% bootstrap interval for the fine-tuned model.",
+                        ["model", "accuracy", "95% CI", "macro-F1"], before_after_rows(test))]
+    history = read_history(run_dir)
+    stopped = " (stopped early)" if train["stopped_early"] else ""
+    best = f"Best validation {validation['metric']}: {validation['best']:.4f} at step {validation['best_step']}; " \
+           f"the test scores are from those weights." if validation["best"] is not None else ""
+    curves = (plots.training_curves(history, validation["metric"], plot_dir / "curves.png").name,) if history else ()
+    sections.append(Section("Training", f"{train['steps']} steps, {train['epochs']} epochs{stopped}, "
+                            f"{train['seconds']:.1f} s, {train['samples_per_s']:.1f} samples/s; "
+                            f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained. {best}",
+                            images=curves))
+    plots.confusion_heatmaps(finetuned["confusion"], labels, plot_dir / "confusion.png")
+    sections.append(Section("Confusion matrix (rows: true class, columns: predicted)", "", ["", *labels],
+                            [(labels[i], *row) for i, row in enumerate(finetuned["confusion"])], ("confusion.png",)))
+    sections.append(Section("Fine-tuned model per class", "", ["class", "precision", "recall", "F1", "support"],
+                            [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
+                             for name, s in finetuned["per_class"].items()]))
+    sections += _mistakes(run_dir / "test_predictions.csv")
+    sections += _data_sections(metrics["data"], labels, plot_dir)
+    sections.append(_environment(manifest))
+    sections.append(Section("Config", code=config_text.strip()))
+    return title, sections
 
-## Confusion matrix (rows: true, columns: predicted)
 
-{markdown_table(["", *labels], confusion)}
+def _mistakes(path: Path) -> list[Section]:
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path, keep_default_na=False)
+    wrong = frame[frame["label"] != frame["predicted"]].sort_values("score", ascending=False).head(MISTAKES_SHOWN)
+    text = (f"The {len(wrong)} test texts the fine-tuned model got wrong with the most confidence (of "
+            f"{int((frame['label'] != frame['predicted']).sum())} mistakes in {len(frame)}); all predictions are in "
+            f"test_predictions.csv.")
+    rows = [(_clip(r.text), r.label, r.predicted, f"{r.score:.3f}") for r in wrong.itertuples()]
+    return [Section("Most confident mistakes", text, ["text", "true", "predicted", "score"], rows)]
 
-## Training
 
-{train['steps']} steps, {train['epochs']} epochs{' (stopped early)' if train['stopped_early'] else ''},
-{train['seconds']:.1f} s, {train['samples_per_s']:.1f} samples/s; {train['trainable_parameters']:,} of
-{train['total_parameters']:,} parameters trained. Data: {metrics['data']['train']} train,
-{metrics['data']['validation']} validation, {metrics['data']['test']} test. Best validation
-{metrics['validation']['metric']}: {metrics['validation']['best']:.4f} at step {metrics['validation']['best_step']}.
+def _data_sections(data: dict, labels: list[str], plot_dir: Path) -> list[Section]:
+    splits = ("train", "validation", "test")
+    if "classes" not in data:  # runs written before the data summary existed
+        return [Section("Data", f"{data['train']} train, {data['validation']} validation, {data['test']} test.")]
+    rows = [(name, *(data["classes"][s][name] for s in splits)) for name in labels]
+    rows.append(("all", *(data[s] for s in splits)))
+    counts = data["classes"]["train"].values()
+    balance = f"Largest over smallest class in train: {max(counts) / max(min(counts), 1):.1f}x."
+    tokens = data["tokens"]
+    stats = [(s, f"{tokens['splits'][s]['mean']:.1f}", f"{tokens['splits'][s]['median']:.0f}",
+              f"{tokens['splits'][s]['p95']:.0f}", tokens["splits"][s]["max"], tokens["splits"][s]["at_window"])
+             for s in splits]
+    at_window = sum(tokens["splits"][s]["at_window"] for s in splits)
+    plots.length_histogram(tokens, plot_dir / "lengths.png")
+    return [Section("Data: class balance", balance, ["class", *splits], rows),
+            Section("Data: tokens per text", f"{at_window} texts filled the {tokens['max_length']}-token window "
+                    f"(longer texts are cut to it; raise data.max_length to keep more).",
+                    ["split", "mean", "median", "95th pct", "max", "at max_length"], stats, ("lengths.png",))]
 
-## Config
 
-```yaml
-{to_yaml(config).strip()}
-```
+def _environment(manifest: dict) -> Section:
+    rows = [("started", manifest.get("started_at")),
+            ("finished", manifest.get("finished_at")), ("device", manifest.get("device")),
+            ("seed", manifest.get("seed")), ("model source", manifest.get("model_source")),
+            ("data hash", (manifest.get("data_hash") or "")[:16]), ("git commit", manifest.get("git_commit")),
+            ("python", manifest.get("python")), ("platform", manifest.get("platform"))]
+    rows += [(pkg, v) for pkg, v in manifest.get("versions", {}).items()]
+    return Section("Environment", "", ["", ""], [r for r in rows if r[1] is not None])
+
+
+def to_markdown(title: str, sections: list[Section], image_dir: str = "plots") -> str:
+    parts = [f"# {title}"]
+    for s in sections:
+        parts.append(f"## {s.title}")
+        if s.text:
+            parts.append(s.text)
+        if s.header is not None:
+            parts.append(markdown_table(s.header, s.rows))
+        parts += [f"![{s.title}]({image_dir}/{name})" for name in s.images]
+        if s.code is not None:
+            parts.append(f"```yaml\n{s.code}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_html(title: str, sections: list[Section], plot_dir: Path) -> str:
+    """One self-contained page: figures are embedded as data URIs, every text is escaped."""
+    e = html.escape
+    body = [f"<h1>{e(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h2>{e(s.title)}</h2>")
+        if s.text:
+            body.append(f"<p>{e(s.text)}</p>")
+        if s.header is not None:
+            head = "".join(f"<th>{e(str(c))}</th>" for c in s.header)
+            rows = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in s.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        for name in s.images:
+            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+            body.append(f'<img alt="{e(s.title)}" src="data:image/png;base64,{data}">')
+        if s.code is not None:
+            body.append(f"<pre>{e(s.code)}</pre>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body {{ font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: .6em 0; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+td {{ max-width: 640px; }}
+img {{ max-width: 100%; display: block; margin: .6em 0; }}
+pre {{ background: #f6f6f6; padding: .8em; overflow-x: auto; }}
+</style></head>
+<body>
+{chr(10).join(body)}
+</body></html>
 """
-    path.write_text(text, encoding="utf-8")
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

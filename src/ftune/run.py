@@ -4,8 +4,10 @@
     config.yaml     the resolved config
     labels.json     label names, index = class id
     metrics.jsonl   one line per logging step and per evaluation
-    metrics.json    final metrics: fine-tuned, base model and baseline on the test split
-    report.md       the before/after table and per-class scores
+    metrics.json    final metrics: fine-tuned, base model and baseline on the test split; data summary
+    test_predictions.csv   the fine-tuned model's label and score for every test text
+    report.html     the report, self-contained (plots embedded); report.md the same in Markdown
+    plots/          the report's figures as PNG
     model/          transformers model + tokenizer (full, freeze; LoRA with merge)
     adapter/        peft adapter + tokenizer (LoRA)
     checkpoints/    step-N/ folders for --resume; best/ holds the best weights so far
@@ -39,6 +41,18 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_history(path: Path) -> list[dict]:
+    """metrics.jsonl in step order; after a resume, the re-run entry for a step replaces the first one."""
+    file = path / "metrics.jsonl"
+    entries = {}
+    if file.is_file():
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[(entry["type"], entry["step"])] = entry
+    return sorted(entries.values(), key=lambda e: (e["step"], e["type"] == "eval"))
 
 
 def default_output_dir(config: Config) -> Path:

@@ -1,7 +1,7 @@
 """The training loop, on Accelerate, readable top to bottom.
 
 setup (data, model, optimizer) -> for each epoch: batches -> forward/backward -> step -> evaluate,
-checkpoint -> finish (best weights, test metrics, baselines, save, report).
+checkpoint -> finish (best weights, test metrics, baselines, save, report) -> tracker.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from ftune.checkpoint import TrainState, list_checkpoints, load_checkpoint, load
 from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
+from ftune.data.summary import data_summary
 from ftune.errors import ConfigError
-from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval
+from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
 from ftune.inference import predict_logits
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 from ftune.progress import TrainProgress
-from ftune.report import write_report
+from ftune.report import write_reports
 from ftune.run import Run, open_run_dir, update_manifest, write_json
+from ftune.tracking import Tracker, connect
 
 
 def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
@@ -38,17 +40,22 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     source = resolve_model(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     _mixed_precision(config.train.precision)  # a precision this machine lacks is a config error, found now
+    tracker = connect(config.tracking)  # so is a tracking store we cannot open
     run_dir = open_run_dir(config, resume)
     try:
-        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet))
+        tracker.start(run_dir, config, resume)
+        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet), tracker)
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
+        tracker.finish(run_dir, status)
         raise
+    tracker.finish(run_dir, "complete")
     return Run(run_dir)
 
 
-def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress) -> None:
+def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
+         tracker: Tracker) -> None:
     cfg = config.train
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
@@ -90,15 +97,19 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     class_weight = _class_weights(data["train"], len(splits.labels), device) if cfg.class_weights else None
     log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
+    def record(entry: dict) -> None:
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        tracker.log(entry)
+
     def evaluate_and_checkpoint() -> None:
         logits = predict_logits(model, data["validation"], cfg.eval_batch_size, pad_id, device)
         scores = logits_metrics(logits, data["validation"].labels, splits.labels)
         value = scores[cfg.metric]
-        record = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
+        result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
                   "validation": {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}}
-        state.evaluations.append(record)
-        log.write(json.dumps({"type": "eval", **record}) + "\n")
-        log.flush()
+        state.evaluations.append(result)
+        record({"type": "eval", **result})
         if is_better(cfg.metric, value, state.best_metric):
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.global_step, 0
             save_weights(accelerator.unwrap_model(model), run_dir / "checkpoints" / "best")
@@ -107,7 +118,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             state.stopped_early = cfg.early_stopping_patience is not None and \
                 state.evals_without_improvement >= cfg.early_stopping_patience
         save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.save_total_limit)
-        progress.evaluated(record, cfg.metric)
+        progress.evaluated(result, cfg.metric)
 
     model.train()
     running_loss, running_batches = torch.zeros((), device=device), 0
@@ -144,8 +155,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                 entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + (b + 1) / len(batches),
                          "loss": float(running_loss) / running_batches, "lr": scheduler.get_last_lr()[0],
                          "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
+                record(entry)
                 progress.step(state.global_step, entry)
                 running_loss.zero_()
                 running_batches = 0
@@ -169,6 +179,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     progress.stop()
     log.close()
     _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), tokenizer, state, pad_id, device, source)
+    progress.note(f"report: {run_dir / 'report.html'}")
 
 
 def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, model, tokenizer,
@@ -194,14 +205,33 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
                   "trainable_parameters": trainable, "total_parameters": total},
-        "data": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "data": data_summary(splits, data, config.data.max_length),
     }
     _save_model(model, tokenizer, run_dir, config)
     write_json(run_dir / "labels.json", splits.labels)
     write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.md", config, metrics, splits.labels)
-    update_manifest(run_dir, status="complete", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    data_hash=splits.fingerprint(), model_source=source)
+    _save_test_predictions(run_dir / "test_predictions.csv", splits, logits)
+    update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
+                    model_source=source, device=_device_name(device))
+    write_reports(run_dir)
+    update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
+
+
+def _save_test_predictions(path: Path, splits, logits: np.ndarray) -> None:
+    """Every test text with its true label, the predicted one and the model's probability for each."""
+    probs = softmax(logits.astype(np.float64))
+    names = np.asarray(splits.labels, dtype=object)
+    truth = splits.test["label"].to_numpy()
+    columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
+    frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
+                                        true_label_score=probs[np.arange(len(truth)), truth])
+    frame.to_csv(path, index=False)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 def _save_model(model, tokenizer, run_dir: Path, config: Config) -> None:

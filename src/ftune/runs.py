@@ -1,0 +1,104 @@
+"""Many runs at once: list the run directories under a folder, compare finished runs side by side."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from ftune import plots
+from ftune.errors import RunError
+from ftune.report import Section, to_html, to_markdown
+from ftune.run import RUN_FILE, Run, read_history, read_json
+
+# (label, how to read it from metrics.json, format); differences are shown for numbers
+COMPARED = (
+    ("test accuracy", lambda m: m["test"]["finetuned"]["accuracy"], "{:.4f}"),
+    ("test macro-F1", lambda m: m["test"]["finetuned"]["macro_f1"], "{:.4f}"),
+    ("test loss", lambda m: m["test"]["finetuned"]["loss"], "{:.4f}"),
+    ("test accuracy 95% CI low", lambda m: m["test"]["finetuned"]["accuracy_ci95"][0], "{:.4f}"),
+    ("test accuracy 95% CI high", lambda m: m["test"]["finetuned"]["accuracy_ci95"][1], "{:.4f}"),
+    ("base model accuracy", lambda m: (m["test"].get("base_model") or {}).get("accuracy"), "{:.4f}"),
+    ("TF-IDF accuracy", lambda m: (m["test"].get("tfidf") or {}).get("accuracy"), "{:.4f}"),
+    ("best validation metric", lambda m: m["validation"]["best"], "{:.4f}"),
+    ("epochs", lambda m: m["train"]["epochs"], "{:d}"),
+    ("optimizer steps", lambda m: m["train"]["steps"], "{:d}"),
+    ("train seconds", lambda m: m["train"]["seconds"], "{:.1f}"),
+    ("samples/s", lambda m: m["train"]["samples_per_s"], "{:.1f}"),
+    ("trainable parameters", lambda m: m["train"]["trainable_parameters"], "{:,d}"),
+)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories in `root` (or `root` itself), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunError(f"{root} is not a folder; pass the folder that holds your runs (default: runs)")
+    found = [root] if (root / RUN_FILE).is_file() else [p for p in root.iterdir() if (p / RUN_FILE).is_file()]
+    return sorted(found, key=lambda p: read_json(p / RUN_FILE).get("started_unix", 0))
+
+
+def run_row(path: Path) -> dict:
+    """One line of `ftune runs list`; incomplete and failed runs are listed too, with their status."""
+    manifest = read_json(path / RUN_FILE)
+    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
+    row = {"name": path.name, "model": _short((config.get("model") or {}).get("name", "?")),
+           "method": manifest.get("method", "?"), "data": _short(manifest.get("data", "?")), "status": manifest.get("status", "?"),
+           "started": (manifest.get("started_at") or "")[:16].replace("T", " "), "test accuracy": "", "best validation": "",
+           "train s": ""}
+    if (path / "metrics.json").is_file():
+        metrics = read_json(path / "metrics.json")
+        validation = metrics["validation"]
+        row["test accuracy"] = f"{metrics['test']['finetuned']['accuracy']:.4f}"
+        if validation["best"] is not None:
+            row["best validation"] = f"{validation['metric']} {validation['best']:.4f}"
+        row["train s"] = f"{metrics['train']['seconds']:.0f}"
+    return row
+
+
+def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[str], list[tuple], Path]:
+    """The metrics table (each run, then each run minus the first) and a folder with the overlaid curves."""
+    if len(paths) < 2:
+        raise RunError("compare needs at least two run directories, e.g. `ftune runs compare runs/a runs/b`")
+    runs = [Run(p) for p in paths]  # each must be a complete run: the error names the one that is not
+    names = _unique_names(runs)
+    header = ["metric", *names, *(f"{n} − {names[0]}" for n in names[1:])]
+    rows = []
+    for label, read, fmt in COMPARED:
+        values = [read(run.metrics) for run in runs]
+        if all(v is None for v in values):
+            continue
+        shown = ["" if v is None else fmt.format(v) for v in values]
+        diffs = ["" if v is None or values[0] is None else _signed(v - values[0], fmt) for v in values[1:]]
+        rows.append((label, *shown, *diffs))
+    for label, read in (("method", lambda r: r.config.method.name), ("model", lambda r: r.config.model.name),
+                        ("data", lambda r: r.config.data.train)):
+        rows.append((label, *(read(r) for r in runs), *([""] * (len(runs) - 1))))
+
+    folder = Path(output) if output else runs[0].path.parent / f"compare-{'-vs-'.join(names)}"
+    plots.compare_curves({n: read_history(r.path) for n, r in zip(names, runs)}, folder / "curves.png")
+    title = f"ftune: {' vs '.join(names)}"
+    sections = [Section("Metrics", "Test scores are each run's best-validation weights on its own test split; "
+                        "compare like with like (same data and split seed).", header, rows),
+                Section("Curves (against epochs, so runs with different batch sizes line up)", images=("curves.png",))]
+    (folder / "compare.md").write_text(to_markdown(title, sections, image_dir="."), encoding="utf-8")
+    (folder / "compare.html").write_text(to_html(title, sections, folder), encoding="utf-8")
+    return header, rows, folder
+
+
+def _short(name: str) -> str:
+    """A local file or folder by its last part (the table has no room for whole paths); hub ids as they are."""
+    return Path(name).name if os.path.exists(name) else name
+
+
+def _unique_names(runs: list[Run]) -> list[str]:
+    names = [r.path.name for r in runs]
+    if len(set(names)) < len(names):  # same folder name under different parents
+        names = [str(r.path) for r in runs]
+    return names
+
+
+def _signed(value: float, fmt: str) -> str:
+    text = fmt.format(value)
+    return text if text.startswith("-") else "+" + text

@@ -1,0 +1,232 @@
+"""Experiment tracking: the run's params, metric history and artifacts, also in MLflow or TensorBoard.
+
+The run directory stays the source of truth (metrics.jsonl, metrics.json, report). A tracker
+mirrors it, so a tracking store that breaks mid-run costs a warning, never the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ftune.config import Config, TrackingConfig
+from ftune.errors import ConfigError
+from ftune.run import read_json, update_manifest
+
+LOCAL_STORE = Path("mlruns")  # the default store, in the project directory (where ftune runs)
+ARTIFACTS = ("report.html", "report.md", "plots", "config.yaml", "labels.json", "metrics.json", "metrics.jsonl",
+             "run.json", "test_predictions.csv")
+
+
+def local_store_uri(store: Path = LOCAL_STORE) -> str:
+    return f"sqlite:///{(store / 'mlflow.db').resolve()}"
+
+
+def ui_command(store: str | None, host: str, port: int) -> list[str]:
+    """`mlflow ui` on a store: a URI, a folder holding mlflow.db, or the default local store."""
+    uri = store if store and "://" in store else local_store_uri(Path(store) if store else LOCAL_STORE)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: train a run with tracking on first, "
+                          f"or pass --store with the folder (or URI) that holds it")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", "1"]
+    if uri.startswith("sqlite:///"):  # runs logged through this server keep their artifacts beside the database too
+        command += ["--artifacts-destination", str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")]
+    return command
+
+
+class Tracker:
+    """No tracking; the methods every tracker has. Failures after the start only warn."""
+
+    name = "none"
+
+    def start(self, run_dir: Path, config: Config, resume: bool) -> None:
+        pass
+
+    def log(self, entry: dict) -> None:
+        """One metrics.jsonl entry: {"type": "train"|"eval", "step": ..., ...}."""
+
+    def finish(self, run_dir: Path, status: str) -> None:
+        """status: complete, failed or interrupted; on complete the run's files are all written."""
+
+    def _warn(self, what: str, error: Exception) -> None:
+        warnings.warn(f"{self.name} tracking: {what} failed ({type(error).__name__}: {error}); "
+                      f"the run directory still has everything", stacklevel=3)
+
+
+def connect(cfg: TrackingConfig) -> Tracker:
+    """The configured tracker, its store checked now: a bad URI stops us before any run file is written."""
+    if cfg.backend == "mlflow":
+        return MlflowTracker(cfg)
+    if cfg.backend == "tensorboard":
+        return TensorBoardTracker(cfg)
+    return Tracker()
+
+
+def flat_params(config: Config) -> dict[str, str]:
+    """The resolved config as MLflow params: model.name, train.learning_rate, ..."""
+    def walk(node: dict, prefix: str) -> dict[str, str]:
+        items = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                items.update(walk(value, f"{prefix}{key}."))
+            else:
+                items[prefix + key] = str(value)
+        return items
+    return walk(config.model_dump(mode="json"), "")
+
+
+def entry_metrics(entry: dict) -> dict[str, float]:
+    """A metrics.jsonl entry as flat metric names: train/loss, validation/accuracy, ..."""
+    if entry["type"] == "train":
+        return {f"train/{k}": entry[k] for k in ("loss", "lr", "samples_per_s", "epoch") if k in entry}
+    return {**{f"validation/{k}": v for k, v in entry["validation"].items()}, "validation/epoch": entry["epoch"]}
+
+
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """The headline numbers of metrics.json as flat metric names."""
+    test, train = metrics["test"], metrics["train"]
+    flat = {f"test/{k}": test["finetuned"][k] for k in ("accuracy", "macro_f1", "loss")}
+    flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = test["finetuned"]["accuracy_ci95"]
+    for model in ("base_model", "tfidf"):
+        if test.get(model):
+            flat[f"test/{model}_accuracy"] = test[model]["accuracy"]
+            flat[f"test/{model}_macro_f1"] = test[model]["macro_f1"]
+    flat.update({f"train/{k}_total": train[k] for k in ("seconds", "samples_per_s", "tokens_per_s")})
+    if metrics["validation"]["best"] is not None:
+        flat[f"validation/best_{metrics['validation']['metric']}"] = metrics["validation"]["best"]
+    return flat
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run per ftune run; --resume continues the same MLflow run (its id is in run.json)."""
+
+    name = "mlflow"
+
+    def __init__(self, cfg: TrackingConfig):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a wrong server URI fails in seconds, not minutes
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter on first use (after import: it sets its own)
+
+        self.cfg, self.run_id = cfg, None
+        uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            LOCAL_STORE.mkdir(exist_ok=True)
+            uri = local_store_uri()
+        self.uri = uri
+        artifact_root = None  # MLflow's default: ./mlruns of whoever creates the experiment
+        if uri.startswith("sqlite:///"):  # keep a SQLite store's artifacts beside its database instead
+            artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(cfg.experiment)
+            self.experiment_id = found.experiment_id if found else \
+                self.client.create_experiment(cfg.experiment, artifact_location=artifact_root)
+        except (MlflowException, OSError, ValueError) as e:
+            reason = str(e).splitlines()[0][:200]
+            raise ConfigError(f"tracking.uri {uri}: cannot open the MLflow store ({reason}); fix tracking.uri "
+                              f"or pass --set tracking.backend=none") from None
+
+    def start(self, run_dir: Path, config: Config, resume: bool) -> None:
+        from mlflow.entities import Param, RunTag
+
+        previous = read_json(run_dir / "run.json").get("tracking", {}) if resume else {}
+        if previous.get("run_id") and previous.get("uri") == self.uri:
+            self.run_id = previous["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        tags = {"mlflow.runName": run_dir.name, "ftune.run_dir": str(run_dir.resolve()), "ftune.method": config.method.name,
+                "ftune.data": config.data.train, "ftune.model": config.model.name}
+        run = self.client.create_run(self.experiment_id, run_name=run_dir.name, tags=tags)
+        self.run_id = run.info.run_id
+        params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100], tags=[RunTag("ftune.version", _version())])
+        update_manifest(run_dir, tracking={"backend": "mlflow", "uri": self.uri, "experiment_id": self.experiment_id,
+                                           "run_id": self.run_id})
+
+    def log(self, entry: dict) -> None:
+        self._log_metrics(entry_metrics(entry), entry["step"])
+
+    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        except Exception as e:  # a tracking outage must not end a training run
+            self._warn("logging metrics", e)
+            self.run_id = None
+
+    def finish(self, run_dir: Path, status: str) -> None:
+        if self.run_id is None:
+            return
+        try:
+            if status == "complete":
+                metrics = read_json(run_dir / "metrics.json")
+                self._log_metrics(final_metrics(metrics), metrics["train"]["steps"])
+                self._upload(run_dir)
+            self.client.set_terminated(self.run_id, {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+        except Exception as e:
+            self._warn("finishing the run", e)
+
+    def _upload(self, run_dir: Path) -> None:
+        for name in ARTIFACTS:
+            path = run_dir / name
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), name)
+            elif path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        if self.cfg.log_model:
+            for folder in ("model", "adapter"):
+                if (run_dir / folder).is_dir():
+                    self.client.log_artifacts(self.run_id, str(run_dir / folder), folder)
+
+
+class TensorBoardTracker(Tracker):
+    """Event files for TensorBoard: scalars per logging step and evaluation, the config and final table as text."""
+
+    name = "tensorboard"
+
+    def __init__(self, cfg: TrackingConfig):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+        except ImportError:
+            raise ConfigError("tracking.backend=tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.cfg, self.writer = cfg, None
+
+    def start(self, run_dir: Path, config: Config, resume: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from ftune.config import to_yaml
+
+        log_dir = Path(self.cfg.uri) / run_dir.name if self.cfg.uri else run_dir / "tensorboard"
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer.add_text("config", f"```yaml\n{to_yaml(config)}```")
+        update_manifest(run_dir, tracking={"backend": "tensorboard", "log_dir": str(log_dir)})
+
+    def log(self, entry: dict) -> None:
+        for key, value in entry_metrics(entry).items():
+            self.writer.add_scalar(key, value, entry["step"])
+
+    def finish(self, run_dir: Path, status: str) -> None:
+        if status == "complete":
+            metrics = read_json(run_dir / "metrics.json")
+            for key, value in final_metrics(metrics).items():
+                self.writer.add_scalar(key, value, metrics["train"]["steps"])
+        self.writer.close()
+
+
+def _version() -> str:
+    from ftune import __version__
+
+    return __version__
+

@@ -1,0 +1,79 @@
+"""`ftune runs list` and `ftune runs compare` on real tiny runs, and `ftune report`."""
+
+import json
+import shutil
+
+import pytest
+
+import ftune
+from test_cli import ftune_cli
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich folds table cells to the terminal width
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model, reviews_csv, tmp_path_factory):
+    """A full and a LoRA run of the tiny model under one folder, as `runs/` would hold them."""
+    root = tmp_path_factory.mktemp("runs")
+    base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
+            "data.label_column": "stars", "data.max_length": 32, "train.epochs": 2, "train.batch_size": 16,
+            "train.learning_rate": 3e-3, "train.log_steps": 2, "tracking.backend": "none"}
+    full = ftune.train(ftune.load_config(overrides=base | {"output_dir": str(root / "full")}), quiet=True)
+    lora = ftune.train(ftune.load_config(overrides=base | {"method.name": "lora", "method.r": 4,
+                                                           "output_dir": str(root / "lora")}), quiet=True)
+    return root, full, lora
+
+
+def test_runs_list_shows_every_run_with_its_status(two_runs, monkeypatch, capsys):
+    root, full, lora = two_runs
+    broken = root / "broken"
+    shutil.copytree(full.path, broken, ignore=shutil.ignore_patterns("metrics.json", "model", "checkpoints"))
+    manifest = json.loads((broken / "run.json").read_text())
+    (broken / "run.json").write_text(json.dumps({**manifest, "status": "failed", "started_unix": 2e9}))
+    try:
+        code, out, _ = ftune_cli(monkeypatch, capsys, "runs", "list", str(root))
+    finally:
+        shutil.rmtree(broken)
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    assert code == 0 and len(lines) == 3
+    assert "full" in lines[0] and "complete" in lines[0] and f"{full.metrics['test']['finetuned']['accuracy']:.4f}" in lines[0]
+    assert "lora" in lines[1] and "complete" in lines[1]
+    assert "broken" in lines[2] and "failed" in lines[2]
+
+
+def test_runs_compare_prints_both_runs_differences_and_writes_curves(two_runs, tmp_path, monkeypatch, capsys):
+    root, full, lora = two_runs
+    code, out, err = ftune_cli(monkeypatch, capsys, "runs", "compare", str(full.path), str(lora.path),
+                               "--output", str(tmp_path / "cmp"))
+    assert code == 0, err
+    a, b = full.metrics["test"]["finetuned"]["accuracy"], lora.metrics["test"]["finetuned"]["accuracy"]
+    row = next(line for line in out.splitlines() if "test accuracy " in line and "CI" not in line)
+    assert f"{a:.4f}" in row and f"{b:.4f}" in row and f"{b - a:+.4f}" in row
+    assert "lora − full" in out and "trainable parameters" in out
+    assert (tmp_path / "cmp" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "data:image/png;base64," in page and f"{b - a:+.4f}" in page
+    assert "](./curves.png)" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["runs", "compare", "{full}"], "compare needs at least two run directories"),
+    (["runs", "compare", "{full}", "{root}/nope"], "nope is not an ftune run directory"),
+    (["runs", "list", "{root}/nope"], "is not a folder; pass the folder that holds your runs"),
+    (["report", "{root}/nope"], "is not an ftune run directory"),
+])
+def test_runs_errors_are_one_line_with_exit_code_2(two_runs, monkeypatch, capsys, args, message):
+    root, full, _ = two_runs
+    args = [a.format(full=full.path, root=root) for a in args]
+    code, _, err = ftune_cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_command_rewrites_the_report(two_runs, monkeypatch, capsys):
+    _, _, lora = two_runs
+    (lora.path / "report.html").unlink()
+    code, out, _ = ftune_cli(monkeypatch, capsys, "report", str(lora.path))
+    assert code == 0 and (lora.path / "report.html").is_file() and "report.html" in out
