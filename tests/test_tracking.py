@@ -20,7 +20,7 @@ from ftune.tracking import connect
 
 @pytest.fixture(scope="module")
 def tracked(tiny_model, reviews_csv, tmp_path_factory):
-    """A run tracked in its own SQLite store, logging every 2 steps."""
+    """A run tracked in its own SQLite store, logging every 2 steps, with the model uploaded."""
     root = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     (root / "store").mkdir()
@@ -28,6 +28,7 @@ def tracked(tiny_model, reviews_csv, tmp_path_factory):
         "model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
         "data.label_column": "stars", "data.max_length": 32, "train.epochs": 2, "train.batch_size": 16,
         "train.learning_rate": 3e-3, "train.log_steps": 2, "tracking.uri": uri, "tracking.experiment": "tests",
+        "tracking.log_model": True,
         "output_dir": str(root / "run")})
     return ftune.train(cfg, quiet=True), MlflowClient(uri), root
 
@@ -52,7 +53,8 @@ def test_mlflow_has_the_params_metric_history_and_artifacts(tracked):
     assert remote.data.metrics["test/tfidf_accuracy"] == pytest.approx(run.metrics["test"]["tfidf"]["accuracy"])
 
     top = {a.path for a in client.list_artifacts(remote.info.run_id)}
-    assert {"report.html", "report.md", "config.yaml", "labels.json", "metrics.json", "plots"} <= top
+    assert {"report.html", "report.md", "config.yaml", "labels.json", "metrics.json", "plots", "model"} <= top
+    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(remote.info.run_id, "model")}
     assert {a.path for a in client.list_artifacts(remote.info.run_id, "plots")} == \
         {"plots/curves.png", "plots/confusion.png", "plots/lengths.png"}
     assert (root / "store" / "artifacts").is_dir()  # a SQLite store keeps its artifacts beside the database
@@ -76,7 +78,7 @@ def test_a_tracking_outage_during_training_warns_and_the_run_completes(tiny_conf
     monkeypatch.setattr(MlflowClient, "log_batch", refuse_metrics)
     cfg = tiny_config(**{"tracking.backend": "mlflow", "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                          "train.epochs": 1})
-    with pytest.warns(UserWarning, match="mlflow tracking: logging metrics failed .*store went away"):
+    with pytest.warns(UserWarning, match="mlflow tracking: logging metrics failed .*store went away.*the run goes on"):
         run = ftune.train(cfg, quiet=True)
     assert run.manifest["status"] == "complete" and (run.path / "report.html").is_file()
 

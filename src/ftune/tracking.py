@@ -40,22 +40,43 @@ def ui_command(store: str | None, host: str, port: int) -> list[str]:
 
 
 class Tracker:
-    """No tracking; the methods every tracker has. Failures after the start only warn."""
+    """No tracking, and the guard every tracker shares: after the start, a failure warns once and
+    tracking stops for the rest of the run, which goes on (a tracking outage must not end training)."""
 
     name = "none"
+    active = False
 
     def start(self, run_dir: Path, config: Config, resume: bool) -> None:
-        pass
+        self._start(run_dir, config, resume)
+        self.active = True
 
     def log(self, entry: dict) -> None:
         """One metrics.jsonl entry: {"type": "train"|"eval", "step": ..., ...}."""
+        self._guarded("logging metrics", self._log, entry)
 
     def finish(self, run_dir: Path, status: str) -> None:
         """status: complete, failed or interrupted; on complete the run's files are all written."""
+        self._guarded("finishing the run", self._finish, run_dir, status)
+        self.active = False
 
-    def _warn(self, what: str, error: Exception) -> None:
-        warnings.warn(f"{self.name} tracking: {what} failed ({type(error).__name__}: {error}); "
-                      f"the run directory still has everything", stacklevel=3)
+    def _start(self, run_dir: Path, config: Config, resume: bool) -> None:
+        pass
+
+    def _log(self, entry: dict) -> None:
+        pass
+
+    def _finish(self, run_dir: Path, status: str) -> None:
+        pass
+
+    def _guarded(self, what: str, action, *args) -> None:
+        if not self.active:
+            return
+        try:
+            action(*args)
+        except Exception as e:
+            self.active = False
+            warnings.warn(f"{self.name} tracking: {what} failed ({type(e).__name__}: {e}); tracking stops here, "
+                          f"the run goes on and its directory has everything", stacklevel=3)
 
 
 def connect(cfg: TrackingConfig) -> Tracker:
@@ -96,7 +117,7 @@ def final_metrics(metrics: dict) -> dict[str, float]:
         if test.get(model):
             flat[f"test/{model}_accuracy"] = test[model]["accuracy"]
             flat[f"test/{model}_macro_f1"] = test[model]["macro_f1"]
-    flat.update({f"train/{k}_total": train[k] for k in ("seconds", "samples_per_s", "tokens_per_s")})
+    flat.update({f"train/{k}_total": train[k] for k in ("seconds", "samples_per_s", "tokens_per_s") if k in train})
     if metrics["validation"]["best"] is not None:
         flat[f"validation/best_{metrics['validation']['metric']}"] = metrics["validation"]["best"]
     return flat
@@ -133,7 +154,7 @@ class MlflowTracker(Tracker):
             raise ConfigError(f"tracking.uri {uri}: cannot open the MLflow store ({reason}); fix tracking.uri "
                               f"or pass --set tracking.backend=none") from None
 
-    def start(self, run_dir: Path, config: Config, resume: bool) -> None:
+    def _start(self, run_dir: Path, config: Config, resume: bool) -> None:
         from mlflow.entities import Param, RunTag
 
         previous = read_json(run_dir / "run.json").get("tracking", {}) if resume else {}
@@ -151,32 +172,21 @@ class MlflowTracker(Tracker):
         update_manifest(run_dir, tracking={"backend": "mlflow", "uri": self.uri, "experiment_id": self.experiment_id,
                                            "run_id": self.run_id})
 
-    def log(self, entry: dict) -> None:
+    def _log(self, entry: dict) -> None:
         self._log_metrics(entry_metrics(entry), entry["step"])
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
-        if self.run_id is None:
-            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        try:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-        except Exception as e:  # a tracking outage must not end a training run
-            self._warn("logging metrics", e)
-            self.run_id = None
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def finish(self, run_dir: Path, status: str) -> None:
-        if self.run_id is None:
-            return
-        try:
-            if status == "complete":
-                metrics = read_json(run_dir / "metrics.json")
-                self._log_metrics(final_metrics(metrics), metrics["train"]["steps"])
-                self._upload(run_dir)
-            self.client.set_terminated(self.run_id, {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
-        except Exception as e:
-            self._warn("finishing the run", e)
+    def _finish(self, run_dir: Path, status: str) -> None:
+        if status == "complete":
+            metrics = read_json(run_dir / "metrics.json")
+            self._log_metrics(final_metrics(metrics), metrics["train"]["steps"])
+            self._upload(run_dir)
+        self.client.set_terminated(self.run_id, {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
     def _upload(self, run_dir: Path) -> None:
         for name in ARTIFACTS:
@@ -203,7 +213,7 @@ class TensorBoardTracker(Tracker):
             raise ConfigError("tracking.backend=tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.cfg, self.writer = cfg, None
 
-    def start(self, run_dir: Path, config: Config, resume: bool) -> None:
+    def _start(self, run_dir: Path, config: Config, resume: bool) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         from ftune.config import to_yaml
@@ -213,11 +223,11 @@ class TensorBoardTracker(Tracker):
         self.writer.add_text("config", f"```yaml\n{to_yaml(config)}```")
         update_manifest(run_dir, tracking={"backend": "tensorboard", "log_dir": str(log_dir)})
 
-    def log(self, entry: dict) -> None:
+    def _log(self, entry: dict) -> None:
         for key, value in entry_metrics(entry).items():
             self.writer.add_scalar(key, value, entry["step"])
 
-    def finish(self, run_dir: Path, status: str) -> None:
+    def _finish(self, run_dir: Path, status: str) -> None:
         if status == "complete":
             metrics = read_json(run_dir / "metrics.json")
             for key, value in final_metrics(metrics).items():
