@@ -135,3 +135,28 @@ def test_runs_ui_serves_the_local_store_and_takes_runs_over_http(tracked, tiny_c
     finally:
         os.killpg(ui.pid, signal.SIGTERM)  # the server and any worker it started
         ui.wait(timeout=30)
+
+
+def test_resume_continues_the_same_mlflow_run(tiny_config, tmp_path, monkeypatch):
+    import ftune.training
+
+    def save_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt  # as if Ctrl-C came right after epoch 1's checkpoint
+
+    original = ftune.training.save_checkpoint
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(**{"tracking.backend": "mlflow", "tracking.uri": uri, "train.epochs": 2})
+    monkeypatch.setattr(ftune.training, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ftune.train(cfg, quiet=True)
+    run_id = json.loads((tmp_path / "run" / "run.json").read_text())["tracking"]["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+    monkeypatch.setattr(ftune.training, "save_checkpoint", original)
+    run = ftune.train(cfg, resume=True, quiet=True)
+    client = MlflowClient(uri)
+    assert run.manifest["tracking"]["run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([run.manifest["tracking"]["experiment_id"]])) == 1
+    assert [m.step for m in client.get_metric_history(run_id, "validation/accuracy")] == \
+        [h["step"] for h in run.metrics["validation"]["history"]]
