@@ -33,18 +33,27 @@ class TrainState:
     train_seconds: float = 0.0
     evaluations: list[dict] = field(default_factory=list)
     base_model_test: dict | None = None  # test metrics of the model before fine-tuning
+    processes: int = 1                   # the batches each process trains on depend on it
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
+def save_weights(weights: dict[str, torch.Tensor], folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(weights, str(tmp / "trainable.safetensors"))
     _replace_dir(tmp, folder)
+
+
+def rng_state() -> dict:
+    """This process's random state (dropout masks depend on it)."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
@@ -55,19 +64,17 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
-    """Write checkpoints/step-N atomically, then drop the oldest beyond `keep`."""
+def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer, scheduler, rng: list[dict],
+                    state: TrainState, keep: int) -> Path:
+    """Write checkpoints/step-N atomically, then drop the oldest beyond `keep`; `rng` has one state per process."""
     root = run_dir / "checkpoints"
     folder = root / f"step-{state.global_step:07d}"
     tmp = root / f"{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(weights, str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
     write_json(tmp / "state.json", asdict(state))
     _replace_dir(tmp, folder)
@@ -84,12 +91,13 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith(".tmp"))
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> TrainState:
     """Restore everything `save_checkpoint` wrote; the loop then continues where it stopped."""
     load_weights(model, folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    saved = torch.load(folder / "rng.pt", weights_only=True)
+    rng = saved[rank] if isinstance(saved, list) else saved  # one state per process (older runs: a single one)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

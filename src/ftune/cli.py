@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -43,10 +45,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine (torchrun; gloo on CPU, NCCL on GPUs)")] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="machines taking part")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="this machine's index, 0 .. nnodes-1")] = 0,
+    master_addr: Annotated[Opt, typer.Option(help="address of the machine with node rank 0 (nnodes > 1)")] = None,
+    master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
     from ftune.config import load_config, parse_override
+    from ftune.distributed import launch_env, launched, torchrun_command
     from ftune.report import before_after_rows
+    from ftune.training import preflight
     from ftune.training import train as run_training
 
     flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
@@ -57,7 +66,13 @@ def train(
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_override(item) for item in set_ or [])
     cfg = load_config(config, overrides)
+    if (nproc > 1 or nnodes > 1) and not launched():  # start the processes, each running this same command
+        preflight(cfg, resume, check_output=node_rank == 0)
+        command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
+        sys.exit(subprocess.run(command, env=launch_env(nproc)).returncode)
     run = run_training(cfg, resume=resume, quiet=quiet)
+    if not _main_process():
+        return
     table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples")
     for col in ("model", "accuracy", "95% CI", "macro-F1"):
         table.add_column(col)
@@ -240,14 +255,16 @@ def runs_ui(
     port: Annotated[int, typer.Option(help="TCP port")] = 5000,
 ) -> None:
     """Start the MLflow UI on the local tracking store."""
-    import os
-
     from ftune.tracking import ui_command
 
     command = ui_command(store, host, port)
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     sys.stdout.flush()
     os.execv(command[0], command)  # become the MLflow server: Ctrl-C and kill reach it directly
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _pct(value: float | None) -> str:
@@ -301,5 +318,6 @@ def main() -> None:
     try:
         app()
     except FtuneError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        if _main_process():  # every process meets the same user error; one of them says it
+            Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

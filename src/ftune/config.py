@@ -1,7 +1,7 @@
 """The whole configuration as pydantic models: the schema is the documentation.
 
-One YAML file whose sections follow the flow (model -> data -> method -> train -> tracking -> output_dir),
-plus `section.key=value` overrides. Unknown keys are errors, with the closest valid key.
+One YAML file whose sections follow the flow (model -> data -> method -> train -> distributed ->
+tracking -> output_dir), plus `section.key=value` overrides. Unknown keys are errors, with the closest valid key.
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ class TrainConfig(Section):
     baselines: bool = Field(True, description="also score the base model and a TF-IDF baseline on the test split")
 
 
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="with several processes: ddp (gloo on CPU, NCCL on GPUs), or fsdp / deepspeed on CUDA GPUs")
+    zero_stage: Literal[2, 3] = Field(2, description="deepspeed: ZeRO stage (2 shards optimizer state and gradients, 3 also weights)")
+    cpu_offload: bool = Field(False, description="fsdp / deepspeed: keep parameters / optimizer state in CPU memory")
+
+
 class TrackingConfig(Section):
     backend: Literal["mlflow", "tensorboard", "none"] = Field(
         "mlflow", description="where metrics and artifacts also go; the run directory always has them")
@@ -100,6 +107,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     method: Method = FullMethod()
     train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
 

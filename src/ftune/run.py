@@ -60,15 +60,26 @@ def default_output_dir(config: Config) -> Path:
     return Path("runs") / f"{data}-{config.method.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def open_run_dir(config: Config, resume: bool) -> Path:
-    """Create a fresh run directory, or reopen an interrupted one for --resume."""
+def check_run_dir(config: Config, resume: bool) -> Path | None:
+    """Every check `open_run_dir` makes, writing nothing; the run's path when it is already known."""
     if resume and not config.output_dir:
         raise RunError("--resume needs the run to continue: pass --output-dir DIR (or set output_dir)")
-    path = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    if not config.output_dir:
+        return None
+    path = Path(config.output_dir)
     if resume:
-        return _reopen(path, config)
-    if path.exists() and any(path.iterdir()):
+        _check_resumable(path, config)
+    elif path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already holds files; pass --resume to continue that run or choose another --output-dir")
+    return path
+
+
+def open_run_dir(config: Config, resume: bool) -> Path:
+    """Create a fresh run directory, or reopen an interrupted one for --resume."""
+    path = check_run_dir(config, resume) or default_output_dir(config)
+    if resume:
+        update_manifest(path, status="running", resumed_at=_now())
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(to_yaml(config.model_copy(update={"output_dir": str(path)})), encoding="utf-8")
@@ -79,7 +90,7 @@ def open_run_dir(config: Config, resume: bool) -> Path:
     return path
 
 
-def _reopen(path: Path, config: Config) -> Path:
+def _check_resumable(path: Path, config: Config) -> None:
     if not (path / RUN_FILE).is_file():
         raise RunError(f"{path} holds no ftune run to resume; drop --resume to start one there")
     status = read_json(path / RUN_FILE).get("status")
@@ -90,8 +101,6 @@ def _reopen(path: Path, config: Config) -> Path:
     diff = _first_difference(saved.model_dump(), new.model_dump())
     if diff:
         raise RunError(f"{path}: {diff} differs from the interrupted run's config; resume with the same settings")
-    update_manifest(path, status="running", resumed_at=_now())
-    return path
 
 
 def update_manifest(path: Path, **fields: Any) -> dict:

@@ -2,6 +2,9 @@
 
 setup (data, model, optimizer) -> for each epoch: batches -> forward/backward -> step -> evaluate,
 checkpoint -> finish (best weights, test metrics, baselines, save, report) -> tracker.
+
+With several processes every one builds the same global batches (batch_size x processes) from the
+seed and trains on its own slice of each; only the main process writes files.
 """
 
 from __future__ import annotations
@@ -9,55 +12,84 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
 from ftune.baseline import tfidf_predictions
-from ftune.checkpoint import TrainState, list_checkpoints, load_checkpoint, load_weights, save_checkpoint, save_weights
+from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, load_weights, rng_state, save_checkpoint,
+                              save_weights, trainable_state)
 from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
 from ftune.data.summary import data_summary
-from ftune.errors import ConfigError
+from ftune.distributed import check_strategy, gathered, gathered_logits, make_accelerator, on_main_then_share
+from ftune.errors import ConfigError, RunError
 from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
-from ftune.inference import predict_logits
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
-from ftune.run import Run, open_run_dir, update_manifest, write_json
+from ftune.run import Run, check_run_dir, open_run_dir, read_json, update_manifest, write_json
 from ftune.tracking import Tracker, connect
 
 
 def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     """Fine-tune as configured and return the finished run; `resume` continues an interrupted one."""
-    splits = load_splits(config.data, config.train.seed)  # bad data or a bad model stops us before any file is written
-    source = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(source, config.model.trust_remote_code)
-    _mixed_precision(config.train.precision)  # a precision this machine lacks is a config error, found now
-    tracker = connect(config.tracking)  # so is a tracking store we cannot open
-    run_dir = open_run_dir(config, resume)
+    cfg = config.train
+    # A precision or strategy this machine lacks is a config error, found before anything else.
+    accelerator = make_accelerator(config.distributed, _mixed_precision(cfg.precision), cfg.batch_size,
+                                   cfg.gradient_accumulation_steps, cfg.max_grad_norm)
+    with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
+        splits = load_splits(config.data, cfg.seed)  # bad data or a bad model stops us before any file is written
+        source = resolve_model(config.model.name)
+        tokenizer = load_tokenizer(source, config.model.trust_remote_code)
+    main = accelerator.is_main_process
+    tracker = Tracker()
+
+    def open_run() -> Path:
+        nonlocal tracker
+        tracker = connect(config.tracking)  # a tracking store we cannot open stops us here too
+        return open_run_dir(config, resume)
+
+    run_dir = on_main_then_share(accelerator, open_run)
     try:
         tracker.start(run_dir, config, resume)
-        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet), tracker)
+        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main), tracker, accelerator)
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
+        if main:
+            update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
         tracker.finish(run_dir, status)
         raise
     tracker.finish(run_dir, "complete")
+    accelerator.wait_for_everyone()  # the other processes return the run only once it is complete
     return Run(run_dir)
 
 
+def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
+    """The user errors `train` would meet, met once here, before a launcher starts processes that would each meet them.
+
+    `check_output` is off on machines other than the first of several: the first one's run directory
+    may already exist on shared storage by the time they check."""
+    check_strategy(config.distributed)
+    _mixed_precision(config.train.precision)
+    load_splits(config.data, config.train.seed)  # also fetches built-in data and fills the cache for the processes
+    load_tokenizer(resolve_model(config.model.name), config.model.trust_remote_code)
+    if check_output:
+        check_run_dir(config, resume)
+
+
 def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
-         tracker: Tracker) -> None:
+         tracker: Tracker, accelerator: Accelerator) -> None:
     cfg = config.train
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
     model = load_classifier(source, splits.labels, config.model.trust_remote_code)
     if cfg.gradient_checkpointing:
@@ -69,7 +101,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             for name in ("train", "validation", "test")}
     pad_id = tokenizer.pad_token_id or 0
 
-    batches_per_epoch = math.ceil(len(data["train"]) / cfg.batch_size)
+    global_batch = cfg.batch_size * world  # each process takes batch_size of it
+    full_batches, rest = divmod(len(data["train"]), global_batch)
+    batches_per_epoch = full_batches + (rest >= world)  # a last batch smaller than `world` is dropped (below)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
@@ -78,46 +112,54 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler we step ourselves, once per step
     device = accelerator.device
 
-    state = TrainState()
+    state = TrainState(processes=world)
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        _check_resumable(checkpoints[-1], world, accelerator)
+        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank)
         progress.note(f"resuming from {checkpoints[-1].name} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
-    else:
+    elif main:
         (run_dir / "metrics.jsonl").write_text("")
     if state.base_model_test is None and cfg.baselines:
-        logits = predict_logits(model, data["test"], cfg.eval_batch_size, pad_id, device)
+        logits = gathered_logits(accelerator, model, data["test"], cfg.eval_batch_size, pad_id)
         state.base_model_test = logits_metrics(logits, data["test"].labels, splits.labels)
 
     trainable, total = count_parameters(model)
     progress.note(f"{config.method.name}: {trainable:,} of {total:,} parameters train | train {len(data['train'])}, "
                   f"validation {len(data['validation'])}, test {len(data['test'])} | batch {cfg.batch_size} x "
-                  f"{cfg.gradient_accumulation_steps} accumulation x {accelerator.num_processes} process(es) | "
+                  f"{world} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
+                  f"{global_batch * cfg.gradient_accumulation_steps} per step | "
                   f"{total_steps} steps on {device}{' ' + accelerator.mixed_precision if accelerator.mixed_precision != 'no' else ''}")
     class_weight = _class_weights(data["train"], len(splits.labels), device) if cfg.class_weights else None
-    log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
 
     def record(entry: dict) -> None:
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
-        tracker.log(entry)
+        if main:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            tracker.log(entry)
 
     def evaluate_and_checkpoint() -> None:
-        logits = predict_logits(model, data["validation"], cfg.eval_batch_size, pad_id, device)
+        logits = gathered_logits(accelerator, model, data["validation"], cfg.eval_batch_size, pad_id)
         scores = logits_metrics(logits, data["validation"].labels, splits.labels)
         value = scores[cfg.metric]
         result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
                   "validation": {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}}
         state.evaluations.append(result)
         record({"type": "eval", **result})
+        weights = _trainable_weights(accelerator, model)  # every process joins: sharded weights are gathered
+        rng = gathered(accelerator, rng_state())  # each process's random state, for exact resume
         if is_better(cfg.metric, value, state.best_metric):
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.global_step, 0
-            save_weights(accelerator.unwrap_model(model), run_dir / "checkpoints" / "best")
+            if main:
+                save_weights(weights, run_dir / "checkpoints" / "best")
         else:
             state.evals_without_improvement += 1
             state.stopped_early = cfg.early_stopping_patience is not None and \
                 state.evals_without_improvement >= cfg.early_stopping_patience
-        save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.save_total_limit)
+        if main:
+            save_checkpoint(run_dir, weights, optimizer, scheduler, rng, state, cfg.save_total_limit)
+        accelerator.wait_for_everyone()
         progress.evaluated(result, cfg.metric)
 
     model.train()
@@ -125,21 +167,27 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     progress.start(total_steps, state.global_step)
     lengths = data["train"].lengths
     while state.epoch < cfg.epochs and not state.stopped_early:
-        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+        batches = train_batches(lengths, global_batch, cfg.seed, state.epoch, cfg.group_by_length)
+        batches = [b for b in batches if len(b) >= world]  # every process needs a slice (drops < `world` texts)
         tick = time.perf_counter()
         for b in range(state.batch_in_epoch, len(batches)):
-            batch = {k: v.to(device) for k, v in collate(data["train"], batches[b], pad_id).items()}
+            mine = np.array_split(batches[b], world)[rank]
+            batch = {k: v.to(device) for k, v in collate(data["train"], mine, pad_id).items()}
             labels = batch.pop("labels")
             group_start = b - b % cfg.gradient_accumulation_steps
             group_size = min(cfg.gradient_accumulation_steps, len(batches) - group_start)
             last_in_group = b == group_start + group_size - 1
-            with accelerator.autocast():
-                logits = model(**batch).logits
-            loss = F.cross_entropy(logits.float(), labels, weight=class_weight)
-            accelerator.backward(loss / group_size)  # mean over the whole accumulated group
+            # Gradients are averaged over processes at the group's last micro-batch only (no_sync before it).
+            with accelerator.no_sync(model) if not last_in_group else nullcontext():
+                with accelerator.autocast():
+                    logits = model(**batch).logits
+                # This slice's share of the global batch's mean loss: the process average is that mean exactly.
+                loss = F.cross_entropy(logits.float(), labels, weight=class_weight, reduction="sum") * world / \
+                    _loss_denominator(data["train"].labels[batches[b]], class_weight)
+                accelerator.backward(loss / group_size)  # mean over the whole accumulated group
             running_loss += loss.detach()
             running_batches += 1
-            state.samples_seen += len(labels)
+            state.samples_seen += len(batches[b])
             state.tokens_seen += int(lengths[batches[b]].sum())  # from the cached lengths: no device sync
             state.batch_in_epoch = b + 1
             if not last_in_group:
@@ -152,8 +200,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             state.global_step += 1
             if state.global_step % cfg.log_steps == 0:  # the only host sync in the loop: every log_steps
                 elapsed = state.train_seconds + time.perf_counter() - tick
+                mean_loss = float(accelerator.reduce(running_loss, "mean")) / running_batches
                 entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + (b + 1) / len(batches),
-                         "loss": float(running_loss) / running_batches, "lr": scheduler.get_last_lr()[0],
+                         "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                          "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
                 record(entry)
                 progress.step(state.global_step, entry)
@@ -177,19 +226,23 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             evaluate_and_checkpoint()  # each epoch, or once at the very end when evaluating every N steps
             model.train()
     progress.stop()
-    log.close()
-    _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), tokenizer, state, pad_id, device, source)
-    progress.note(f"report: {run_dir / 'report.html'}")
-
-
-def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, model, tokenizer,
-            state: TrainState, pad_id: int, device, source: str) -> None:
-    """Best weights -> test metrics next to the baselines -> model files, metrics, report -> complete."""
-    cfg = config.train
+    if log:
+        log.close()
     best = run_dir / "checkpoints" / "best"
     if best.is_dir():
-        load_weights(model, best)
-    logits = predict_logits(model, data["test"], cfg.eval_batch_size, pad_id, device)
+        load_weights(accelerator.unwrap_model(model), best)
+    logits = gathered_logits(accelerator, model, data["test"], cfg.eval_batch_size, pad_id)
+    full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # gathered: every process joins
+    if main:
+        _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), full_state, tokenizer, state, logits,
+                device, source)
+        progress.note(f"report: {run_dir / 'report.html'}")
+
+
+def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, model, full_state: dict | None, tokenizer,
+            state: TrainState, logits: np.ndarray, device, source: str) -> None:
+    """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
+    cfg = config.train
     test = {"finetuned": metrics_with_interval(logits, data["test"].labels, splits.labels, seed=cfg.seed)}
     if cfg.baselines:
         test["base_model"] = state.base_model_test
@@ -201,13 +254,14 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
                        "history": state.evaluations},
         "train": {"steps": state.global_step, "epochs": state.epoch, "stopped_early": state.stopped_early,
+                  "processes": state.processes,
                   "seconds": state.train_seconds, "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen,
                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
                   "trainable_parameters": trainable, "total_parameters": total},
         "data": data_summary(splits, data, config.data.max_length),
     }
-    _save_model(model, tokenizer, run_dir, config)
+    _save_model(model, full_state, tokenizer, run_dir, config)
     write_json(run_dir / "labels.json", splits.labels)
     write_json(run_dir / "metrics.json", metrics)
     _save_test_predictions(run_dir / "test_predictions.csv", splits, logits)
@@ -234,15 +288,45 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _save_model(model, tokenizer, run_dir: Path, config: Config) -> None:
+def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config: Config) -> None:
+    """model/ (and adapter/ for LoRA); `full_state` holds the gathered weights when they were sharded."""
     if config.method.name == "lora":
-        model.save_pretrained(run_dir / "adapter")
+        model.save_pretrained(run_dir / "adapter", state_dict=full_state)
         tokenizer.save_pretrained(run_dir / "adapter")
         if not config.method.merge:
             return
         model = model.merge_and_unload()
-    model.save_pretrained(run_dir / "model")
+    model.save_pretrained(run_dir / "model", state_dict=full_state)
     tokenizer.save_pretrained(run_dir / "model")
+
+
+def _sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _trainable_weights(accelerator: Accelerator, model) -> dict[str, torch.Tensor]:
+    """The trainable tensors, whole: gathered from the shards under FSDP / DeepSpeed (a collective call)."""
+    if not _sharded(accelerator):
+        return trainable_state(accelerator.unwrap_model(model))
+    names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    return {n: t.contiguous() for n, t in accelerator.get_state_dict(model).items() if n in names}
+
+
+def _loss_denominator(labels: np.ndarray, class_weight: torch.Tensor | None) -> float:
+    """What cross-entropy's mean divides by for the whole global batch: its size, or its summed class weights."""
+    if class_weight is None:
+        return float(len(labels))
+    return float(class_weight.cpu().numpy()[labels].sum())
+
+
+def _check_resumable(checkpoint: Path, world: int, accelerator: Accelerator) -> None:
+    saved = read_json(checkpoint / "state.json").get("processes", 1)
+    if saved != world:
+        raise RunError(f"{checkpoint} was written by {saved} process(es); resume with --nproc {saved} "
+                       f"(the batches each process trains on depend on it)")
+    if _sharded(accelerator):
+        raise RunError("--resume is not supported with distributed.strategy fsdp or deepspeed yet (their optimizer "
+                       "state is sharded); start a new run, or train with ddp")
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

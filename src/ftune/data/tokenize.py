@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,12 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def subset(self, indices: np.ndarray) -> "Encoded":
+        """The examples at `indices`, in that order."""
+        pick = lambda items: [items[i] for i in indices]  # noqa: E731
+        return Encoded(pick(self.input_ids), pick(self.token_type_ids) if self.token_type_ids is not None else None,
+                       self.labels[indices] if self.labels is not None else None)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -100,6 +107,6 @@ def _save(path, ids: list[np.ndarray], types: list[np.ndarray] | None) -> None:
     arrays = {"ids": np.concatenate(ids), "offsets": offsets}
     if types is not None:
         arrays["types"] = np.concatenate(types)
-    tmp = path.with_name(path.stem + ".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # several processes may tokenize the same data at once
     np.savez(tmp, **arrays)
     tmp.replace(path)

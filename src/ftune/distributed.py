@@ -1,0 +1,141 @@
+"""More than one process: the torchrun launch, the Accelerator for the configured strategy, and the
+few collective steps the loop needs.
+
+Every process builds the same global batches from the seed and trains on its own slice of each
+(see training.py); evaluation splits the length-sorted batches between processes and gathers the
+logits with their indices, so every example is scored once. Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+
+from ftune.config import DistributedConfig
+from ftune.data.batching import eval_batches
+from ftune.data.tokenize import Encoded
+from ftune.errors import ConfigError, FtuneError
+from ftune.inference import predict_logits
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """True inside a process started by torchrun / accelerate launch (or any launcher that sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def without_launch_options(argv: list[str]) -> list[str]:
+    """The command line minus the launcher's own options (torchrun would take --nproc for --nproc-per-node)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True  # its value follows
+        elif not arg.startswith(tuple(o + "=" for o in LAUNCH_OPTIONS)):
+            kept.append(arg)
+    return kept
+
+
+def torchrun_command(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr: str | None,
+                     master_port: int) -> list[str]:
+    """`python -m torch.distributed.run ... -m ftune <argv>`: the same ftune command, once per process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1:
+        command += ["--standalone"]  # a free port on this machine, no rendezvous server to name
+    else:
+        if not master_addr:
+            raise ConfigError("--nnodes > 1 needs --master-addr: the address of the machine with --node-rank 0")
+        command += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", master_addr,
+                    "--master-port", str(master_port)]
+    return command + ["-m", "ftune", *without_launch_options(argv)]
+
+
+def launch_env(nproc: int) -> dict[str, str]:
+    """Split this machine's cores between the processes (torchrun would otherwise set 1 thread and warn)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: int, accumulation: int,
+                     max_grad_norm: float | None) -> Accelerator:
+    """DDP (gloo on CPU, NCCL on GPUs) by default; FSDP or DeepSpeed ZeRO through Accelerate's plugins."""
+    check_strategy(cfg)
+    plugins = {}
+    if cfg.strategy == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        plugins["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, cpu_offload=cfg.cpu_offload, auto_wrap_policy="transformer_based_wrap",
+            state_dict_type="FULL_STATE_DICT", reshard_after_forward=True)
+    elif cfg.strategy == "deepspeed":
+        from accelerate import DeepSpeedPlugin
+
+        offload = "cpu" if cfg.cpu_offload else "none"
+        plugin = DeepSpeedPlugin(zero_stage=cfg.zero_stage, gradient_accumulation_steps=accumulation,
+                                 gradient_clipping=max_grad_norm or 0.0, offload_optimizer_device=offload,
+                                 offload_param_device=offload if cfg.zero_stage == 3 else "none",
+                                 zero3_save_16bit_model=False)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size  # no DataLoader to read it from
+        plugins["deepspeed_plugin"] = plugin
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, **plugins)
+
+
+def check_strategy(cfg: DistributedConfig) -> None:
+    """FSDP and DeepSpeed shard across GPUs: on CPU, or without the deepspeed package, say so now."""
+    if cfg.strategy != "ddp" and not torch.cuda.is_available():
+        raise ConfigError(f"distributed.strategy={cfg.strategy} shards the model across GPU memory and needs CUDA GPUs; "
+                          f"on CPU use distributed.strategy=ddp (the default)")
+    if cfg.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("distributed.strategy=deepspeed needs the deepspeed package: pip install deepspeed") from None
+
+
+def on_main_then_share(accelerator: Accelerator, make: Callable[[], T]) -> T:
+    """Run `make` on the main process only; every process gets its result, or raises its user error."""
+    result: list = [None]
+    if accelerator.is_main_process:
+        try:
+            result = [("ok", make())]
+        except FtuneError as e:
+            result = [("error", (type(e), str(e)))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(result)
+    kind, value = result[0]
+    if kind == "error":
+        raise value[0](value[1])
+    return value
+
+
+def gathered_logits(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int,
+                    pad_id: int) -> np.ndarray:
+    """Logits for every example of `data`, in input order, each computed by exactly one process."""
+    model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different numbers of batches
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return predict_logits(model, data, batch_size, pad_id, accelerator.device)
+    mine = np.asarray([i for batch in eval_batches(data.lengths, batch_size)[rank::world] for i in batch], dtype=np.int64)
+    local = predict_logits(model, data.subset(mine), batch_size, pad_id, accelerator.device)
+    parts = [(idx, logits) for idx, logits in gather_object([(mine, local)]) if len(idx)]
+    out = np.empty((len(data), parts[0][1].shape[-1]), dtype=np.float32)
+    for idx, logits in parts:
+        out[idx] = logits
+    return out
+
+
+def gathered(accelerator: Accelerator, value: T) -> list[T]:
+    """`value` from every process, in rank order (one process: just [value])."""
+    return gather_object([value]) if accelerator.num_processes > 1 else [value]
