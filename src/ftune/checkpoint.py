@@ -104,6 +104,17 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) ->
     return TrainState(**read_json(folder / "state.json"))
 
 
+def repair(run_dir: Path) -> None:
+    """Undo what a kill during a save left behind: a folder renamed aside but not yet replaced is put back."""
+    root = run_dir / "checkpoints"
+    for old in root.glob("*.old") if root.is_dir() else []:
+        final = old.with_name(old.name.removesuffix(".old"))
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():  # rename the old one aside first so a crash here still leaves one whole copy
         old = final.with_name(final.name + ".old")

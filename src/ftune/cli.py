@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ftune.errors import FtuneError
+from ftune.errors import FtuneError, TrainingStopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained transformers on your labeled data.")
@@ -69,7 +68,8 @@ def train(
     if (nproc > 1 or nnodes > 1) and not launched():  # start the processes, each running this same command
         preflight(cfg, resume, check_output=node_rank == 0)
         command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
-        sys.exit(subprocess.run(command, env=launch_env(nproc)).returncode)
+        sys.stdout.flush()
+        os.execve(command[0], command, launch_env(nproc))  # become torchrun: Ctrl-C and SIGTERM reach it directly
     run = run_training(cfg, resume=resume, quiet=quiet)
     if not _main_process():
         return
@@ -317,6 +317,10 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
         app()
+    except TrainingStopped as e:  # SIGINT / SIGTERM after a checkpoint: say how to continue, exit 128 + signal
+        if _main_process():
+            Console(stderr=True).print(f"[bold yellow]stopped:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     except FtuneError as e:
         if _main_process():  # every process meets the same user error; one of them says it
             Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)

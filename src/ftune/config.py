@@ -77,6 +77,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     seed: int = 0
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N optimizer steps; None: each epoch")
+    save_steps: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps, between "
+                                                           "evaluations; None: at each evaluation only")
     save_total_limit: int = Field(2, ge=1, description="periodic checkpoints kept (the best model is kept apart)")
     metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="picks the best checkpoint")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")

@@ -19,3 +19,13 @@ class ModelError(FtuneError):
 
 class RunError(FtuneError):
     """A run directory that is missing, incomplete or already in use."""
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; `--resume` continues from it.
+
+    Not a KeyboardInterrupt: the CLI framework would swallow that before ftune can say how to continue."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

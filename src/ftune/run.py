@@ -49,9 +49,11 @@ def read_history(path: Path) -> list[dict]:
     entries = {}
     if file.is_file():
         for line in file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+            try:
                 entry = json.loads(line)
-                entries[(entry["type"], entry["step"])] = entry
+            except json.JSONDecodeError:  # blank, or the half line of a process killed mid-write
+                continue
+            entries[(entry["type"], entry["step"])] = entry
     return sorted(entries.values(), key=lambda e: (e["step"], e["type"] == "eval"))
 
 

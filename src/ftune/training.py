@@ -23,20 +23,21 @@ from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
 from ftune.baseline import tfidf_predictions
-from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, load_weights, rng_state, save_checkpoint,
-                              save_weights, trainable_state)
+from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, load_weights, repair, rng_state,
+                              save_checkpoint, save_weights, trainable_state)
 from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
 from ftune.data.summary import data_summary
 from ftune.distributed import check_strategy, gathered, gathered_logits, make_accelerator, on_main_then_share
-from ftune.errors import ConfigError, RunError
+from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
 from ftune.run import Run, check_run_dir, open_run_dir, read_json, update_manifest, write_json
+from ftune.stopping import StopFlag, stop_on_signals
 from ftune.tracking import Tracker, connect
 
 
@@ -61,9 +62,11 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     run_dir = on_main_then_share(accelerator, open_run)
     try:
         tracker.start(run_dir, config, resume)
-        _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main), tracker, accelerator)
+        with stop_on_signals() as stop:
+            _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main), tracker,
+                 accelerator, stop)
     except BaseException as e:  # never leave a crashed run looking complete
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, TrainingStopped)) else "failed"
         if main:
             update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
         tracker.finish(run_dir, status)
@@ -87,7 +90,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
 
 
 def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
-         tracker: Tracker, accelerator: Accelerator) -> None:
+         tracker: Tracker, accelerator: Accelerator, stop: StopFlag) -> None:
     cfg = config.train
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
@@ -113,6 +116,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     device = accelerator.device
 
     state = TrainState(processes=world)
+    if resume and main:
+        repair(run_dir)  # a kill during a save may have left the best weights renamed aside
+    accelerator.wait_for_everyone()
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
         _check_resumable(checkpoints[-1], world, accelerator)
@@ -148,7 +154,6 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
         state.evaluations.append(result)
         record({"type": "eval", **result})
         weights = _trainable_weights(accelerator, model)  # every process joins: sharded weights are gathered
-        rng = gathered(accelerator, rng_state())  # each process's random state, for exact resume
         if is_better(cfg.metric, value, state.best_metric):
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.global_step, 0
             if main:
@@ -157,10 +162,16 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             state.evals_without_improvement += 1
             state.stopped_early = cfg.early_stopping_patience is not None and \
                 state.evals_without_improvement >= cfg.early_stopping_patience
-        if main:
-            save_checkpoint(run_dir, weights, optimizer, scheduler, rng, state, cfg.save_total_limit)
-        accelerator.wait_for_everyone()
+        checkpoint(weights)
         progress.evaluated(result, cfg.metric)
+
+    def checkpoint(weights: dict | None = None) -> str:
+        """checkpoints/step-N for --resume; every process joins (its random state is saved too)."""
+        weights = weights if weights is not None else _trainable_weights(accelerator, model)
+        rng = gathered(accelerator, rng_state())  # each process's random state, for exact resume
+        folder = save_checkpoint(run_dir, weights, optimizer, scheduler, rng, state, cfg.save_total_limit) if main else None
+        accelerator.wait_for_everyone()
+        return folder.name if folder else ""
 
     model.train()
     running_loss, running_batches = torch.zeros((), device=device), 0
@@ -210,13 +221,23 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                 running_batches = 0
             else:
                 progress.step(state.global_step)
-            if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
+            evaluating = cfg.eval_steps and state.global_step % cfg.eval_steps == 0
+            if evaluating:
                 state.train_seconds += time.perf_counter() - tick  # evaluation time is not training time
                 evaluate_and_checkpoint()
                 tick = time.perf_counter()
                 model.train()
                 if state.stopped_early:
                     break
+            asked = _stop_asked(stop, accelerator)
+            if asked or (cfg.save_steps and state.global_step % cfg.save_steps == 0 and not evaluating):
+                state.train_seconds, tick = state.train_seconds + time.perf_counter() - tick, time.perf_counter()
+                saved = checkpoint()
+                if asked:
+                    progress.stop()
+                    raise TrainingStopped(f"stopped by {stop.signal.name} at step {state.global_step}: checkpoint "
+                                          f"{saved} saved; continue with the same command plus --resume "
+                                          f"(--output-dir {run_dir})", 128 + stop.signal.value)
         state.train_seconds += time.perf_counter() - tick
         if state.stopped_early:
             break
@@ -310,6 +331,13 @@ def _trainable_weights(accelerator: Accelerator, model) -> dict[str, torch.Tenso
         return trainable_state(accelerator.unwrap_model(model))
     names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     return {n: t.contiguous() for n, t in accelerator.get_state_dict(model).items() if n in names}
+
+
+def _stop_asked(stop: StopFlag, accelerator: Accelerator) -> bool:
+    """Whether any process was asked to stop; all processes must agree, so they stop at the same step."""
+    if accelerator.num_processes == 1:
+        return bool(stop)
+    return bool(accelerator.reduce(torch.tensor(float(bool(stop)), device=accelerator.device), "sum") > 0)
 
 
 def _loss_denominator(labels: np.ndarray, class_weight: torch.Tensor | None) -> float:
