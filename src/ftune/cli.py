@@ -271,6 +271,48 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+@data_app.command("validate")
+def data_validate(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")] = None,
+    model: Annotated[Opt, typer.Option(help="model.name (its tokenizer measures text lengths)")] = None,
+    data: Annotated[Opt, typer.Option(help="data.train: built-in name or file")] = None,
+    validation_data: Annotated[Opt, typer.Option(help="data.validation file")] = None,
+    test_data: Annotated[Opt, typer.Option(help="data.test file")] = None,
+    text_column: Annotated[Opt, typer.Option(help="data.text_column")] = None,
+    text_pair_column: Annotated[Opt, typer.Option(help="data.text_pair_column")] = None,
+    label_column: Annotated[Opt, typer.Option(help="data.label_column")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 when there are warnings")] = False,
+) -> None:
+    """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
+    from ftune.config import load_config, parse_override
+    from ftune.data import encode, load_splits
+    from ftune.data.validate import data_warnings
+    from ftune.models import load_tokenizer, resolve_model
+
+    flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
+             "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_override(item) for item in set_ or [])
+    cfg = load_config(config, overrides)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
+    encoded = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length) for name in ("train", "validation", "test")}
+    table = Table(title=f"{cfg.data.train}: {len(splits.labels)} classes")
+    for col in ("split", "rows", *splits.labels[:8]):
+        table.add_column(col, justify="right")
+    for name in ("train", "validation", "test"):
+        counts = getattr(splits, name)["label"].value_counts()
+        table.add_row(name, str(len(getattr(splits, name))), *(str(counts.get(i, 0)) for i in range(min(8, len(splits.labels)))))
+    out.print(table)
+    found = data_warnings(splits, encoded, cfg.data.max_length)
+    for line in found:
+        out.print(f"warning: {line}", highlight=False, markup=False)
+    out.print(f"{len(found)} warning(s); no errors" if found else "no errors, no warnings")
+    if strict and found:
+        raise typer.Exit(1)
+
+
 @data_app.command("list")
 def data_list() -> None:
     """Built-in datasets: size, classes, provenance and license note."""

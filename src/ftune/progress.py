@@ -14,7 +14,7 @@ class TrainProgress:
         self.task = None
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, markup=False)  # texts may quote user data
 
     def start(self, total: int, done: int) -> None:
         self.task = self.bar.add_task("train", total=total, completed=done, info="")

@@ -74,6 +74,9 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     sections = [Section(f"Before and after, on the same test split ({finetuned['n']} examples)",
                         "Accuracy with the 95% bootstrap interval for the fine-tuned model.",
                         ["model", "accuracy", "95% CI", "macro-F1"], before_after_rows(test))]
+    if metrics["data"].get("warnings"):
+        sections.append(Section("Data warnings", "Found before training; the run went ahead.", ["warning"],
+                                [(w,) for w in metrics["data"]["warnings"]]))
     history = read_history(run_dir)
     stopped = " (stopped early)" if train["stopped_early"] else ""
     best = f"Best validation {validation['metric']}: {validation['best']:.4f} at step {validation['best_step']}; " \

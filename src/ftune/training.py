@@ -29,6 +29,7 @@ from ftune.config import Config
 from ftune.data import Encoded, collate, encode, load_splits
 from ftune.data.batching import train_batches
 from ftune.data.summary import data_summary
+from ftune.data.validate import data_warnings
 from ftune.distributed import check_strategy, gathered, gathered_logits, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
@@ -103,6 +104,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     data = {name: encode(getattr(splits, name), tokenizer, config.data.max_length)
             for name in ("train", "validation", "test")}
     pad_id = tokenizer.pad_token_id or 0
+    warnings_found = data_warnings(splits, data, config.data.max_length)
+    for line in warnings_found:
+        progress.note(f"data warning: {line}")
 
     global_batch = cfg.batch_size * world  # each process takes batch_size of it
     full_batches, rest = divmod(len(data["train"]), global_batch)
@@ -255,13 +259,13 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     logits = gathered_logits(accelerator, model, data["test"], cfg.eval_batch_size, pad_id)
     full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # gathered: every process joins
     if main:
-        _finish(config, splits, data, run_dir, accelerator.unwrap_model(model), full_state, tokenizer, state, logits,
-                device, source)
+        _finish(config, splits, data, warnings_found, run_dir, accelerator.unwrap_model(model), full_state, tokenizer,
+                state, logits, device, source)
         progress.note(f"report: {run_dir / 'report.html'}")
 
 
-def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, model, full_state: dict | None, tokenizer,
-            state: TrainState, logits: np.ndarray, device, source: str) -> None:
+def _finish(config: Config, splits, data: dict[str, Encoded], warnings_found: list[str], run_dir: Path, model,
+            full_state: dict | None, tokenizer, state: TrainState, logits: np.ndarray, device, source: str) -> None:
     """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
     cfg = config.train
     test = {"finetuned": metrics_with_interval(logits, data["test"].labels, splits.labels, seed=cfg.seed)}
@@ -280,7 +284,7 @@ def _finish(config: Config, splits, data: dict[str, Encoded], run_dir: Path, mod
                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
                   "trainable_parameters": trainable, "total_parameters": total},
-        "data": data_summary(splits, data, config.data.max_length),
+        "data": {**data_summary(splits, data, config.data.max_length), "warnings": warnings_found},
     }
     _save_model(model, full_state, tokenizer, run_dir, config)
     write_json(run_dir / "labels.json", splits.labels)

@@ -1,0 +1,60 @@
+"""Warnings about data that trains but may mislead: duplicates, conflicting labels, train/test leakage,
+imbalance and texts cut at the window. (What cannot be trained on at all is a DataError in prepare.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ftune.data.prepare import Splits
+from ftune.data.tokenize import Encoded
+
+SPLITS = ("train", "validation", "test")
+IMBALANCE_RATIO = 10.0  # largest class over smallest in train, from which we warn
+
+
+def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int) -> list[str]:
+    """One line per problem found, naming the split, the count, an example and what to do."""
+    found = []
+    for name in SPLITS:
+        frame = getattr(splits, name)
+        keys = _keys(frame)
+        dupes = int(pd.concat([keys, frame["label"]], axis=1).duplicated().sum())
+        if dupes:
+            found.append(f"{name}: {dupes} duplicate rows (same text and label) count those texts more than once; "
+                         f"drop them unless that is intended")
+        conflicting = frame.groupby(keys)["label"].nunique()
+        conflicting = conflicting[conflicting > 1]
+        if len(conflicting):
+            found.append(f"{name}: {len(conflicting)} texts appear with different labels, e.g. "
+                         f"{_example(conflicting.index[0])}; no model can get both right, so fix or drop them")
+    train_texts = set(_keys(splits.train))
+    for name in ("validation", "test"):
+        shared = [t for t in _keys(getattr(splits, name)) if t in train_texts]
+        if shared:
+            found.append(f"{name}: {len(shared)} texts also occur in train (e.g. {_example(shared[0])}); "
+                         f"{name} scores overstate how the model does on new text; remove them from one side")
+    counts = np.bincount(splits.train["label"].to_numpy(), minlength=len(splits.labels))
+    if counts.min() == 0 or counts.max() / counts.min() >= IMBALANCE_RATIO:
+        small, large = int(counts.argmin()), int(counts.argmax())
+        found.append(f"train: classes are very imbalanced ('{splits.labels[large]}' {counts[large]} rows, "
+                     f"'{splits.labels[small]}' {counts[small]}); consider train.class_weights=true and "
+                     f"train.metric=macro_f1")
+    cut = {name: int((encoded[name].lengths >= max_length).sum()) for name in SPLITS}
+    if sum(cut.values()):
+        per_split = ", ".join(f"{n} {c}" for n, c in cut.items() if c)
+        found.append(f"{sum(cut.values())} texts fill the {max_length}-token window and are cut to it ({per_split}); "
+                     f"raise data.max_length to keep more of them")
+    return found
+
+
+def _keys(frame: pd.DataFrame) -> pd.Series:
+    """What makes two rows the same input: the text, and the pair text when there is one."""
+    if "text_pair" in frame:
+        return (frame["text"] + "\x1f" + frame["text_pair"]).rename("text")
+    return frame["text"]
+
+
+def _example(key: str, limit: int = 60) -> str:
+    text = key.replace("\x1f", " | ")
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
