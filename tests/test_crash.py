@@ -99,3 +99,35 @@ def test_a_kill_between_the_two_renames_of_a_save_is_repaired(tmp_path):
 def test_a_half_written_log_line_is_ignored(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"type": "train", "step": 1, "loss": 0.5}\n{"type": "train", "st')
     assert read_history(tmp_path) == [{"type": "train", "step": 1, "loss": 0.5}]
+
+
+def test_a_full_disk_stops_with_one_clear_error_and_keeps_the_earlier_checkpoints(uninterrupted, tiny_model,
+                                                                                  reviews_csv, tmp_path, monkeypatch):
+    import errno
+
+    import ftune.checkpoint
+    from ftune.errors import RunError
+
+    saves = {"n": 0}
+    real_save_file = ftune.checkpoint.save_file
+
+    def fill_up_at_the_fourth_save(tensors, path):
+        saves["n"] += 1
+        if saves["n"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save_file(tensors, path)
+
+    monkeypatch.setattr(ftune.checkpoint, "save_file", fill_up_at_the_fourth_save)
+    cfg = ftune.load_config(overrides={"model.name": tiny_model, "data.train": str(reviews_csv),
+                                       "data.text_column": "review", "data.label_column": "stars", **SETTINGS,
+                                       "output_dir": str(tmp_path / "run")})
+    with pytest.raises(RunError, match=r"cannot write step-0000008 in .*checkpoints \(No space left on device\); the "
+                                       r"earlier checkpoints \(step-0000004, step-0000006\) are intact: free space"):
+        ftune.train(cfg, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+    monkeypatch.setattr(ftune.checkpoint, "save_file", real_save_file)  # space freed
+    resumed = ftune.train(cfg, resume=True, quiet=True)
+    assert resumed.metrics["test"]["finetuned"]["loss"] == \
+        pytest.approx(uninterrupted.metrics["test"]["finetuned"]["loss"], abs=1e-6)

@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+from contextlib import contextmanager
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,23 +28,44 @@ def predictor(tiny_model, reviews_csv, tmp_path_factory):
     return Predictor(ftune.train(ftune.load_config(overrides=overrides), quiet=True).path)
 
 
-@pytest.fixture(scope="module")
-def server(predictor):
+@contextmanager
+def running(app):
     """The app under uvicorn in a thread, as `ftune serve` runs it; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = ServeSettings(max_texts=4, max_chars=200, max_wait_ms=20, api_key=KEY)
-    app = create_app(predictor, settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    app = create_app(predictor, ServeSettings(max_texts=4, max_chars=200, max_wait_ms=20, api_key=KEY))
+    with running(app) as url:
+        yield url, app
+
+
+class SlowLabeler:
+    """A stand-in model that takes `seconds` per forward pass, to overload and time out the service."""
+
+    kind = "slow"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        time.sleep(self.seconds)
+        return [{"label": "pos", "score": 1.0, "scores": {"pos": 1.0}} for _ in texts]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
 
 
 def post(url: str, body=None, key: str | None = KEY, **kwargs) -> httpx.Response:
@@ -159,3 +181,51 @@ def test_a_model_failure_is_a_500_without_details(predictor, monkeypatch):
     with TestClient(create_app(predictor), raise_server_exceptions=False) as client:
         response = client.post("/v1/predict", json={"texts": ["x"]})
     assert response.status_code == 500 and response.json() == {"detail": "internal error; the server log has the details"}
+
+
+def test_a_request_not_answered_in_time_gets_504_and_the_service_goes_on():
+    app = create_app(SlowLabeler(1.0), ServeSettings(timeout_s=0.3, max_wait_ms=1))
+    with running(app) as url:
+        response = httpx.post(f"{url}/v1/predict", json={"texts": ["x"]}, timeout=30)
+        assert response.status_code == 504 and response.json()["detail"] == "not answered within 0.3 s; retry later"
+        time.sleep(1.2)
+        assert httpx.get(f"{url}/health").json() == {"status": "ok", "waiting": 0}
+
+
+def test_under_bounded_overload_every_request_gets_a_result_or_503_and_memory_stays_bounded():
+    import asyncio
+
+    max_waiting = 8
+    app = create_app(SlowLabeler(0.05), ServeSettings(max_batch=4, max_waiting=max_waiting, max_wait_ms=1))
+    batcher = app.state.batcher
+    seen, stop = [], threading.Event()
+
+    def watch_queue() -> None:
+        while not stop.is_set():
+            seen.append(batcher.waiting)
+            time.sleep(0.002)
+
+    async def burst(url: str, n: int) -> list[int]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            responses = await asyncio.gather(*(client.post(f"{url}/v1/predict", json={"texts": [f"t{i}"]})
+                                               for i in range(n)))
+        return [r.status_code for r in responses]
+
+    with running(app) as url:
+        threading.Thread(target=watch_queue, daemon=True).start()
+        first = asyncio.run(burst(url, 200))  # 25x what the queue holds
+        rss_after_first = _rss_mb()
+        second = asyncio.run(burst(url, 200))
+        stop.set()
+        assert set(first) | set(second) <= {200, 503}  # an answer or a clear refusal, nothing else
+        assert first.count(503) > 0 and first.count(200) > 0 and second.count(200) > 0
+        assert max(seen) <= max_waiting  # the backlog never grows past the bound
+        assert _rss_mb() - rss_after_first < 30  # a second burst does not grow memory
+        assert httpx.get(f"{url}/health").json()["waiting"] == 0
+        assert httpx.post(f"{url}/v1/predict", json={"texts": ["after"]}, timeout=30).status_code == 200
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024

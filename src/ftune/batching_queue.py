@@ -56,10 +56,11 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._collect()
+            taken = await self._collect()
+            jobs = [job for job in taken if not job.done.done()]  # callers that timed out or left: skip their texts
             texts = [text for job in jobs for text in job.texts]
             try:
-                results = await loop.run_in_executor(self._thread, self.predict, texts)
+                results = await loop.run_in_executor(self._thread, self.predict, texts) if texts else []
             except Exception as error:  # the model failed: every caller in this batch hears it
                 for job in jobs:
                     if not job.done.done():
@@ -71,7 +72,7 @@ class MicroBatcher:
                         job.done.set_result(results[start:start + len(job.texts)])
                     start += len(job.texts)
             finally:
-                self.waiting -= len(texts)
+                self.waiting -= sum(len(job.texts) for job in taken)
                 self.batches += 1
 
     async def _collect(self) -> list[_Job]:

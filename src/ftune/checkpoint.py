@@ -8,12 +8,15 @@ renamed into place, so a crash leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ftune.errors import RunError
 from ftune.run import read_json, write_json
 
 
@@ -42,9 +45,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(weights: dict[str, torch.Tensor], folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "trainable.safetensors"))
+    with _writing(tmp):
+        save_file(weights, str(tmp / "trainable.safetensors"))
     _replace_dir(tmp, folder)
 
 
@@ -70,13 +72,12 @@ def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer, 
     root = run_dir / "checkpoints"
     folder = root / f"step-{state.global_step:07d}"
     tmp = root / f"{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng, tmp / "rng.pt")
-    write_json(tmp / "state.json", asdict(state))
+    with _writing(tmp):
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng, tmp / "rng.pt")
+        write_json(tmp / "state.json", asdict(state))
     _replace_dir(tmp, folder)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
@@ -113,6 +114,21 @@ def repair(run_dir: Path) -> None:
             shutil.rmtree(old)
         else:
             old.rename(final)
+
+
+@contextmanager
+def _writing(tmp: Path) -> Iterator[None]:
+    """A fresh temporary folder to fill; a full or unwritable disk becomes one clear error, the old files untouched."""
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = [p.name for p in list_checkpoints(tmp.parent.parent)] if tmp.parent.name == "checkpoints" else []
+        intact = f"; the earlier checkpoints ({', '.join(kept)}) are intact" if kept else ""
+        raise RunError(f"cannot write {tmp.name.removesuffix('.tmp')} in {tmp.parent} ({e.strerror or e}){intact}: "
+                       f"free space or fix permissions, then continue with --resume") from None
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -187,6 +187,7 @@ def serve(
     max_chars: Annotated[int, typer.Option(help="characters per text")] = 10_000,
     max_waiting: Annotated[int, typer.Option(help="texts queued before requests get 503")] = 1024,
     batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
+    timeout_s: Annotated[float, typer.Option(help="seconds before an unanswered request gets 504")] = 30.0,
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
     from ftune.predict import load_predictor
@@ -198,7 +199,7 @@ def serve(
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
     settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             max_waiting=max_waiting, batching=batching, api_key=api_key)
+                             max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s)
     out.print(f"serving {source} ({predictor.kind}) on http://{host}:{port}  (docs: /docs)", highlight=False)
     run_server(predictor, host, port, settings)
 

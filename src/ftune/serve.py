@@ -6,6 +6,7 @@ GET  /health, GET /v1/model, and the OpenAPI spec at /openapi.json (docs at /doc
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ class ServeSettings:
     max_waiting: int = 1024  # texts queued before new requests get 503
     batching: bool = True
     api_key: str | None = None
+    timeout_s: float = 30.0  # a request not answered by then gets 504 (its texts are dropped if not yet started)
 
 
 class PredictRequest(BaseModel):
@@ -79,7 +81,8 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(check_key)],
               responses={401: {"description": "API key missing or wrong"}, 413: {"description": "too many texts, or a text too long"},
-                         503: {"description": "too many texts waiting; retry after the Retry-After seconds"}})
+                         503: {"description": "too many texts waiting; retry after the Retry-After seconds"},
+                         504: {"description": "not answered within the server's timeout"}})
     async def predict(body: PredictRequest) -> dict:
         if len(body.texts) > settings.max_texts:
             raise HTTPException(413, f"{len(body.texts)} texts in one request; the limit is {settings.max_texts}: "
@@ -88,9 +91,11 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
             if len(text) > settings.max_chars:
                 raise HTTPException(413, f"texts[{i}] has {len(text)} characters; the limit is {settings.max_chars}")
         try:
-            results = await batcher.submit(body.texts)
+            results = await asyncio.wait_for(batcher.submit(body.texts), settings.timeout_s)
         except Overloaded as e:
             raise HTTPException(503, f"busy: {e}", headers={"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"not answered within {settings.timeout_s:g} s; retry later") from None
         return {"predictions": results, "model": predictor.kind}
 
     @app.exception_handler(Exception)
