@@ -37,6 +37,7 @@ class TrainState:
     evaluations: list[dict] = field(default_factory=list)
     base_model_test: dict | None = None  # test metrics of the model before fine-tuning
     processes: int = 1                   # the batches each process trains on depend on it
+    batch_size: int | None = None        # per process; what `batch_size: auto` chose, kept for --resume
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

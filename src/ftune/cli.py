@@ -38,7 +38,7 @@ def train(
     method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="train.learning_rate")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="train.batch_size")] = None,
+    batch_size: Annotated[Opt, typer.Option(help="train.batch_size: a number, or auto")] = None,
     output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
     tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard or none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
@@ -60,7 +60,8 @@ def train(
     flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
              "data.text_column": text_column, "data.text_pair_column": text_pair_column,
              "data.label_column": label_column, "method.name": method, "train.epochs": epochs,
-             "train.learning_rate": learning_rate, "train.batch_size": batch_size, "output_dir": output_dir,
+             "train.learning_rate": learning_rate, "output_dir": output_dir,
+             "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
              "tracking.backend": tracking}
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_override(item) for item in set_ or [])

@@ -66,7 +66,9 @@ Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discrimina
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1, description="examples per optimizer step, per device, before accumulation")
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
+                        "two whose estimated peak memory fits in 40% of what the device has free")
     eval_batch_size: int = Field(128, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)

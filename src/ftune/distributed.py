@@ -68,7 +68,7 @@ def launch_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: int, accumulation: int,
+def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: int | str, accumulation: int,
                      max_grad_norm: float | None) -> Accelerator:
     """DDP (gloo on CPU, NCCL on GPUs) by default; FSDP or DeepSpeed ZeRO through Accelerate's plugins."""
     check_strategy(cfg)
@@ -87,6 +87,8 @@ def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: i
                                  gradient_clipping=max_grad_norm or 0.0, offload_optimizer_device=offload,
                                  offload_param_device=offload if cfg.zero_stage == 3 else "none",
                                  zero3_save_16bit_model=False)
+        if batch_size == "auto":
+            raise ConfigError("train.batch_size=auto is not supported with distributed.strategy=deepspeed; set a number")
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size  # no DataLoader to read it from
         plugins["deepspeed_plugin"] = plugin
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, **plugins)

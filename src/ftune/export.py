@@ -21,7 +21,7 @@ import torch
 
 from ftune.errors import ConfigError, RunError
 from ftune.predict import EXPORT_FILE, Predictor
-from ftune.run import Run, read_json, write_json
+from ftune.run import Run, write_json
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"

@@ -135,6 +135,7 @@ def _environment(manifest: dict) -> Section:
     rows = [("started", manifest.get("started_at")),
             ("finished", manifest.get("finished_at")), ("device", manifest.get("device")),
             ("seed", manifest.get("seed")), ("model source", manifest.get("model_source")),
+            *((f"data ({split})", path) for split, path in manifest.get("data_paths", {}).items()),
             ("data hash", (manifest.get("data_hash") or "")[:16]), ("git commit", manifest.get("git_commit")),
             ("python", manifest.get("python")), ("platform", manifest.get("platform"))]
     rows += [(pkg, v) for pkg, v in manifest.get("versions", {}).items()]

@@ -87,8 +87,10 @@ def open_run_dir(config: Config, resume: bool) -> Path:
         (path / "config.yaml").write_text(to_yaml(config.model_copy(update={"output_dir": str(path)})), encoding="utf-8")
     except OSError as e:
         raise RunError(f"cannot write to {path} ({e.strerror}); choose a writable --output-dir") from None
+    paths = {name: _resolved(source) for name, source in (("train", config.data.train), ("validation", config.data.validation),
+                                                          ("test", config.data.test)) if source}
     write_json(path / RUN_FILE, {"status": "running", **_environment(), "seed": config.train.seed,
-                                 "method": config.method.name, "data": config.data.train})
+                                 "method": config.method.name, "data": config.data.train, "data_paths": paths})
     return path
 
 
@@ -121,6 +123,12 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
         elif a[key] != b.get(key):
             return f"{prefix}{key} ({b.get(key)!r}, was {a[key]!r})"
     return None
+
+
+def _resolved(source: str) -> str:
+    """A data file as an absolute path (what was really read); built-in names and hub ids as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
 
 
 def _now() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,12 +33,13 @@ from ftune.data.summary import data_summary
 from ftune.data.validate import data_warnings
 from ftune.distributed import check_strategy, gathered, gathered_logits, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, TrainingStopped
+from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
 from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_classifier, load_tokenizer, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
-from ftune.run import Run, check_run_dir, open_run_dir, read_json, update_manifest, write_json
+from ftune.run import Run, check_run_dir, open_run_dir, read_history, read_json, update_manifest, write_json
 from ftune.stopping import StopFlag, stop_on_signals
 from ftune.tracking import Tracker, connect
 
@@ -68,9 +70,14 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
                  accelerator, stop)
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, TrainingStopped)) else "failed"
+        tracker.finish(run_dir, status)
+        if main and isinstance(e, ConfigError) and not resume and not list_checkpoints(run_dir):
+            shutil.rmtree(run_dir)  # found before any training (e.g. memory): nothing to keep; the command can rerun
+            raise
         if main:
             update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
-        tracker.finish(run_dir, status)
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+            raise RunError(out_of_memory_message(e, _last_step(run_dir))) from None
         raise
     tracker.finish(run_dir, "complete")
     accelerator.wait_for_everyone()  # the other processes return the run only once it is complete
@@ -108,7 +115,8 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     for line in warnings_found:
         progress.note(f"data warning: {line}")
 
-    global_batch = cfg.batch_size * world  # each process takes batch_size of it
+    batch_size = _batch_size(config, model, data["train"], accelerator, run_dir if resume else None, progress)
+    global_batch = batch_size * world  # each process takes batch_size of it
     full_batches, rest = divmod(len(data["train"]), global_batch)
     batches_per_epoch = full_batches + (rest >= world)  # a last batch smaller than `world` is dropped (below)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
@@ -119,7 +127,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler we step ourselves, once per step
     device = accelerator.device
 
-    state = TrainState(processes=world)
+    state = TrainState(processes=world, batch_size=batch_size)
     if resume and main:
         repair(run_dir)  # a kill during a save may have left the best weights renamed aside
     accelerator.wait_for_everyone()
@@ -136,7 +144,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
 
     trainable, total = count_parameters(model)
     progress.note(f"{config.method.name}: {trainable:,} of {total:,} parameters train | train {len(data['train'])}, "
-                  f"validation {len(data['validation'])}, test {len(data['test'])} | batch {cfg.batch_size} x "
+                  f"validation {len(data['validation'])}, test {len(data['test'])} | batch {batch_size} x "
                   f"{world} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
                   f"{global_batch * cfg.gradient_accumulation_steps} per step | "
                   f"{total_steps} steps on {device}{' ' + accelerator.mixed_precision if accelerator.mixed_precision != 'no' else ''}")
@@ -335,6 +343,34 @@ def _trainable_weights(accelerator: Accelerator, model) -> dict[str, torch.Tenso
         return trainable_state(accelerator.unwrap_model(model))
     names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     return {n: t.contiguous() for n, t in accelerator.get_state_dict(model).items() if n in names}
+
+
+def _batch_size(config: Config, model, train: Encoded, accelerator: Accelerator, resuming: Path | None,
+                progress: TrainProgress) -> int:
+    """The per-process batch (resolving `auto`), after checking its estimated peak memory fits the device."""
+    cfg = config.train
+    seq = int(min(config.data.max_length, train.lengths.max()))  # the longest batch is the peak
+    half = accelerator.mixed_precision != "no"
+    free = free_bytes(accelerator.device)
+    where = str(accelerator.device)
+    saved = list_checkpoints(resuming) if resuming else []
+    if saved:  # a resumed run keeps its batches, whatever `auto` would choose today
+        batch = read_json(saved[-1] / "state.json").get("batch_size") or cfg.batch_size
+    elif cfg.batch_size == "auto":
+        batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where)
+    else:
+        batch = cfg.batch_size
+    need = estimate(model, batch, seq, half, cfg.gradient_checkpointing)
+    check_fits(need, free, where)
+    chosen = " (auto)" if cfg.batch_size == "auto" else ""
+    free_text = f" of {free / 1e9:.1f} GB free" if free else ""
+    progress.note(f"memory: batch {batch}{chosen} x {seq} tokens, estimated peak {need.describe()}{free_text}")
+    return batch
+
+
+def _last_step(run_dir: Path) -> int:
+    steps = [e["step"] for e in read_history(run_dir) if e["type"] == "train"]
+    return steps[-1] if steps else 0
 
 
 def _stop_asked(stop: StopFlag, accelerator: Accelerator) -> bool:

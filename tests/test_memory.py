@@ -1,0 +1,64 @@
+"""Memory: the peak estimate, the refusal with the knobs that help, batch_size auto, and out-of-memory mid-run."""
+
+import json
+
+import pytest
+import torch
+
+import ftune
+import ftune.training
+from ftune.errors import ConfigError, RunError
+from ftune.memory import AUTO_BUDGET, auto_batch_size, estimate
+from ftune.models import load_classifier
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_classifier(tiny_model, ["neg", "pos"], False)
+
+
+def test_the_estimate_grows_with_the_batch_and_shrinks_with_checkpointing(model):
+    small, big = estimate(model, 8, 64, False, False), estimate(model, 32, 64, False, False)
+    params = sum(p.numel() for p in model.parameters())
+    assert small.weights == big.weights == 4 * params and small.optimizer == 8 * params
+    assert big.activations > 3 * small.activations
+    assert estimate(model, 32, 64, False, True).activations < big.activations
+    assert estimate(model, 32, 64, True, False).activations < big.activations  # half precision
+
+
+def test_auto_picks_the_largest_power_of_two_that_fits(model):
+    free = estimate(model, 16, 64, False, False).total / AUTO_BUDGET + 1  # room for 16, not for 32
+    assert auto_batch_size(model, 64, False, False, int(free), "cpu") == 16
+    with pytest.raises(ConfigError, match="even one text of 64 tokens does not fit"):
+        auto_batch_size(model, 64, False, False, 1000, "cpu")
+
+
+def test_a_run_that_would_not_fit_stops_with_the_knobs_and_leaves_nothing(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(ftune.training, "free_bytes", lambda device: 10_000_000)
+    with pytest.raises(ConfigError, match=r"this run needs about .* at its peak, but 0.01 GB are free on cpu; try "
+                                          r"a smaller train.batch_size .*gradient_checkpointing=true.*method.name=lora"):
+        ftune.train(tiny_config(), quiet=True)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing kept: the same command can run again
+
+
+def test_batch_size_auto_chooses_and_resume_keeps_the_choice(tiny_config):
+    run = ftune.train(tiny_config(**{"train.batch_size": "auto", "train.epochs": 1}), quiet=True)
+    state = json.loads(sorted((run.path / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
+    assert state["batch_size"] == 256  # the cap: the tiny model fits many times over
+    assert run.metrics["train"]["steps"] == 2  # 288 training texts in batches of 256
+
+
+def test_out_of_memory_mid_run_names_the_step_and_the_knobs(tiny_config, monkeypatch):
+    calls = {"n": 0}
+    real = torch.nn.functional.cross_entropy
+
+    def run_out_at_the_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ftune.training.F, "cross_entropy", run_out_at_the_third_batch)
+    with pytest.raises(RunError, match=r"out of memory at step \d+ \(CUDA out of memory. Tried to allocate 2.00 GiB\); "
+                                       r"try a smaller train.batch_size.*--resume continues"):
+        ftune.train(tiny_config(**{"train.log_steps": 1}), quiet=True)
