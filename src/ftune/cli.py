@@ -23,18 +23,27 @@ app.add_typer(runs_app, name="runs")
 out = Console()
 
 Opt = Optional[str]
+# Options shared by `train` and `data validate`: the same keys, the same help.
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")]
+DataOpt = Annotated[Opt, typer.Option(help="data.train: built-in name or file")]
+ValidationOpt = Annotated[Opt, typer.Option(help="data.validation file")]
+TestOpt = Annotated[Opt, typer.Option(help="data.test file")]
+TextOpt = Annotated[Opt, typer.Option(help="data.text_column")]
+PairOpt = Annotated[Opt, typer.Option(help="data.text_pair_column")]
+LabelOpt = Annotated[Opt, typer.Option(help="data.label_column")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")]
 
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")] = None,
+    config: ConfigArg = None,
     model: Annotated[Opt, typer.Option(help="model.name: 'minilm', a local directory or a hub id")] = None,
-    data: Annotated[Opt, typer.Option(help="data.train: built-in name or file")] = None,
-    validation_data: Annotated[Opt, typer.Option(help="data.validation file")] = None,
-    test_data: Annotated[Opt, typer.Option(help="data.test file")] = None,
-    text_column: Annotated[Opt, typer.Option(help="data.text_column")] = None,
-    text_pair_column: Annotated[Opt, typer.Option(help="data.text_pair_column")] = None,
-    label_column: Annotated[Opt, typer.Option(help="data.label_column")] = None,
+    data: DataOpt = None,
+    validation_data: ValidationOpt = None,
+    test_data: TestOpt = None,
+    text_column: TextOpt = None,
+    text_pair_column: PairOpt = None,
+    label_column: LabelOpt = None,
     method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="train.learning_rate")] = None,
@@ -42,7 +51,7 @@ def train(
     output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
     tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard or none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
+    set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine (torchrun; gloo on CPU, NCCL on GPUs)")] = 1,
     nnodes: Annotated[int, typer.Option(min=1, help="machines taking part")] = 1,
@@ -51,21 +60,17 @@ def train(
     master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
-    from ftune.config import load_config, parse_override
     from ftune.distributed import launch_env, launched, torchrun_command
     from ftune.report import before_after_rows
     from ftune.training import preflight
     from ftune.training import train as run_training
 
-    flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-             "data.text_column": text_column, "data.text_pair_column": text_pair_column,
-             "data.label_column": label_column, "method.name": method, "train.epochs": epochs,
-             "train.learning_rate": learning_rate, "output_dir": output_dir,
-             "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-             "tracking.backend": tracking}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    overrides.update(parse_override(item) for item in set_ or [])
-    cfg = load_config(config, overrides)
+    cfg = _config(config, set_, {
+        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
+        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
+        "method.name": method, "train.epochs": epochs, "train.learning_rate": learning_rate, "output_dir": output_dir,
+        "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+        "tracking.backend": tracking})
     if (nproc > 1 or nnodes > 1) and not launched():  # start the processes, each running this same command
         preflight(cfg, resume, check_output=node_rank == 0)
         command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
@@ -265,6 +270,15 @@ def runs_ui(
     os.execv(command[0], command)  # become the MLflow server: Ctrl-C and kill reach it directly
 
 
+def _config(path: Path | None, set_: list[str] | None, flags: dict):
+    """The config file (or the defaults), then the flags that were given, then each --set."""
+    from ftune.config import load_config, parse_override
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_override(item) for item in set_ or [])
+    return load_config(path, overrides)
+
+
 def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -275,28 +289,25 @@ def _pct(value: float | None) -> str:
 
 @data_app.command("validate")
 def data_validate(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")] = None,
+    config: ConfigArg = None,
     model: Annotated[Opt, typer.Option(help="model.name (its tokenizer measures text lengths)")] = None,
-    data: Annotated[Opt, typer.Option(help="data.train: built-in name or file")] = None,
-    validation_data: Annotated[Opt, typer.Option(help="data.validation file")] = None,
-    test_data: Annotated[Opt, typer.Option(help="data.test file")] = None,
-    text_column: Annotated[Opt, typer.Option(help="data.text_column")] = None,
-    text_pair_column: Annotated[Opt, typer.Option(help="data.text_pair_column")] = None,
-    label_column: Annotated[Opt, typer.Option(help="data.label_column")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")] = None,
+    data: DataOpt = None,
+    validation_data: ValidationOpt = None,
+    test_data: TestOpt = None,
+    text_column: TextOpt = None,
+    text_pair_column: PairOpt = None,
+    label_column: LabelOpt = None,
+    set_: SetOpt = None,
     strict: Annotated[bool, typer.Option(help="exit 1 when there are warnings")] = False,
 ) -> None:
     """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
-    from ftune.config import load_config, parse_override
     from ftune.data import encode, load_splits
     from ftune.data.validate import data_warnings
     from ftune.models import load_tokenizer, resolve_model
 
-    flags = {"model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-             "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    overrides.update(parse_override(item) for item in set_ or [])
-    cfg = load_config(config, overrides)
+    cfg = _config(config, set_, {
+        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
+        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column})
     splits = load_splits(cfg.data, cfg.train.seed)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
     encoded = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length) for name in ("train", "validation", "test")}
