@@ -6,7 +6,7 @@ import string
 import hypothesis.strategies as st
 import pandas as pd
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from ftune.config import Config, DataConfig, load_config, validate
 from ftune.data import select_columns
@@ -22,11 +22,14 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.flo
 TREES = st.recursive(SCALARS, lambda children: st.one_of(
     st.lists(children, max_size=3), st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children,
                                                     max_size=4)), max_leaves=12)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: CI sees the same 150 examples on every run (a failure there is reproducible, never flaky).
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
 @given(st.dictionaries(st.sampled_from(KEYS), TREES, max_size=5))
+@example({"model": {"\n": None}})  # found by a random run: a newline in a key made a two-line message
 def test_any_config_mapping_is_a_config_or_one_config_error(raw):
     try:
         assert isinstance(validate(raw, "fuzz.yaml"), Config)
@@ -90,7 +93,7 @@ def test_api_fuzz_from_the_openapi_spec_never_gets_a_server_error():
         calls = []
         for operation in operations:
             @given(case=operation.as_strategy())
-            @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+            @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
             def call(case):
                 for headers in ({"Authorization": f"Bearer {KEY}"}, {}):  # with the key, and without it
                     response = case.call(headers=headers)

@@ -139,7 +139,7 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]
-        key = ".".join(p for p in loc if p not in METHOD_NAMES)
+        key = _printable(".".join(p for p in loc if p not in METHOD_NAMES))
         if err["type"] == "extra_forbidden" and loc[0] == "method":
             owners = [m.model_fields["name"].default for m in METHODS if loc[-1] in m.model_fields]
             hint = f"; it belongs to method '{owners[0]}'" if owners else _suggest(key)
@@ -150,6 +150,11 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
             got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             raise ConfigError(f"{where}: method.name must be one of {', '.join(METHOD_NAMES)} (got {got!r})") from None
         raise ConfigError(f"{where}: {key}: {err['msg']} (got {err['input']!r})") from None
+
+
+def _printable(text: str) -> str:
+    """A key as the user can read it on one line: control characters (a newline in a YAML key) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def to_yaml(config: Config) -> str:
