@@ -133,7 +133,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     accelerator.wait_for_everyone()
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        _check_resumable(checkpoints[-1], world, accelerator)
+        _check_checkpoint_fits(checkpoints[-1], world, accelerator)
         state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank)
         progress.note(f"resuming from {checkpoints[-1].name} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
     elif main:
@@ -387,7 +387,7 @@ def _loss_denominator(labels: np.ndarray, class_weight: torch.Tensor | None) -> 
     return float(class_weight.cpu().numpy()[labels].sum())
 
 
-def _check_resumable(checkpoint: Path, world: int, accelerator: Accelerator) -> None:
+def _check_checkpoint_fits(checkpoint: Path, world: int, accelerator: Accelerator) -> None:
     saved = read_json(checkpoint / "state.json").get("processes", 1)
     if saved != world:
         raise RunError(f"{checkpoint} was written by {saved} process(es); resume with --nproc {saved} "

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from ftune.data.prepare import Splits
+from ftune.data.summary import SPLITS
 from ftune.data.tokenize import Encoded
 
-SPLITS = ("train", "validation", "test")
 IMBALANCE_RATIO = 10.0  # largest class over smallest in train, from which we warn
 
 
