@@ -36,6 +36,7 @@ class TrainState:
     train_seconds: float = 0.0
     evaluations: list[dict] = field(default_factory=list)
     base_model_test: dict | None = None  # test metrics of the model before fine-tuning
+    base_model_validation: dict | None = None  # its validation loss (and metric): the start of the curve
     processes: int = 1                   # the batches each process trains on depend on it
     batch_size: int | None = None        # per process; what `batch_size: auto` chose, kept for --resume
 

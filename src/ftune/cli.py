@@ -61,7 +61,7 @@ def train(
 ) -> None:
     """Fine-tune a model and print the before/after table."""
     from ftune.distributed import launch_env, launched, torchrun_command
-    from ftune.report import before_after_rows
+    from ftune.report import before_after_table
     from ftune.training import preflight
     from ftune.training import train as run_training
 
@@ -79,10 +79,11 @@ def train(
     run = run_training(cfg, resume=resume, quiet=quiet)
     if not _main_process():
         return
+    header, rows = before_after_table(run.metrics["test"])
     table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples")
-    for col in ("model", "accuracy", "95% CI", "macro-F1"):
+    for col in header:
         table.add_column(col)
-    for row in before_after_rows(run.metrics["test"]):
+    for row in rows:
         table.add_row(*row)
     out.print(table)
     out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
@@ -211,6 +212,24 @@ def serve(
 
 
 @app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="a causal-lm run directory")],
+    prompt: Annotated[list[str], typer.Option(help="an instruction to answer, repeatable")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to write at most")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (the same answer every time); > 0 samples")] = 0.0,
+    system: Annotated[Opt, typer.Option(help="a system message before each prompt")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Answer prompts with an instruction-tuned decoder (task: causal-lm), laid out as in training."""
+    from ftune.generate import Generator
+
+    generator = Generator(run)
+    for text in prompt:
+        answer = generator.generate(text, max_new_tokens, temperature, seed, system)
+        print(json.dumps({"prompt": text, "response": answer}, ensure_ascii=False))
+
+
+@app.command()
 def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Write the run's report.html, report.md and plots/ again from its files."""
     from ftune.report import write_reports
@@ -301,24 +320,24 @@ def data_validate(
     strict: Annotated[bool, typer.Option(help="exit 1 when there are warnings")] = False,
 ) -> None:
     """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
-    from ftune.data import encode, load_splits
-    from ftune.data.validate import data_warnings
     from ftune.models import load_tokenizer, resolve_model
+    from ftune.tasks import task_module
 
     cfg = _config(config, set_, {
         "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
         "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column})
-    splits = load_splits(cfg.data, cfg.train.seed)
+    task = task_module(cfg.task)
+    splits = task.load_splits(cfg, cfg.train.seed)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
-    encoded = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length) for name in ("train", "validation", "test")}
-    table = Table(title=f"{cfg.data.train}: {len(splits.labels)} classes")
-    for col in ("split", "rows", *splits.labels[:8]):
+    summary, found = task.summarize(splits, task.encode_splits(splits, tokenizer, cfg), cfg)
+    shown = list(summary.get("classes", {}).get("train", {}))[:8]  # class (or tag) counts, where the task has them
+    table = Table(title=f"{cfg.data.train}: {cfg.task}" + (f", {len(splits.labels)} classes" if splits.labels else ""))
+    for col in ("split", "rows", *shown):
         table.add_column(col, justify="right")
     for name in ("train", "validation", "test"):
-        counts = getattr(splits, name)["label"].value_counts()
-        table.add_row(name, str(len(getattr(splits, name))), *(str(counts.get(i, 0)) for i in range(min(8, len(splits.labels)))))
+        counts = summary.get("classes", {}).get(name, {})
+        table.add_row(name, str(summary[name]), *(str(counts.get(c, 0)) for c in shown))
     out.print(table)
-    found = data_warnings(splits, encoded, cfg.data.max_length)
     for line in found:
         out.print(f"warning: {line}", highlight=False, markup=False)
     out.print(f"{len(found)} warning(s); no errors" if found else "no errors, no warnings")
@@ -365,6 +384,9 @@ def _write_predictions(frame, texts: list[str], results: list[dict], path: Path)
             for text, result in zip(texts, results):
                 f.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
     else:
+        if results and "tagged" in results[0]:  # token classification: the word/TAG pairs of each text
+            frame.assign(tagged=[r["tagged"] for r in results]).to_csv(path, index=False)
+            return
         frame.assign(label=[r["label"] for r in results], score=[r["score"] for r in results]).to_csv(path, index=False)
 
 

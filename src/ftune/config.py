@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftune.errors import ConfigError
 
@@ -25,17 +25,37 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="run model code shipped with the weights")
 
 
+class LongTextConfig(Section):
+    strategy: Literal["truncate", "chunk"] = Field(
+        "truncate", description="texts longer than max_length: cut to one window, or split into overlapping windows")
+    keep: Literal["head", "head+tail"] = Field(
+        "head", description="truncate: the first tokens, or the first quarter of the window plus the last three "
+                            "quarters of the text (Sun et al. 2019)")
+    stride: int = Field(64, ge=0, description="chunk: tokens each window repeats from the one before")
+    pool: Literal["mean", "max"] = Field("mean", description="chunk: a document's logits from its windows' logits")
+
+
 class DataConfig(Section):
     train: str = Field("mr", description="built-in dataset name or path to the training data")
     validation: str | None = Field(None, description="path to validation data; else split off train")
     test: str | None = Field(None, description="path to test data; else split off train")
-    text_column: str | None = Field(None, description="column with the text (default: 'text')")
+    text_column: str | None = Field(None, description="column with the text (default: 'text'; token-classification: "
+                                                     "'tokens', a list of words)")
     text_pair_column: str | None = Field(None, description="second text column for pair tasks")
-    label_column: str | None = Field(None, description="column with the label (default: 'label')")
+    label_column: str | None = Field(None, description="column with the label (default: 'label'; token-classification: "
+                                                      "'tags', a tag per word)")
+    prompt_column: str = Field("prompt", description="causal-lm: column with the instruction")
+    response_column: str = Field("response", description="causal-lm: column with the answer to learn")
+    messages_column: str = Field("messages", description="causal-lm: column with chat messages (role, content), "
+                                                         "used instead of prompt/response when present")
     split_column: str | None = Field(None, description="column naming each row's split: train/validation/test")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test when no test set is given")
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the rest held out for validation")
-    max_length: int = Field(128, ge=8, description="tokens per text; longer texts are truncated")
+    max_length: int = Field(128, ge=8, description="tokens per text; longer texts follow long_text")
+    long_text: LongTextConfig = LongTextConfig()
+    label_all_subtokens: bool = Field(False, description="token-classification: every sub-token of a word carries its "
+                                                         "tag in the loss (default: the first only; the rest are ignored)")
+    packing: bool = Field(False, description="causal-lm: join short examples into sequences of max_length tokens")
     max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
     max_eval_samples: int | None = Field(None, ge=1, description="subsample validation and test splits")
 
@@ -54,8 +74,11 @@ class LoraMethod(Section):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA path")
-    target_modules: list[str] | None = Field(None, description="module names to adapt; None: peft's default for the model")
+    target_modules: Union[list[str], Literal["all-linear"], None] = Field(
+        None, description="module names to adapt, or all-linear; None: peft's default for the model")
     merge: bool = Field(False, description="also write merged full weights to model/")
+    load_in_4bit: bool = Field(False, description="QLoRA: keep the frozen base weights in 4 bits (bitsandbytes NF4); "
+                                                  "needs a CUDA GPU")
 
 
 METHODS = (FullMethod, FreezeMethod, LoraMethod)
@@ -82,7 +105,8 @@ class TrainConfig(Section):
     save_steps: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps, between "
                                                            "evaluations; None: at each evaluation only")
     save_total_limit: int = Field(2, ge=1, description="periodic checkpoints kept (the best model is kept apart)")
-    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="picks the best checkpoint")
+    metric: Literal["accuracy", "macro_f1", "entity_f1", "loss"] = Field(
+        "accuracy", description="picks the best checkpoint (causal-lm: loss; entity_f1: token-classification with BIO tags)")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     group_by_length: bool = Field(True, description="batch texts of similar length together (shuffled buckets)")
@@ -106,7 +130,12 @@ class TrackingConfig(Section):
     log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow artifact")
 
 
+TASKS = ("classification", "token-classification", "causal-lm")
+
+
 class Config(Section):
+    task: Literal[TASKS] = Field("classification", description="classification (a label per text), "
+                                 "token-classification (a tag per word) or causal-lm (instruction tuning of a decoder)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: Method = FullMethod()
@@ -114,6 +143,25 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> "Config":
+        """Settings that only make sense for some tasks, checked together."""
+        train, data = self.train, self.data
+        if self.task == "causal-lm":
+            if "metric" in train.model_fields_set and train.metric != "loss":
+                raise ValueError(f"task causal-lm picks checkpoints by validation loss; set train.metric=loss "
+                                 f"(got {train.metric})")
+            train.metric = "loss"
+            if train.class_weights:
+                raise ValueError("train.class_weights applies to classification tasks; drop it for causal-lm")
+        if train.metric == "entity_f1" and self.task != "token-classification":
+            raise ValueError("train.metric=entity_f1 needs task token-classification (with BIO tags)")
+        if data.long_text != LongTextConfig() and self.task != "classification":
+            raise ValueError("data.long_text applies to task classification")
+        if data.long_text != LongTextConfig() and data.text_pair_column:
+            raise ValueError("data.long_text applies to single texts; drop data.text_pair_column or data.long_text")
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
@@ -146,6 +194,8 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
             raise ConfigError(f"{where}: '{key}' is not an option of method '{loc[1]}'{hint}") from None
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}") from None
+        if err["type"] == "value_error" and not loc:  # a check across sections (Config._fits_task)
+            raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
         if err["type"] == "union_tag_invalid":
             got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             raise ConfigError(f"{where}: method.name must be one of {', '.join(METHOD_NAMES)} (got {got!r})") from None

@@ -21,7 +21,7 @@ from ftune.config import DistributedConfig
 from ftune.data.batching import eval_batches
 from ftune.data.tokenize import Encoded
 from ftune.errors import ConfigError, FtuneError
-from ftune.inference import predict_logits
+from ftune.inference import PerRow, logit_rows, predict_outputs
 
 T = TypeVar("T")
 
@@ -122,20 +122,26 @@ def on_main_then_share(accelerator: Accelerator, make: Callable[[], T]) -> T:
     return value
 
 
-def gathered_logits(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int,
-                    pad_id: int) -> np.ndarray:
-    """Logits for every example of `data`, in input order, each computed by exactly one process."""
+def gathered_outputs(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
+                     per_row: PerRow = logit_rows) -> list:
+    """`per_row`'s result for every example of `data`, in input order, each computed by exactly one process."""
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different numbers of batches
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
-        return predict_logits(model, data, batch_size, pad_id, accelerator.device)
+        return predict_outputs(model, data, batch_size, pad_id, accelerator.device, per_row)
     mine = np.asarray([i for batch in eval_batches(data.lengths, batch_size)[rank::world] for i in batch], dtype=np.int64)
-    local = predict_logits(model, data.subset(mine), batch_size, pad_id, accelerator.device)
-    parts = [(idx, logits) for idx, logits in gather_object([(mine, local)]) if len(idx)]
-    out = np.empty((len(data), parts[0][1].shape[-1]), dtype=np.float32)
-    for idx, logits in parts:
-        out[idx] = logits
+    local = predict_outputs(model, data.subset(mine), batch_size, pad_id, accelerator.device, per_row)
+    out: list = [None] * len(data)
+    for indices, rows in gather_object([(mine, local)]):
+        for i, row in zip(indices, rows):
+            out[i] = row
     return out
+
+
+def gathered_logits(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int,
+                    pad_id: int) -> np.ndarray:
+    """Classification logits for every example of `data`, in input order."""
+    return np.stack(gathered_outputs(accelerator, model, data, batch_size, pad_id))
 
 
 def gathered(accelerator: Accelerator, value: T) -> list[T]:

@@ -34,6 +34,9 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r} is not supported; use --quantize int8 or leave it out")
     run = Run(run_dir)
+    if run.config.task != "classification":
+        raise ConfigError(f"{run.path} is a {run.config.task} run; ONNX export covers classification runs so far "
+                          f"(use `ftune predict` / `ftune serve` on the run directory)")
     out = Path(output_dir) if output_dir else run.path / "onnx"
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
         raise ConfigError(f"{out} exists and is not an ftune export; pick an empty or new --output folder")
@@ -54,7 +57,8 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
         info = {"format": "onnx", "files": files, "inputs": inputs, "outputs": ["logits"], "opset": opset,
                 "source_run": str(run.path.resolve()), "base_model": run.config.model.name,
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
-                "text_column": run.config.data.text_column, "created_at": datetime.now(timezone.utc).isoformat(),
+                "text_column": run.config.data.text_column, "long_text": run.config.data.long_text.model_dump(),
+                "created_at": datetime.now(timezone.utc).isoformat(),
                 "versions": _versions()}
         write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
         info["parity"] = _parity(staging, files, reference, labels, texts, pairs)

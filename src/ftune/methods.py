@@ -13,12 +13,12 @@ from ftune.config import FreezeMethod, FullMethod, LoraMethod
 from ftune.errors import ConfigError
 
 
-def full(model: nn.Module, cfg: FullMethod) -> nn.Module:
+def full(model: nn.Module, cfg: FullMethod, task_type: str) -> nn.Module:
     """Every weight trains."""
     return model
 
 
-def freeze(model: nn.Module, cfg: FreezeMethod) -> nn.Module:
+def freeze(model: nn.Module, cfg: FreezeMethod, task_type: str) -> nn.Module:
     """Freeze the embeddings and the first `layers` encoder layers; layers=None freezes them all (head only:
     whatever sits after the encoder, e.g. BERT's pooler and the classifier, still trains)."""
     layers = encoder_layers(model)
@@ -29,14 +29,20 @@ def freeze(model: nn.Module, cfg: FreezeMethod) -> nn.Module:
     getattr(model.base_model, "embeddings", nn.Module()).requires_grad_(False)  # position/type embeddings, norm
     for layer in layers[:n]:
         layer.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):  # a decoder whose output layer is the embeddings
+        raise ConfigError(f"method freeze with layers={cfg.layers} leaves nothing to train in {type(model).__name__} "
+                          f"(its output layer shares the embeddings); set method.layers below {len(layers)}")
     return model
 
 
-def lora(model: nn.Module, cfg: LoraMethod) -> nn.Module:
-    """LoRA adapters through peft; SEQ_CLS keeps the new classification head trainable and saved."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def lora(model: nn.Module, cfg: LoraMethod, task_type: str) -> nn.Module:
+    """LoRA adapters through peft. The task type (SEQ_CLS, TOKEN_CLS) keeps a new head trainable and saved;
+    with load_in_4bit (QLoRA) the model arrived quantized and peft prepares it for training."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(task_type=TaskType[task_type], r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=cfg.target_modules)
     try:
         return get_peft_model(model, config)
@@ -45,7 +51,7 @@ def lora(model: nn.Module, cfg: LoraMethod) -> nn.Module:
 
 
 
-METHODS: dict[str, Callable[[nn.Module, object], nn.Module]] = {"full": full, "freeze": freeze, "lora": lora}
+METHODS: dict[str, Callable[[nn.Module, object, str], nn.Module]] = {"full": full, "freeze": freeze, "lora": lora}
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -1,4 +1,4 @@
-"""Find a pretrained model (alias, local directory or hub id) and load it for classification."""
+"""Find a pretrained model (alias, local directory or hub id) and load it for its task."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ftune.errors import ModelError
+from ftune.errors import ConfigError, ModelError
 
 transformers.utils.logging.set_verbosity_error()  # the per-load weight report is noise for our users
 transformers.utils.logging.disable_progress_bar()
@@ -49,19 +49,57 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
         raise _load_error(source, e) from None
 
 
-def load_classifier(source: str, labels: list[str], trust_remote_code: bool = False):
-    """A sequence classifier with a head sized for `labels` and the label names in its config.
+def load_classifier(source: str, labels: list[str], trust_remote_code: bool = False, method=None):
+    """A sequence classifier with a head sized for `labels` and the label names in its config."""
+    return _load(AutoModelForSequenceClassification, source, trust_remote_code, method, **_label_kwargs(labels))
 
-    Weights are always float32: transformers v5 otherwise keeps a checkpoint's stored dtype, and an
+
+def load_token_classifier(source: str, labels: list[str], trust_remote_code: bool = False, method=None):
+    """A token classifier (a tag per token) with a head sized for `labels`."""
+    from transformers import AutoModelForTokenClassification
+
+    return _load(AutoModelForTokenClassification, source, trust_remote_code, method, **_label_kwargs(labels))
+
+
+def load_causal_lm(source: str, trust_remote_code: bool = False, method=None):
+    """A decoder with its language-model head, for instruction tuning and generation."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, source, trust_remote_code, method)
+
+
+def _label_kwargs(labels: list[str]) -> dict:
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+def _load(auto_class, source: str, trust_remote_code: bool, method, **kwargs):
+    """Weights are always float32: transformers v5 otherwise keeps a checkpoint's stored dtype, and an
     fp16 checkpoint (common on the hub) then trains in fp16 and diverges (seen: 50% on mr on an
-    H100). Mixed precision comes from autocast, on top of float32 master weights.
-    """
+    H100). Mixed precision comes from autocast, on top of float32 master weights. QLoRA
+    (method.load_in_4bit) is the exception: the frozen base weights are 4-bit, the adapters float32."""
+    if getattr(method, "load_in_4bit", False):
+        kwargs.update(_four_bit())
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)), dtype=torch.float32,
-            label2id={name: i for i, name in enumerate(labels)}, trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(source, e) from None
+
+
+def _four_bit() -> dict:
+    """from_pretrained arguments for NF4 weights with bfloat16 compute (the QLoRA recipe), on the first GPU."""
+    if not torch.cuda.is_available():
+        raise ConfigError("method.load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on "
+                          "CPU; set method.load_in_4bit=false to train LoRA on full-precision weights")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("method.load_in_4bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
 
 
 def _load_error(source: str, error: Exception) -> ModelError:

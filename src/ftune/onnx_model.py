@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftune.config import LongTextConfig
 from ftune.errors import RunError
 from ftune.inference import batched_logits
 from ftune.models import load_tokenizer
@@ -32,6 +33,7 @@ class OnnxPredictor(Labeler):
         self.labels = read_json(self.export_dir / "labels.json")
         self.max_length = self.info["max_length"]
         self.text_column = self.info.get("text_column")
+        self.long_text = LongTextConfig(**self.info.get("long_text", {}))
         self.tokenizer = load_tokenizer(str(self.export_dir))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user

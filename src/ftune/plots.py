@@ -24,7 +24,8 @@ def training_curves(history: list[dict], metric: str, path: Path) -> Path:
               color="tab:orange")
     loss.set_title("loss")
     loss.legend()
-    shown = metric if metric != "loss" else "accuracy"
+    measured = evals[0]["validation"] if evals else {}
+    shown = metric if metric != "loss" else next((m for m in ("accuracy", "perplexity") if m in measured), "loss")
     score.plot([e["step"] for e in evals], [e["validation"][shown] for e in evals], "o-", color="tab:green")
     score.set_title(f"validation {shown}")
     lr.plot([e["step"] for e in train], [e["lr"] for e in train], color="tab:purple")

@@ -27,8 +27,8 @@ class TrainProgress:
 
     def evaluated(self, record: dict, metric: str) -> None:
         v = record["validation"]
-        self.bar.console.print(f"epoch {record['epoch']:.2f} step {record['step']}: validation loss {v['loss']:.4f} "
-                               f"accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}", highlight=False)
+        scores = " ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in v.items())
+        self.bar.console.print(f"epoch {record['epoch']:.2f} step {record['step']}: validation {scores}", highlight=False)
 
     def stop(self) -> None:
         self.bar.stop()

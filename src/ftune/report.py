@@ -17,7 +17,7 @@ from ftune import plots
 from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
-        ("finetuned", "fine-tuned"))
+        ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
 MISTAKES_SHOWN = 8
 
 
@@ -31,17 +31,25 @@ class Section:
     code: str | None = None
 
 
-def before_after_rows(test: dict) -> list[tuple[str, str, str, str]]:
-    """(model, accuracy, 95% interval, macro-F1) for each model that was scored."""
+def before_after_table(test: dict) -> tuple[list[str], list[tuple]]:
+    """The header and a row per model scored: accuracy, its 95% interval and macro-F1 (tagging: of words, and
+    entity F1 for BIO tags); loss and perplexity for a language model."""
+    finetuned = test["finetuned"]
+    if "perplexity" in finetuned:
+        columns = [("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")]
+    else:
+        columns = [("accuracy", "accuracy", "{:.4f}"), ("accuracy_ci95", "95% CI", "{0[0]:.3f}–{0[1]:.3f}"),
+                   ("macro_f1", "macro-F1", "{:.4f}")]
+        if "entity_f1" in finetuned:
+            columns.append(("entity_f1", "entity F1", "{:.4f}"))
     rows = []
     for key, title in ROWS:
-        if key not in test or test[key] is None:
+        if test.get(key) is None:
             continue
+        title = "base model, before fine-tuning" if key == "base_model" and "perplexity" in finetuned else title
         m = test[key]
-        ci = m.get("accuracy_ci95")
-        interval = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else ""
-        rows.append((title, f"{m['accuracy']:.4f}", interval, f"{m['macro_f1']:.4f}"))
-    return rows
+        rows.append((title, *(form.format(m[k]) if m.get(k) is not None else "" for k, _, form in columns)))
+    return ["model", *(name for _, name, _ in columns)], rows
 
 
 def markdown_table(header: list[str], rows: list[tuple]) -> str:
@@ -71,9 +79,10 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     plot_dir = run_dir / "plots"
     title = f"ftune run {run_dir.name}: {config['data']['train']}, {config['method']['name']}, {config['model']['name']}"
 
-    sections = [Section(f"Before and after, on the same test split ({finetuned['n']} examples)",
-                        "Accuracy with the 95% bootstrap interval for the fine-tuned model.",
-                        ["model", "accuracy", "95% CI", "macro-F1"], before_after_rows(test))]
+    header, rows = before_after_table(test)
+    unit = {"token-classification": "sentences", "causal-lm": "examples"}.get(metrics.get("task"), "examples")
+    sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
+                        _before_after_note(metrics), header, rows)]
     if metrics["data"].get("warnings"):
         sections.append(Section("Data warnings", "Found before training; the run went ahead.", ["warning"],
                                 [(w,) for w in metrics["data"]["warnings"]]))
@@ -86,17 +95,33 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
                             f"{train['seconds']:.1f} s, {train['samples_per_s']:.1f} samples/s; "
                             f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained. {best}",
                             images=curves))
-    plots.confusion_heatmaps(finetuned["confusion"], labels, plot_dir / "confusion.png")
-    sections.append(Section("Confusion matrix (rows: true class, columns: predicted)", "", ["", *labels],
-                            [(labels[i], *row) for i, row in enumerate(finetuned["confusion"])], ("confusion.png",)))
-    sections.append(Section("Fine-tuned model per class", "", ["class", "precision", "recall", "F1", "support"],
-                            [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
-                             for name, s in finetuned["per_class"].items()]))
+    if "confusion" in finetuned:
+        names = finetuned.get("confusion_labels", labels)  # tagging: the most frequent tags only
+        which = "" if names == labels else f" of the {len(names)} most frequent tags"
+        plots.confusion_heatmaps(finetuned["confusion"], names, plot_dir / "confusion.png")
+        sections.append(Section(f"Confusion matrix{which} (rows: true class, columns: predicted)", "", ["", *names],
+                                [(names[i], *row) for i, row in enumerate(finetuned["confusion"])], ("confusion.png",)))
+    if "per_class" in finetuned:
+        sections.append(Section("Fine-tuned model per class", "", ["class", "precision", "recall", "F1", "support"],
+                                [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
+                                 for name, s in finetuned["per_class"].items()]))
     sections += _mistakes(run_dir / "test_predictions.csv")
     sections += _data_sections(metrics["data"], labels, plot_dir)
     sections.append(_environment(manifest))
     sections.append(Section("Config", code=config_text.strip()))
     return title, sections
+
+
+def _before_after_note(metrics: dict) -> str:
+    task = metrics.get("task", "classification")
+    if task == "causal-lm":
+        base = metrics["validation"].get("base_model") or {}
+        before = f" Validation loss before fine-tuning: {base['loss']:.4f}." if "loss" in base else ""
+        return f"Mean loss per response token and its perplexity (exp of the loss).{before}"
+    if task == "token-classification":
+        return ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as "
+                "wrong), with the 95% bootstrap interval for the fine-tuned model.")
+    return "Accuracy with the 95% bootstrap interval for the fine-tuned model."
 
 
 def _mistakes(path: Path) -> list[Section]:
@@ -113,22 +138,38 @@ def _mistakes(path: Path) -> list[Section]:
 
 def _data_sections(data: dict, labels: list[str], plot_dir: Path) -> list[Section]:
     splits = ("train", "validation", "test")
-    if "classes" not in data:  # runs written before the data summary existed
-        return [Section("Data", f"{data['train']} train, {data['validation']} validation, {data['test']} test.")]
+    if "classes" not in data:  # runs written before the data summary existed, and language-model runs
+        sizes = Section("Data", f"{data['train']} train, {data['validation']} validation, {data['test']} test.")
+        return [sizes, *_token_section(data, plot_dir)]
     rows = [(name, *(data["classes"][s][name] for s in splits)) for name in labels]
     rows.append(("all", *(data[s] for s in splits)))
     counts = data["classes"]["train"].values()
     balance = f"Largest over smallest class in train: {max(counts) / max(min(counts), 1):.1f}x."
+    return [Section("Data: class balance", balance, ["class", *splits], rows), *_token_section(data, plot_dir)]
+
+
+def _token_section(data: dict, plot_dir: Path) -> list[Section]:
+    if "tokens" not in data:
+        return []
+    splits = ("train", "validation", "test")
     tokens = data["tokens"]
     stats = [(s, f"{tokens['splits'][s]['mean']:.1f}", f"{tokens['splits'][s]['median']:.0f}",
               f"{tokens['splits'][s]['p95']:.0f}", tokens["splits"][s]["max"], tokens["splits"][s]["at_window"])
              for s in splits]
     at_window = sum(tokens["splits"][s]["at_window"] for s in splits)
+    window = tokens["max_length"]
+    long_text = data.get("long_text")
+    if long_text:
+        over = " ".join(f"{s}: {long_text['over_window'][s]} of {data[s]};" for s in splits)
+        how = (f"split into {sum(long_text['windows'].values())} overlapping windows (stride {long_text['stride']}), "
+               f"whose logits are pooled by their {long_text['pool']}" if long_text["strategy"] == "chunk" else
+               "cut to their first and last tokens" if long_text["keep"] == "head+tail" else "cut to their head")
+        text = f"Documents longer than the {window}-token window ({over.rstrip(';')}) were {how}. Lengths are of whole documents."
+    else:
+        text = f"{at_window} texts filled the {window}-token window (longer texts are cut to it; raise data.max_length to keep more)."
     plots.length_histogram(tokens, plot_dir / "lengths.png")
-    return [Section("Data: class balance", balance, ["class", *splits], rows),
-            Section("Data: tokens per text", f"{at_window} texts filled the {tokens['max_length']}-token window "
-                    f"(longer texts are cut to it; raise data.max_length to keep more).",
-                    ["split", "mean", "median", "95th pct", "max", "at max_length"], stats, ("lengths.png",))]
+    return [Section("Data: tokens per text", text, ["split", "mean", "median", "95th pct", "max", "at max_length"],
+                    stats, ("lengths.png",))]
 
 
 def _environment(manifest: dict) -> Section:

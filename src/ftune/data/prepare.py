@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -31,26 +33,31 @@ class Splits:
         """sha256 of every split's texts and labels: what the manifest records as the data hash."""
         h = hashlib.sha256()
         for name in ("train", "validation", "test"):
+            frame = getattr(self, name).map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # tags, chats
             h.update(name.encode())
-            h.update(pd.util.hash_pandas_object(getattr(self, name), index=False).values.tobytes())
+            h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
         return h.hexdigest()
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """Read, check and split the configured data; deterministic for a given seed."""
-    given = _given_splits(cfg)
-    train = given["train"]
-    labels = label_names(train["label"])
+    given = given_splits(cfg, read_source, select_columns)
+    labels = label_names(given["train"]["label"])
     for name, frame in given.items():
-        given[name] = encode_labels(frame, labels, where=_where(cfg, name))
+        given[name] = encode_labels(frame, labels, where=source_name(cfg, name))
+    return complete_splits(given, cfg, seed, labels)
+
+
+def complete_splits(given: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, labels: list[str]) -> Splits:
+    """Hold out the test and validation splits the data did not bring, then subsample as configured."""
     train = given["train"]
     if "test" not in given:
-        train, given["test"] = _split(train, cfg.test_size, seed, "test")
+        train, given["test"] = hold_out(train, cfg.test_size, seed, "test")
     if "validation" not in given:
-        train, given["validation"] = _split(train, cfg.validation_size, seed, "validation")
-    train = _subsample(train, cfg.max_train_samples, seed)
-    validation = _subsample(given["validation"], cfg.max_eval_samples, seed)
-    test = _subsample(given["test"], cfg.max_eval_samples, seed)
+        train, given["validation"] = hold_out(train, cfg.validation_size, seed, "validation")
+    train = subsample(train, cfg.max_train_samples, seed)
+    validation = subsample(given["validation"], cfg.max_eval_samples, seed)
+    test = subsample(given["test"], cfg.max_eval_samples, seed)
     return Splits(train, validation, test, labels)
 
 
@@ -64,11 +71,11 @@ def load_eval_frame(source: str, cfg: DataConfig, labels: list[str]) -> pd.DataF
 
 def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True) -> pd.DataFrame:
     """Rename the user's columns to text / text_pair / label and check every text is present."""
-    out = pd.DataFrame({"text": _column(frame, cfg.text_column or "text", "text_column", where)})
+    out = pd.DataFrame({"text": column(frame, cfg.text_column or "text", "text_column", where)})
     if cfg.text_pair_column:
-        out["text_pair"] = _column(frame, cfg.text_pair_column, "text_pair_column", where)
+        out["text_pair"] = column(frame, cfg.text_pair_column, "text_pair_column", where)
     if need_label:
-        out["label"] = _column(frame, cfg.label_column or "label", "label_column", where)
+        out["label"] = column(frame, cfg.label_column or "label", "label_column", where)
     for col in out.columns:
         missing = out[col].isna() | (out[col].astype(str).str.strip() == "")
         if missing.any():
@@ -100,26 +107,29 @@ def encode_labels(frame: pd.DataFrame, labels: list[str], where: str) -> pd.Data
     return frame.assign(label=as_str.map(index).astype("int64"))
 
 
-def _given_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    table = read_source(cfg.train)
-    splits = _named_splits(table, cfg)
+def given_splits(cfg: DataConfig, read: Callable[[str], Table],
+                 select: Callable[[pd.DataFrame, DataConfig, str], pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The splits the data brings (its own, a split column, or the train/validation/test sources), each read with
+    `read` and reduced by `select` to the task's columns."""
+    table = read(cfg.train)
+    splits = named_splits(table, cfg)
     for name, source in (("validation", cfg.validation), ("test", cfg.test)):
         if source:
-            extra = read_source(source)
+            extra = read(source)
             if isinstance(extra, dict):
                 extra = extra.get(name, next(iter(extra.values())))
             splits[name] = extra
-    out = {name: select_columns(frame, cfg, _where(cfg, name)) for name, frame in splits.items()}
+    out = {name: select(frame, cfg, source_name(cfg, name)) for name, frame in splits.items()}
     if len(out["train"]) < 2:
         raise DataError(f"{cfg.train}: the training split has {len(out['train'])} rows; fine-tuning needs more")
     return out
 
 
-def _named_splits(table: Table, cfg: DataConfig) -> dict[str, pd.DataFrame]:
+def named_splits(table: Table, cfg: DataConfig) -> dict[str, pd.DataFrame]:
     if isinstance(table, dict):
         splits = {SPLIT_ALIASES.get(k.lower(), k): v for k, v in table.items()}
     elif cfg.split_column:
-        col = _column(table, cfg.split_column, "split_column", cfg.train)
+        col = column(table, cfg.split_column, "split_column", cfg.train)
         names = col.astype(str).str.lower().map(SPLIT_ALIASES)
         if names.isna().any():
             bad = col[names.isna()].iloc[0]
@@ -132,23 +142,24 @@ def _named_splits(table: Table, cfg: DataConfig) -> dict[str, pd.DataFrame]:
     return {k: v for k, v in splits.items() if k in ("train", "validation", "test")}
 
 
-def _split(frame: pd.DataFrame, size: float, seed: int, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    counts = frame["label"].value_counts()
+def hold_out(frame: pd.DataFrame, size: float, seed: int, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split `size` of the rows off for `name`, stratified by label when there is one label per row."""
     n_out = round(len(frame) * size)
     if n_out < 1 or n_out >= len(frame):
         raise DataError(f"cannot hold out {size:.0%} of {len(frame)} rows for {name}; add data or give a {name} file")
-    stratify = frame["label"] if counts.min() >= 2 and n_out >= len(counts) else None
+    counts = frame["label"].value_counts() if "label" in frame else None
+    stratify = frame["label"] if counts is not None and counts.min() >= 2 and n_out >= len(counts) else None
     kept, held = train_test_split(frame, test_size=n_out, random_state=seed, stratify=stratify)
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 
-def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is None or len(frame) <= limit:
         return frame
     return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
 
 
-def _column(frame: pd.DataFrame, name: str, key: str, where: str) -> pd.Series:
+def column(frame: pd.DataFrame, name: str, key: str, where: str) -> pd.Series:
     if name in frame.columns:
         return frame[name]
     columns = [str(c) for c in frame.columns]
@@ -169,6 +180,6 @@ def _user_name(cfg: DataConfig, col: str) -> str:
             "label": cfg.label_column or "label"}[col]
 
 
-def _where(cfg: DataConfig, split: str) -> str:
+def source_name(cfg: DataConfig, split: str) -> str:
     source = {"validation": cfg.validation, "test": cfg.test}.get(split) or cfg.train
     return source if Path(source).exists() or split == "train" else f"{source} ({split})"

@@ -21,7 +21,10 @@ def read_source(source: str) -> Table:
     """One DataFrame, or {split name: DataFrame} for sources that carry their own splits."""
     path = Path(source).expanduser()
     if source in CATALOG and not path.exists():
-        return pd.read_csv(builtin_path(source), keep_default_na=False)
+        cached = builtin_path(source)
+        if cached.suffix == ".jsonl":
+            return pd.read_json(cached, lines=True, dtype=False)
+        return pd.read_csv(cached, keep_default_na=False)
     if path.is_dir():
         return _read_saved_dataset(path)
     if path.is_file():

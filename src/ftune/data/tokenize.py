@@ -15,36 +15,68 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ftune.config import LongTextConfig
 from ftune.data.builtin import cache_dir
+from ftune.data.long_text import is_long_text, pool, windows
+
+IGNORE = -100  # a token label that takes no part in the loss (torch's cross-entropy ignore_index)
 
 
 @dataclass
 class Encoded:
-    """Token ids per example (ragged), optional segment ids, and labels."""
+    """Token ids per example (ragged), optional segment ids, and labels: one per example (classification), or one
+    per token (token classification, causal LM: ragged, -100 where no loss is taken).
+
+    With data.long_text chunking an example is a window of a document: `groups` names its document."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
-    labels: np.ndarray | None
+    labels: np.ndarray | list[np.ndarray] | None
+    groups: np.ndarray | None = None  # long_text: the document of each window
+    full_lengths: np.ndarray | None = None  # long_text: each document's tokens before it was cut or split
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def subset(self, indices: np.ndarray) -> "Encoded":
         """The examples at `indices`, in that order."""
-        pick = lambda items: [items[i] for i in indices]  # noqa: E731
-        return Encoded(pick(self.input_ids), pick(self.token_type_ids) if self.token_type_ids is not None else None,
-                       self.labels[indices] if self.labels is not None else None)
+        pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
+        labels = self.labels[indices] if isinstance(self.labels, np.ndarray) else pick(self.labels)
+        return Encoded(pick(self.input_ids), pick(self.token_type_ids), labels,
+                       groups=self.groups[indices] if self.groups is not None else None)
+
+    def loss_terms(self, indices) -> np.ndarray:
+        """The labels the loss averages over for these examples: every label, or every token label but -100."""
+        if isinstance(self.labels, np.ndarray):
+            return self.labels[indices]
+        picked = np.concatenate([self.labels[i] for i in indices])
+        return picked[picked != IGNORE]
+
+    def per_document(self, logits: np.ndarray, how: str = "mean") -> np.ndarray:
+        """Logits per document: the windows' logits pooled when texts were chunked, else as they are."""
+        return logits if self.groups is None else pool(logits, self.groups, how)
+
+    @property
+    def document_labels(self) -> np.ndarray | None:
+        if self.groups is None or self.labels is None:
+            return self.labels
+        return self.labels[np.unique(self.groups, return_index=True)[1]]
 
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = True,
+           long_text: LongTextConfig | None = None) -> Encoded:
     """Token ids for a split, from the cache when this data, tokenizer and length were seen before."""
     texts = frame["text"].tolist()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     labels = frame["label"].to_numpy(dtype=np.int64) if "label" in frame else None
+    if is_long_text(long_text):  # one fast tokenization of whole documents, then windows cut from the ids
+        ids, types, groups, full_lengths = windows(texts, tokenizer, max_length, long_text)
+        return Encoded(ids, types, labels[groups] if labels is not None else None, groups=groups,
+                       full_lengths=full_lengths)
     # The key hashes the whole tokenizer definition (~100 ms): only worth it when the cache is used.
     path = cache_dir() / "tokens" / f"{_cache_key(texts, pairs, tokenizer, max_length)}.npz" if use_cache else None
     if path is not None and path.is_file():
@@ -75,8 +107,12 @@ def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.T
     batch = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
         batch["token_type_ids"] = types
-    if data.labels is not None:
+    if isinstance(data.labels, np.ndarray):
         batch["labels"] = torch.from_numpy(data.labels[indices])
+    elif data.labels is not None:  # a label per token; padding is ignored in the loss
+        batch["labels"] = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(indices):
+            batch["labels"][row, :len(data.labels[i])] = torch.from_numpy(data.labels[i].astype(np.int64))
     return batch
 
 

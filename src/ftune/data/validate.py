@@ -7,13 +7,16 @@ import numpy as np
 import pandas as pd
 
 from ftune.data.prepare import Splits
-from ftune.data.summary import SPLITS
+from ftune.config import LongTextConfig
+from ftune.data.long_text import is_long_text
+from ftune.data.summary import SPLITS, text_lengths
 from ftune.data.tokenize import Encoded
 
 IMBALANCE_RATIO = 10.0  # largest class over smallest in train, from which we warn
 
 
-def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int) -> list[str]:
+def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int,
+                  long_text: LongTextConfig | None = None) -> list[str]:
     """One line per problem found, naming the split, the count, an example and what to do."""
     found = []
     for name in SPLITS:
@@ -40,12 +43,23 @@ def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int) 
         found.append(f"train: classes are very imbalanced ('{splits.labels[large]}' {counts[large]} rows, "
                      f"'{splits.labels[small]}' {counts[small]}); consider train.class_weights=true and "
                      f"train.metric=macro_f1")
-    cut = {name: int((encoded[name].lengths >= max_length).sum()) for name in SPLITS}
-    if sum(cut.values()):
-        per_split = ", ".join(f"{n} {c}" for n, c in cut.items() if c)
-        found.append(f"{sum(cut.values())} texts fill the {max_length}-token window and are cut to it ({per_split}); "
-                     f"raise data.max_length to keep more of them")
+    cut = {name: int((text_lengths(encoded[name]) > max_length).sum()) if is_long_text(long_text) else
+           int((encoded[name].lengths >= max_length).sum()) for name in SPLITS}
+    if not (long_text and long_text.strategy == "chunk"):  # chunked texts are read whole
+        kept = "their first and last tokens" if is_long_text(long_text) else "it"
+        found += window_warning(cut, f"{{total}} texts fill the {max_length}-token window and are cut to {kept} "
+                                     f"({{per_split}}); raise data.max_length, or set data.long_text.strategy=chunk "
+                                     f"to read them whole")
     return found
+
+
+def window_warning(counts: dict[str, int], message: str) -> list[str]:
+    """The warning about what the window cut off, when any split lost something: `message` with {total} and
+    {per_split} filled in."""
+    total = sum(counts.values())
+    if not total:
+        return []
+    return [message.format(total=total, per_split=", ".join(f"{n} {c}" for n, c in counts.items() if c))]
 
 
 def _keys(frame: pd.DataFrame) -> pd.Series:

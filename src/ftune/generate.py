@@ -1,0 +1,44 @@
+"""`ftune generate`: text from an instruction-tuned run (its merged model, or the base model plus its adapter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ftune.errors import RunError
+from ftune.models import load_causal_lm, load_tokenizer, resolve_model
+from ftune.run import Run
+from ftune.tasks.causal_lm import prompt_ids
+
+
+class Generator:
+    def __init__(self, run_dir: str | Path):
+        run = Run(run_dir)
+        if run.config.task != "causal-lm":
+            raise RunError(f"{run.path} is a {run.config.task} run; `ftune generate` needs a causal-lm run "
+                           f"(use `ftune predict` for labels)")
+        trust = run.config.model.trust_remote_code
+        if (run.path / "model").is_dir():
+            self.tokenizer = load_tokenizer(str(run.path / "model"), trust)
+            self.model = load_causal_lm(str(run.path / "model"), trust)
+        else:
+            from peft import PeftModel
+
+            source = run.manifest.get("model_source") or resolve_model(run.config.model.name)
+            self.tokenizer = load_tokenizer(str(run.path / "adapter"), trust)
+            self.model = PeftModel.from_pretrained(load_causal_lm(source, trust), str(run.path / "adapter"))
+        self.model.eval()
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
+                 system: str | None = None) -> str:
+        """The model's answer to one prompt, laid out as in training; greedy unless temperature > 0."""
+        chat = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = torch.tensor([prompt_ids(self.tokenizer, chat)])
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                                  eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,218 @@
+"""Token classification: a tag per word (part of speech, named entities), scored per word.
+
+Words are tokenized into sub-word tokens; a word's tag sits on its first token, and the other
+tokens either repeat it (data.label_all_subtokens) or take no part in the loss. Predictions
+read each word's tag from its first token, so what is scored is exactly one tag per word.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ftune.config import Config
+from ftune.data import Encoded
+from ftune.data.builtin import check_builtin_task
+from ftune.data.prepare import complete_splits, given_splits, source_name
+from ftune.data.summary import SPLITS, token_lengths
+from ftune.data.tagged import read_tagged, select_tagged
+from ftune.data.tokenize import IGNORE
+from ftune.data.validate import window_warning
+from ftune.distributed import gathered_outputs
+from ftune.errors import ConfigError, DataError
+from ftune.metrics import bootstrap_accuracy, softmax
+from ftune.models import load_token_classifier
+
+PEFT_TYPE = "TOKEN_CLS"  # peft keeps the new tagging head trainable and saved
+SHIFT = False
+CONFUSION_TAGS = 10  # the report's confusion matrix: the most frequent tags
+ENTITY_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
+
+
+@dataclass
+class TaggedEncoded(Encoded):
+    """Encoded sentences plus what scoring per word needs."""
+
+    word_ids: list[np.ndarray] = field(default_factory=list)  # the word of each token, -1 for special tokens
+    word_tags: list[np.ndarray] | None = None  # each sentence's tag ids, for every word (also beyond the window)
+
+
+def load_splits(config: Config, seed: int):
+    check_builtin_task(config.data.train, "token-classification")
+    given = given_splits(config.data, read_tagged, select_tagged)
+    labels = sorted({tag for tags in given["train"]["tags"] for tag in tags})
+    given = {name: _tag_ids(frame, labels, source_name(config.data, name)) for name, frame in given.items()}
+    return complete_splits(given, config.data, seed, labels)
+
+
+def _tag_ids(frame: pd.DataFrame, labels: list[str], where: str) -> pd.DataFrame:
+    index = {name: i for i, name in enumerate(labels)}
+    for row, tags in enumerate(frame["tags"]):
+        unknown = next((t for t in tags if t not in index), None)
+        if unknown is not None:
+            raise DataError(f"{where} row {row + 1}: tag '{unknown}' does not occur in the training data "
+                            f"({len(labels)} tags there); fix the tag or add training sentences with it")
+    return frame.assign(tags=[[index[t] for t in tags] for tags in frame["tags"]])
+
+
+def encode_splits(splits, tokenizer, config: Config) -> dict[str, Encoded]:
+    return {name: encode_words(getattr(splits, name), tokenizer, config.data.max_length,
+                               config.data.label_all_subtokens) for name in SPLITS}
+
+
+def encode_words(frame: pd.DataFrame, tokenizer, max_length: int, label_all_subtokens: bool = False) -> TaggedEncoded:
+    """Sub-word ids for sentences given as word lists, each token labeled with its word's tag (or IGNORE)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"token classification needs a fast tokenizer (it maps tokens to words); "
+                          f"{type(tokenizer).__name__} is not one")
+    enc = tokenizer(frame["tokens"].tolist(), is_split_into_words=True, truncation=True, max_length=max_length)
+    ids, types, word_ids, labels = [], [], [], []
+    tags = frame["tags"].tolist() if "tags" in frame else None
+    for i, tokens in enumerate(enc["input_ids"]):
+        words = np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
+        ids.append(np.asarray(tokens, dtype=np.int32))
+        word_ids.append(words)
+        if "token_type_ids" in enc:
+            types.append(np.asarray(enc["token_type_ids"][i], dtype=np.int8))
+        if tags is not None:
+            first = _first_tokens(words)
+            keep = words >= 0 if label_all_subtokens else np.isin(np.arange(len(words)), first)
+            token_tags = np.where(keep, np.asarray(tags[i], dtype=np.int64)[np.maximum(words, 0)], IGNORE)
+            labels.append(token_tags)
+    return TaggedEncoded(ids, types or None, labels if tags is not None else None, word_ids=word_ids,
+                         word_tags=[np.asarray(t, dtype=np.int64) for t in tags] if tags is not None else None)
+
+
+def load_model(source: str, labels: list[str], trust_remote_code: bool, method=None):
+    return load_token_classifier(source, labels, trust_remote_code, method)
+
+
+def token_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Each sentence's token logits, without its padding."""
+    lengths = batch["attention_mask"].sum(1).tolist()
+    logits = logits.float().cpu().numpy()
+    return [logits[row, :n] for row, n in enumerate(lengths)]
+
+
+def evaluate(accelerator, model, data: TaggedEncoded, config: Config, pad_id: int, labels: list[str],
+             interval_seed: int | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Per-word metrics (and the loss over the tokens that carry a tag), and each sentence's word logits."""
+    token_logits = gathered_outputs(accelerator, model, data, config.train.eval_batch_size, pad_id, token_rows)
+    nll, count = 0.0, 0
+    for logits, token_tags in zip(token_logits, data.labels):
+        tagged = token_tags[:len(logits)] != IGNORE
+        log_probs = np.log(np.clip(softmax(logits[tagged].astype(np.float64)), 1e-12, None))
+        nll -= log_probs[np.arange(tagged.sum()), token_tags[:len(logits)][tagged]].sum()
+        count += int(tagged.sum())
+    word_logits = [logits[_first_tokens(words)] for logits, words in zip(token_logits, data.word_ids)]
+    truth = data.word_tags
+    predicted = [np.pad(w.argmax(-1), (0, len(t) - len(w)), constant_values=-1) for w, t in zip(word_logits, truth)]
+    metrics = tagging_metrics(truth, predicted, labels, interval_seed)
+    return {"loss": nll / max(count, 1), **metrics}, word_logits
+
+
+def tagging_metrics(truth: list[np.ndarray], predicted: list[np.ndarray], names: list[str],
+                    interval_seed: int | None = None) -> dict:
+    """Word accuracy, macro-F1 over tags, per-tag scores, the confusion of the most frequent tags, and for
+    BIO/BIOES tags entity-level precision/recall/F1 (seqeval). A predicted -1 (a word beyond the window) is wrong."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y, p = np.concatenate(truth), np.concatenate(predicted)
+    ids = list(range(len(names)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=ids, zero_division=0)
+    top = [int(i) for i, _ in Counter(y.tolist()).most_common(CONFUSION_TAGS)]
+    metrics = {
+        "accuracy": float((y == p).mean()),
+        "macro_f1": float(f1_score(y, p, labels=ids, average="macro", zero_division=0)),
+        "per_class": {names[i]: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                                 "support": int(support[i])} for i in ids if support[i]},
+        "confusion": confusion_matrix(y, p, labels=top).tolist(), "confusion_labels": [names[i] for i in top],
+        "n": len(truth), "words": int(len(y)), "words_beyond_window": int((p == -1).sum()),
+    }
+    if interval_seed is not None:
+        metrics["accuracy_ci95"] = bootstrap_accuracy((y == p).astype(np.float64), seed=interval_seed)
+    if is_entity_scheme(names):
+        from seqeval.metrics import f1_score as entity_f1, precision_score, recall_score
+
+        tag = lambda seq: [names[i] if i >= 0 else "O" for i in seq]  # noqa: E731
+        gold, guess = [tag(t) for t in truth], [tag(s) for s in predicted]
+        metrics.update({f"entity_{name}": float(score(gold, guess, zero_division=0)) for name, score in
+                        (("precision", precision_score), ("recall", recall_score), ("f1", entity_f1))})
+    return metrics
+
+
+def is_entity_scheme(names: list[str]) -> bool:
+    """BIO / BIOES tags (O, B-PER, I-PER, ...): entity spans, scored as wholes."""
+    return any(n.startswith(ENTITY_PREFIXES) for n in names) and all(n == "O" or n.startswith(ENTITY_PREFIXES)
+                                                                      for n in names)
+
+
+def baselines(splits, seed: int) -> dict:
+    """The classic tagging baseline: each word's most frequent tag in train; unseen words get the commonest tag."""
+    counts: dict[str, Counter] = {}
+    for words, tags in zip(splits.train["tokens"], splits.train["tags"]):
+        for word, tag in zip(words, tags):
+            counts.setdefault(word, Counter())[tag] += 1
+    overall = Counter(t for tags in splits.train["tags"] for t in tags).most_common(1)[0][0]
+    best = {word: c.most_common(1)[0][0] for word, c in counts.items()}
+    truth = [np.asarray(t) for t in splits.test["tags"]]
+    predicted = [np.asarray([best.get(w, overall) for w in words]) for words in splits.test["tokens"]]
+    return {"most_frequent_tag": tagging_metrics(truth, predicted, splits.labels)}
+
+
+def summarize(splits, data: dict[str, Encoded], config: Config) -> tuple[dict, list[str]]:
+    """Sentences and words per split, words per tag, sub-word tokens per sentence, and words cut at the window."""
+    max_length = config.data.max_length
+    summary = {name: len(getattr(splits, name)) for name in SPLITS}
+    summary["classes"] = {name: _tag_counts(getattr(splits, name), splits.labels) for name in SPLITS}
+    summary["tokens"] = token_lengths({name: data[name].lengths for name in SPLITS}, max_length)
+    cut = {name: sum(len(t) - len(_first_tokens(w)) for t, w in zip(getattr(splits, name)["tokens"], data[name].word_ids))
+           for name in SPLITS}
+    summary["words_beyond_window"] = cut
+    return summary, window_warning(cut, f"{{total}} words lie beyond the {max_length}-token window ({{per_split}}): "
+                                        f"they get no tag and count as wrong; raise data.max_length")
+
+
+def save_predictions(run_dir: Path, splits, data: dict[str, Encoded], word_logits: list[np.ndarray],
+                     labels: list[str]) -> None:
+    """A row per test word: the word in its context, its true tag, the predicted one and that tag's probability."""
+    rows = []
+    for s, (words, tags, logits) in enumerate(zip(splits.test["tokens"], splits.test["tags"], word_logits)):
+        probs = softmax(logits.astype(np.float64)) if len(logits) else np.empty((0, len(labels)))
+        for i, (word, tag) in enumerate(zip(words, tags)):
+            context = " ".join(words[max(0, i - 5):i] + [f"[{word}]"] + words[i + 1:i + 6])
+            scored = i < len(probs)
+            rows.append({"sentence": s, "word": word, "text": context, "label": labels[tag],
+                         "predicted": labels[int(probs[i].argmax())] if scored else "",
+                         "score": float(probs[i].max()) if scored else 0.0})
+    pd.DataFrame(rows).to_csv(run_dir / "test_predictions.csv", index=False)
+
+
+def tag_texts(predictor, texts: list[str]) -> list[dict]:
+    """Tags for the words of each text (split at whitespace): word/tag pairs with the tag's probability."""
+    words = [text.split() for text in texts]
+    data = encode_words(pd.DataFrame({"tokens": words}), predictor.tokenizer, predictor.max_length)
+    results = []
+    for sentence, logits, ids in zip(words, predictor.outputs(data, token_rows), data.word_ids):
+        probs = softmax(logits[_first_tokens(ids)].astype(np.float64))
+        tokens = [{"word": w, "tag": predictor.labels[int(probs[i].argmax())] if i < len(probs) else None,
+                   "score": float(probs[i].max()) if i < len(probs) else None} for i, w in enumerate(sentence)]
+        results.append({"tokens": tokens, "tagged": " ".join(f"{t['word']}/{t['tag']}" for t in tokens)})
+    return results
+
+
+def _first_tokens(word_ids: np.ndarray) -> np.ndarray:
+    """Position of each word's first token (words in order; words cut by the window have none)."""
+    words, first = np.unique(word_ids, return_index=True)
+    return first[words >= 0]
+
+
+def _tag_counts(frame: pd.DataFrame, names: list[str]) -> dict[str, int]:
+    counts = Counter(t for tags in frame["tags"] for t in tags)
+    return {name: int(counts.get(i, 0)) for i, name in enumerate(names)}
+
