@@ -5,7 +5,7 @@
     labels.json     label names, index = class id
     metrics.jsonl   one line per logging step and per evaluation
     metrics.json    final metrics: fine-tuned, base model and baseline on the test split; data summary
-    test_predictions.csv   the fine-tuned model's label and score for every test text
+    test_predictions.csv   the fine-tuned model's label and score for every test text (tagging: every test word)
     report.html     the report, self-contained (plots embedded); report.md the same in Markdown
     plots/          the report's figures as PNG
     model/          transformers model + tokenizer (full, freeze; LoRA with merge)

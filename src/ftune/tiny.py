@@ -28,7 +28,8 @@ def build_tiny_decoder(folder: str | Path, texts: list[str], hidden: int = 64, l
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+                         initializer_range=0.2)  # 10x the usual: a frozen random output layer must allow large logits
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -137,6 +137,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
         progress.note(f"resuming from {checkpoints[-1].name} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
     elif main:
         (run_dir / "metrics.jsonl").write_text("")
+
     def evaluate(split: str, interval_seed: int | None = None) -> tuple[dict, object]:
         return task.evaluate(accelerator, model, data[split], config, pad_id, splits.labels, interval_seed)
 
