@@ -54,9 +54,3 @@ def predict_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_
     finally:
         model.train(was_training)
 
-
-def predict_logits(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Classification logits for every example, in input order."""
-    rows = predict_outputs(model, data, batch_size, pad_id, device)
-    return np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)
