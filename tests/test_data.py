@@ -86,7 +86,9 @@ def test_data_mistakes_name_the_place_and_the_fix(tmp_path, change, message):
 def test_label_seen_only_outside_train_is_an_error(tmp_path):
     synthetic_reviews(40).to_csv(tmp_path / "train.csv", index=False)
     synthetic_reviews(10).assign(stars="meh").to_csv(tmp_path / "test.csv", index=False)
-    with pytest.raises(DataError, match=r"test.csv row 1: label 'meh' does not occur in the training data"):
+    with pytest.raises(DataError, match=r"test.csv row 1: the test split has label 'meh', which does not occur in the "
+                                        r"training data \(labels: neg, pos\), so the model cannot predict it; fix the "
+                                        r"label, add training examples for it, or remove the 10 such test rows"):
         load_splits(cfg(tmp_path / "train.csv", test=str(tmp_path / "test.csv")), seed=0)
 
 

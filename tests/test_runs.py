@@ -59,6 +59,22 @@ def test_runs_compare_prints_both_runs_differences_and_writes_curves(two_runs, t
     assert "](./curves.png)" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
+def test_one_damaged_run_does_not_hide_the_others(two_runs, monkeypatch, capsys):
+    root, full, _ = two_runs
+    damaged = root / "damaged"
+    shutil.copytree(full.path, damaged, ignore=shutil.ignore_patterns("model", "checkpoints"))
+    (damaged / "metrics.json").write_text("{ not json")
+    try:
+        code, out, _ = ftune_cli(monkeypatch, capsys, "runs", "list", str(root))
+        compared = ftune_cli(monkeypatch, capsys, "runs", "compare", str(full.path), str(damaged))
+    finally:
+        shutil.rmtree(damaged)
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    assert code == 0 and len(lines) == 3 and any("damaged" in line and "unreadable" in line for line in lines)
+    code, _, err = compared
+    assert code == 2 and "metrics.json" in err and "cannot be read as JSON" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["runs", "compare", "{full}"], "compare needs at least two run directories"),
     (["runs", "compare", "{full}", "{root}/nope"], "nope is not an ftune run directory"),

@@ -1,6 +1,7 @@
 """The HTTP service, started for real on a free loopback port, and the micro-batcher on its own."""
 
 import asyncio
+import json
 import socket
 from contextlib import contextmanager
 import threading
@@ -9,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 import ftune
 from ftune.batching_queue import MicroBatcher, Overloaded
 from ftune.predict import Predictor
-from ftune.serve import ServeSettings, create_app
+from ftune.serve import ServeSettings, build_server, create_app
 
 KEY = "test-key"
 
@@ -29,26 +29,25 @@ def predictor(tiny_model, reviews_csv, tmp_path_factory):
 
 
 @contextmanager
-def running(app):
-    """The app under uvicorn in a thread, as `ftune serve` runs it; yields its base URL."""
+def running(predictor, settings=None):
+    """The service under uvicorn in a thread, as `ftune serve` runs it; yields its base URL and the app."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = build_server(predictor, "127.0.0.1", port, settings, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", server.config.app
     server.should_exit = True
     thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    app = create_app(predictor, ServeSettings(max_texts=4, max_chars=200, max_wait_ms=20, api_key=KEY))
-    with running(app) as url:
+    with running(predictor, ServeSettings(max_texts=4, max_chars=200, max_wait_ms=20, api_key=KEY)) as (url, app):
         yield url, app
 
 
@@ -76,7 +75,7 @@ def post(url: str, body=None, key: str | None = KEY, **kwargs) -> httpx.Response
 def test_health_model_and_openapi(server, predictor):
     url, _ = server
     assert httpx.get(f"{url}/health").json()["status"] == "ok"  # no key needed: load balancers probe it
-    info = httpx.get(f"{url}/v1/model", headers={"X-API-Key": KEY}).json()
+    info = httpx.get(f"{url}/v1/model", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert info["labels"] == ["neg", "pos"] and info["kind"] == "pytorch" and info["limits"]["max_texts"] == 4
     assert KEY not in str(info)
     spec = httpx.get(f"{url}/openapi.json").json()
@@ -127,6 +126,21 @@ def test_concurrent_requests_share_forward_passes(server, predictor):
     assert batcher.batches - before < len(texts)  # some requests were answered by one shared forward pass
 
 
+def test_a_lone_surrogate_is_422_and_does_not_fail_the_batch_it_arrives_with(server, predictor):
+    """The tokenizer cannot encode "\\ud800": it used to fail the whole micro-batch (15 of 20 requests got 500)."""
+    url, _ = server
+    texts = [f"the movie was {w}" for w in ("great", "awful", "superb", "dull")] * 5
+    bodies = [json.dumps({"texts": [t]}).encode() for t in texts] + [b'{"texts": ["great \\ud800"]}']
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: httpx.post(
+            f"{url}/v1/predict", content=body, timeout=30,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}), bodies))
+    assert responses[-1].status_code == 422 and "lone surrogates" in responses[-1].text
+    assert [r.status_code for r in responses[:-1]] == [200] * len(texts)
+    labels = [r.json()["predictions"][0]["label"] for r in responses[:-1]]
+    assert labels == [r["label"] for r in predictor.predict(texts)]
+
+
 def slow_predict(texts):
     time.sleep(0.05)
     return [t.upper() for t in texts]
@@ -174,6 +188,28 @@ def test_model_errors_reach_every_caller_of_the_batch():
     assert all(isinstance(o, RuntimeError) for o in asyncio.run(scenario()))
 
 
+def test_when_a_shared_forward_pass_fails_each_request_is_run_on_its_own():
+    calls = []
+
+    def fragile(texts):
+        calls.append(list(texts))
+        if "bad" in texts:
+            raise ValueError("cannot encode")
+        return [t.upper() for t in texts]
+
+    async def scenario():
+        batcher = MicroBatcher(fragile, max_wait_s=0.01)
+        batcher.start()
+        outcomes = await asyncio.gather(batcher.submit(["a"]), batcher.submit(["b", "bad"]), batcher.submit(["c"]),
+                                        return_exceptions=True)
+        await batcher.stop()
+        return outcomes, batcher.waiting
+
+    (a, bad, c), waiting = asyncio.run(scenario())
+    assert a == ["A"] and c == ["C"] and isinstance(bad, ValueError) and waiting == 0
+    assert calls == [["a", "b", "bad", "c"], ["a"], ["b", "bad"], ["c"]]
+
+
 def test_a_model_failure_is_a_500_without_details(predictor, monkeypatch):
     from fastapi.testclient import TestClient
 
@@ -184,8 +220,7 @@ def test_a_model_failure_is_a_500_without_details(predictor, monkeypatch):
 
 
 def test_a_request_not_answered_in_time_gets_504_and_the_service_goes_on():
-    app = create_app(SlowLabeler(1.0), ServeSettings(timeout_s=0.3, max_wait_ms=1))
-    with running(app) as url:
+    with running(SlowLabeler(1.0), ServeSettings(timeout_s=0.3, max_wait_ms=1)) as (url, _):
         response = httpx.post(f"{url}/v1/predict", json={"texts": ["x"]}, timeout=30)
         assert response.status_code == 504 and response.json()["detail"] == "not answered within 0.3 s; retry later"
         time.sleep(1.2)
@@ -196,11 +231,9 @@ def test_under_bounded_overload_every_request_gets_a_result_or_503_and_memory_st
     import asyncio
 
     max_waiting = 8
-    app = create_app(SlowLabeler(0.05), ServeSettings(max_batch=4, max_waiting=max_waiting, max_wait_ms=1))
-    batcher = app.state.batcher
     seen, stop = [], threading.Event()
 
-    def watch_queue() -> None:
+    def watch_queue(batcher) -> None:
         while not stop.is_set():
             seen.append(batcher.waiting)
             time.sleep(0.002)
@@ -212,8 +245,8 @@ def test_under_bounded_overload_every_request_gets_a_result_or_503_and_memory_st
                                                for i in range(n)))
         return [r.status_code for r in responses]
 
-    with running(app) as url:
-        threading.Thread(target=watch_queue, daemon=True).start()
+    with running(SlowLabeler(0.05), ServeSettings(max_batch=4, max_waiting=max_waiting, max_wait_ms=1)) as (url, app):
+        threading.Thread(target=watch_queue, args=(app.state.batcher,), daemon=True).start()
         first = asyncio.run(burst(url, 200))  # 25x what the queue holds
         rss_after_first = _rss_mb()
         second = asyncio.run(burst(url, 200))

@@ -19,11 +19,12 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
     return _train(config, resume=resume, quiet=quiet)
 
 
-def evaluate(run: str | Run, data: str, **columns: str) -> dict:
-    """Score a finished run on another labeled file; columns as in data.text_column etc."""
+def evaluate(run: str | Run, data: str, trust_remote_code: bool = False, **columns: str) -> dict:
+    """Score a finished run on another labeled file; columns as in data.text_column etc. `trust_remote_code` lets a
+    run whose config asks for it run model code from its folder."""
     from ftune.predict import evaluate_run
 
-    return evaluate_run(run if isinstance(run, Run) else Run(run), data, **columns)
+    return evaluate_run(run if isinstance(run, Run) else Run(run), data, trust_remote_code, **columns)
 
 
 __all__ = ["Config", "ConfigError", "DataError", "FtuneError", "ModelError", "Run", "RunError", "evaluate",

@@ -3,6 +3,8 @@
 One worker takes the first waiting request, waits at most `max_wait_s` for company, takes
 everything else already waiting (up to `max_batch` texts) and runs the model once in a single
 background thread. A bounded number of waiting texts: beyond it, `Overloaded` (the service's 503).
+When a shared forward pass fails, each of its requests is run again on its own, so a request that breaks
+the model (or a bug triggered by one text) fails alone.
 """
 
 from __future__ import annotations
@@ -54,26 +56,33 @@ class MicroBatcher:
         self._thread.shutdown(wait=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             taken = await self._collect()
-            jobs = [job for job in taken if not job.done.done()]  # callers that timed out or left: skip their texts
-            texts = [text for job in jobs for text in job.texts]
             try:
-                results = await loop.run_in_executor(self._thread, self.predict, texts) if texts else []
-            except Exception as error:  # the model failed: every caller in this batch hears it
-                for job in jobs:
-                    if not job.done.done():
-                        job.done.set_exception(error)
-            else:
-                start = 0
-                for job in jobs:
-                    if not job.done.done():  # a caller that went away has a cancelled future
-                        job.done.set_result(results[start:start + len(job.texts)])
-                    start += len(job.texts)
+                await self._answer(taken)
             finally:
                 self.waiting -= sum(len(job.texts) for job in taken)
                 self.batches += 1
+
+    async def _answer(self, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.done.done()]  # callers that timed out or left: skip their texts
+        texts = [text for job in jobs for text in job.texts]
+        if not texts:
+            return
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._thread, self.predict, texts)
+        except Exception as error:
+            if len(jobs) > 1:  # one bad request must not fail the others: each on its own, only the culprit hears it
+                for job in jobs:
+                    await self._answer([job])
+            elif not jobs[0].done.done():
+                jobs[0].done.set_exception(error)
+            return
+        start = 0
+        for job in jobs:
+            if not job.done.done():  # a caller that went away has a cancelled future
+                job.done.set_result(results[start:start + len(job.texts)])
+            start += len(job.texts)
 
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]

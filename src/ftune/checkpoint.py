@@ -7,6 +7,7 @@ renamed into place, so a crash leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -91,7 +92,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith(".tmp"))
+    return sorted(p for p in root.iterdir() if re.fullmatch(r"step-\d+", p.name))  # not .tmp, .old or .damaged
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> TrainState:
@@ -107,8 +108,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) ->
     return TrainState(**read_json(folder / "state.json"))
 
 
-def repair(run_dir: Path) -> None:
-    """Undo what a kill during a save left behind: a folder renamed aside but not yet replaced is put back."""
+def repair(run_dir: Path) -> list[str]:
+    """Undo what a kill during a save left behind (a folder renamed aside but not yet replaced is put back),
+    then set aside the newest checkpoints that cannot be read, so that --resume falls back to the last
+    intact one. Returns a line for each one set aside."""
     root = run_dir / "checkpoints"
     for old in root.glob("*.old") if root.is_dir() else []:
         final = old.with_name(old.name.removesuffix(".old"))
@@ -116,6 +119,30 @@ def repair(run_dir: Path) -> None:
             shutil.rmtree(old)
         else:
             old.rename(final)
+    notes = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        problem = _damage(folder)
+        if problem is None:
+            break
+        folder.rename(folder.with_name(folder.name + ".damaged"))  # kept, not deleted: the user may want to look
+        notes.append(f"checkpoint {folder.name} cannot be read ({problem}); set aside as {folder.name}.damaged")
+    if notes:
+        left = list_checkpoints(run_dir)
+        notes.append(f"resuming from {left[-1].name}" if left else "no intact checkpoint is left: training starts over")
+    return notes
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint, read whole as `load_checkpoint` would read it; None when it is intact."""
+    try:
+        load_file(str(folder / "trainable.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+            torch.load(folder / name, weights_only=True)
+        TrainState(**read_json(folder / "state.json"))
+    except Exception as e:  # truncated, missing or garbled files fail in many ways; each means "not usable"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"{type(e).__name__}: {first[:120]}"
+    return None
 
 
 @contextmanager

@@ -32,6 +32,9 @@ TextOpt = Annotated[Opt, typer.Option(help="data.text_column")]
 PairOpt = Annotated[Opt, typer.Option(help="data.text_pair_column")]
 LabelOpt = Annotated[Opt, typer.Option(help="data.label_column")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")]
+# Commands that load a run someone may have handed you: its config alone never makes them run its code.
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run model code shipped in the run's folder when "
+                                                                    "its config asks to (only for runs you trust)")]
 
 
 @app.command()
@@ -60,6 +63,7 @@ def train(
     master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
+    from ftune.diagnosis import lines as diagnosis_lines
     from ftune.distributed import launch_env, launched, torchrun_command
     from ftune.report import before_after_table
     from ftune.training import preflight
@@ -86,6 +90,8 @@ def train(
     for row in rows:
         table.add_row(*row)
     out.print(table)
+    for line in diagnosis_lines(run.metrics.get("diagnosis")):  # a run that learned nothing says so, last thing seen
+        out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
     tracking = run.manifest.get("tracking", {})
     if tracking.get("backend") == "mlflow":
@@ -103,13 +109,14 @@ def evaluate(
     text_pair_column: Annotated[Opt, typer.Option()] = None,
     label_column: Annotated[Opt, typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Score a finished run on another labeled file."""
     from ftune.predict import evaluate_run
     from ftune.run import Run
 
-    metrics = evaluate_run(Run(run), data, text_column=text_column, text_pair_column=text_pair_column,
-                           label_column=label_column)
+    metrics = evaluate_run(Run(run), data, trust_remote_code, text_column=text_column,
+                           text_pair_column=text_pair_column, label_column=label_column)
     if json_out:
         print(json.dumps(metrics, indent=2))
         return
@@ -126,17 +133,18 @@ def predict(
     text_column: Annotated[Opt, typer.Option(help="column of --input holding the text")] = None,
     output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Label texts with a fine-tuned run or its ONNX export."""
     import pandas as pd
 
     from ftune.predict import load_predictor
 
-    predictor = load_predictor(source, variant)
+    predictor = load_predictor(source, variant, trust_remote_code)
     if text:
         frame = pd.DataFrame({"text": text})
     elif input_ == "-":
-        frame = pd.DataFrame({"text": [line.rstrip("\n") for line in sys.stdin if line.strip()]})
+        frame = _read_input(input_, "text")
     elif input_:
         frame = _read_input(input_, text_column or predictor.text_column or "text")
     else:
@@ -158,6 +166,7 @@ def export(
     quantize: Annotated[Opt, typer.Option(help="also write an int8 model (dynamic quantization): int8")] = None,
     output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/onnx)")] = None,
     data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Export a run to ONNX (LoRA merged), optionally int8, and check it against PyTorch."""
     from ftune.export import export_onnx
@@ -166,7 +175,7 @@ def export(
     if format_ != "onnx":
         raise FtuneError(f"--format {format_!r} is not supported; use --format onnx")
     with out.status("exporting, then checking the export against PyTorch on held-out texts"):
-        folder = export_onnx(run, output, quantize, data)
+        folder = export_onnx(run, output, quantize, data, trust_remote_code=trust_remote_code)
     parity = read_json(folder / "export.json")["parity"]
     table = Table(title=f"parity on {parity['texts']} held-out texts")
     for col in ("model", "accuracy", "max |logit diff|", "same label as PyTorch", "size MB"):
@@ -195,18 +204,32 @@ def serve(
     max_waiting: Annotated[int, typer.Option(help="texts queued before requests get 503")] = 1024,
     batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
     timeout_s: Annotated[float, typer.Option(help="seconds before an unanswered request gets 504")] = 30.0,
+    max_body_bytes: Annotated[Optional[int], typer.Option(
+        min=1, help="request body size before 413 (default: room for --max-texts texts of --max-chars)")] = None,
+    read_timeout_s: Annotated[float, typer.Option(
+        min=0.1, help="seconds a client has to send a request's headers (else cut off), then its body (408)")] = 10,
+    max_connections: Annotated[Optional[int], typer.Option(
+        min=1, help="open connections; more are closed at once (default: 512, fewer if ulimit -n is low)")] = None,
+    allowed_hosts: Annotated[Opt, typer.Option(help="comma-separated Host header names or *.example.com patterns "
+                                                     "(default: localhost names on loopback, else any)")] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
     from ftune.predict import load_predictor
     from ftune.serve import ServeSettings, is_loopback
     from ftune.serve import serve as run_server
 
-    predictor = load_predictor(source, variant)
+    if api_key is None and "FTUNE_API_KEY" in os.environ:  # click reads an empty variable as unset: here a mistake
+        api_key = os.environ["FTUNE_API_KEY"]
+    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s,
+                             max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s,
+                             max_connections=max_connections,
+                             allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None)
+    predictor = load_predictor(source, variant, trust_remote_code)
     if not is_loopback(host) and api_key is None:
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
-    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s)
     out.print(f"serving {source} ({predictor.kind}) on http://{host}:{port}  (docs: /docs)", highlight=False)
     run_server(predictor, host, port, settings)
 
@@ -219,11 +242,12 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (the same answer every time); > 0 samples")] = 0.0,
     system: Annotated[Opt, typer.Option(help="a system message before each prompt")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Answer prompts with an instruction-tuned decoder (task: causal-lm), laid out as in training."""
     from ftune.generate import Generator
 
-    generator = Generator(run)
+    generator = Generator(run, trust_remote_code)
     for text in prompt:
         answer = generator.generate(text, max_new_tokens, temperature, seed, system)
         print(json.dumps({"prompt": text, "response": answer}, ensure_ascii=False))
@@ -366,11 +390,12 @@ def _read_input(source: str, column: str):
 
     from ftune.config import DataConfig
     from ftune.data import select_columns
-    from ftune.data.sources import read_source
+    from ftune.data.sources import read_source, read_stdin_lines, read_text_lines
 
+    if source == "-":
+        return pd.DataFrame({"text": read_stdin_lines()})
     if source.endswith(".txt"):
-        lines = Path(source).read_text(encoding="utf-8").splitlines()
-        return pd.DataFrame({"text": [line for line in lines if line.strip()]})
+        return pd.DataFrame({"text": read_text_lines(source)})
     table = read_source(source)
     if isinstance(table, dict):
         table = next(iter(table.values()))

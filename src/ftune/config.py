@@ -7,11 +7,13 @@ tracking -> output_dir), plus `section.key=value` overrides. Unknown keys are er
 from __future__ import annotations
 
 import difflib
+import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
 from ftune.errors import ConfigError
 
@@ -86,9 +88,17 @@ METHOD_NAMES = tuple(m.model_fields["name"].default for m in METHODS)
 Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
 
 
+# Learning rates when the config sets none, by method (and by task where it differs). Measured on built-in
+# data: `bench/lr_grid.py` (the README shows the grid). Adapters and frozen bodies want larger steps than
+# full fine-tuning: LoRA at full fine-tuning's 5e-5 learned nothing in 2 epochs on a real corpus.
+DEFAULT_LEARNING_RATES = {"full": 5e-5, "freeze": 1e-4, "lora": 1e-3}
+TASK_LEARNING_RATES = {("causal-lm", "lora"): 2e-4}  # the QLoRA paper's rate for decoders; not measurable offline here
+
+
 class TrainConfig(Section):
-    epochs: int = Field(3, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
+    learning_rate: float | None = Field(None, gt=0, description="peak learning rate; unset: the method's default "
+                                        "(full 5e-5, freeze 1e-4, lora 1e-3; causal-lm with lora 2e-4)")
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
                         "two whose estimated peak memory fits in 40% of what the device has free")
@@ -143,6 +153,13 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
+    _learning_rate_is_default: bool = PrivateAttr(False)  # train.learning_rate came from the method, not the user
+
+    @field_validator("output_dir")
+    @classmethod
+    def _expand_home(cls, value: str | None) -> str | None:
+        """`~` means the home folder everywhere or nowhere: expanded here, once, for every writer of the run."""
+        return os.path.expanduser(value) if value else value
 
     @model_validator(mode="after")
     def _fits_task(self) -> "Config":
@@ -161,7 +178,15 @@ class Config(Section):
             raise ValueError("data.long_text applies to task classification")
         if data.long_text != LongTextConfig() and data.text_pair_column:
             raise ValueError("data.long_text applies to single texts; drop data.text_pair_column or data.long_text")
+        if train.learning_rate is None:  # resolved here, so config.yaml, MLflow and --resume all see the number
+            train.learning_rate = default_learning_rate(self.task, self.method.name)
+            self._learning_rate_is_default = True
         return self
+
+
+def default_learning_rate(task: str, method: str) -> float:
+    """The learning rate a run gets when its config sets none (see DEFAULT_LEARNING_RATES)."""
+    return TASK_LEARNING_RATES.get((task, method), DEFAULT_LEARNING_RATES[method])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
@@ -199,7 +224,27 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
         if err["type"] == "union_tag_invalid":
             got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             raise ConfigError(f"{where}: method.name must be one of {', '.join(METHOD_NAMES)} (got {got!r})") from None
-        raise ConfigError(f"{where}: {key}: {err['msg']} (got {err['input']!r})") from None
+        raise ConfigError(f"{where}: {key}: {err['msg']} (got {_SHORT.repr(err['input'])})") from None
+
+
+_SHORT = reprlib.Repr()  # a bad value, shown in one line however large it is (keyword arguments need Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+MAX_CONFIG_VALUES = 100_000  # far above any real config; a YAML alias bomb expands past it long before memory runs out
+
+
+def _check_size(raw: Any, where: str) -> None:
+    """Refuse a YAML tree whose aliases expand without bound: validating or printing it would never end."""
+    count, stack = 0, [raw]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded; "
+                              f"a config needs far fewer: remove the repeated aliases (&name / *name)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _printable(text: str) -> str:
@@ -222,6 +267,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
     if raw is None:
         return {}
+    _check_size(raw, f"config file {path}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, method, train)")
     return raw
@@ -236,6 +282,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    _check_size(parsed, f"override {key.strip()}")
     return key.strip(), parsed
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-import shutil
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -20,17 +20,26 @@ import numpy as np
 import torch
 
 from ftune.errors import ConfigError, RunError
+from ftune.integrity import MANIFEST_KEY, TMP_SUFFIX, manifest, remove_stale, staged_dir, write_json
 from ftune.predict import EXPORT_FILE, Predictor
-from ftune.run import Run, write_json
+from ftune.run import Run
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+# Every name an export writes, whatever its tokenizer (transformers' file names): a folder that holds only these
+# is an earlier export, safe to replace; any other file there is the user's.
+EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, "labels.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+                "chat_template.json"}
 PARITY_TOLERANCE = 1e-3  # max |logit difference| between PyTorch and fp32 ONNX; float reordering stays ~1e-5
 
 
 def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quantize: str | None = None,
-                data: str | None = None, parity_samples: int = 1000, opset: int = 18) -> Path:
-    """Write EXPORT_DIR with model.onnx [+ model.int8.onnx], tokenizer, labels.json and export.json."""
+                data: str | None = None, parity_samples: int = 1000, opset: int = 18,
+                trust_remote_code: bool = False) -> Path:
+    """Write EXPORT_DIR with model.onnx [+ model.int8.onnx], tokenizer, labels.json and export.json (with the sha256
+    of every other file). An earlier export there is replaced only when its folder holds nothing else."""
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r} is not supported; use --quantize int8 or leave it out")
     run = Run(run_dir)
@@ -38,18 +47,17 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
         raise ConfigError(f"{run.path} is a {run.config.task} run; ONNX export covers classification runs so far "
                           f"(use `ftune predict` / `ftune serve` on the run directory)")
     out = Path(output_dir) if output_dir else run.path / "onnx"
-    if out.exists() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
-        raise ConfigError(f"{out} exists and is not an ftune export; pick an empty or new --output folder")
+    _check_output(out)  # before the minutes of work, so a refusal comes at once
     texts, pairs, labels = _parity_texts(run, data, parity_samples)
-    predictor = Predictor(run.path)
+    predictor = Predictor(run.path, trust_remote_code=trust_remote_code)
     reference = predictor.logits(texts, pairs)  # before any LoRA merge, so parity also checks the merge
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
+    with staged_dir(out) as staging:
         inputs = _export_graph(predictor, staging / FP32_FILE, opset)
         predictor.tokenizer.save_pretrained(str(staging))
-        shutil.copy2(run.path / "labels.json", staging / "labels.json")
+        write_json(staging / "labels.json", predictor.labels)
         files = {"fp32": FP32_FILE}
         if quantize == "int8":
             quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
@@ -58,18 +66,44 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
                 "source_run": str(run.path.resolve()), "base_model": run.config.model.name,
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
                 "text_column": run.config.data.text_column, "long_text": run.config.data.long_text.model_dump(),
-                "created_at": datetime.now(timezone.utc).isoformat(),
-                "versions": _versions()}
+                "created_at": datetime.now(timezone.utc).isoformat(), "versions": _versions(),
+                MANIFEST_KEY: manifest(staging, (p.name for p in staging.iterdir() if p.name != EXPORT_FILE))}
         write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
         info["parity"] = _parity(staging, files, reference, labels, texts, pairs)
         write_json(staging / EXPORT_FILE, info)
-        staging.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _check_output(out, also=[p.name for p in staging.iterdir()])  # nothing of the user's appeared meanwhile
     return out
+
+
+def _check_output(out: Path, also: list[str] = ()) -> None:
+    """Refuse an --output folder that holds anything an export does not write: replacing it would delete it."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{out} is a {'symbolic link' if out.is_symlink() else 'file'}; pass a folder (new, empty, "
+                          f"or an earlier export) with --output")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_FILE).is_file():
+        raise ConfigError(f"{out} exists and is not an ftune export; pick an empty or new --output folder")
+    foreign = _foreign(out, also)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"{out} holds files an export does not write ({shown}); an earlier export is replaced only "
+                          f"when nothing else is in its folder: move them out, or pick another --output folder")
+
+
+def _foreign(folder: Path, also: list[str] = ()) -> list[str]:
+    """What in `folder` an export did not write: anything but its own file names, those its export.json lists, and
+    temp files of a write cut short. Sub-folders are always foreign."""
+    listed: set = set()
+    try:
+        if not (folder / EXPORT_FILE).is_symlink():  # a link could lead anywhere: not read (and is itself foreign)
+            old = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
+            listed = {name for name in old.get(MANIFEST_KEY, {}) if isinstance(name, str) and "/" not in name}
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        pass  # missing or damaged: only the names every export writes count as its own
+    ours = EXPORT_NAMES | listed | set(also)
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                  if p.is_dir() or p.is_symlink() or not (p.name in ours or p.name.endswith(TMP_SUFFIX)))
 
 
 def _parity_texts(run: Run, data: str | None, limit: int) -> tuple[list[str], list[str] | None, np.ndarray]:

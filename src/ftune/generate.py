@@ -7,28 +7,20 @@ from pathlib import Path
 import torch
 
 from ftune.errors import RunError
-from ftune.models import load_causal_lm, load_tokenizer, resolve_model
+from ftune.predict import load_run_model
 from ftune.run import Run
 from ftune.tasks.causal_lm import prompt_ids
 
 
 class Generator:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, trust_remote_code: bool = False):
+        """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code)."""
         run = Run(run_dir)
         if run.config.task != "causal-lm":
             raise RunError(f"{run.path} is a {run.config.task} run; `ftune generate` needs a causal-lm run "
                            f"(use `ftune predict` for labels)")
-        trust = run.config.model.trust_remote_code
-        if (run.path / "model").is_dir():
-            self.tokenizer = load_tokenizer(str(run.path / "model"), trust)
-            self.model = load_causal_lm(str(run.path / "model"), trust)
-        else:
-            from peft import PeftModel
-
-            source = run.manifest.get("model_source") or resolve_model(run.config.model.name)
-            self.tokenizer = load_tokenizer(str(run.path / "adapter"), trust)
-            self.model = PeftModel.from_pretrained(load_causal_lm(source, trust), str(run.path / "adapter"))
-        self.model.eval()
+        # The merged model, or the base model + adapter, after the same checks as a classifier's.
+        self.tokenizer, self.model, _ = load_run_model(run, trust_remote_code)
 
     @torch.inference_mode()
     def generate(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ftune.errors import ConfigError, ModelError
@@ -16,6 +18,8 @@ transformers.utils.logging.set_verbosity_error()  # the per-load weight report i
 transformers.utils.logging.disable_progress_bar()
 # peft calls a transformers attribute deprecated in v5; the warning is theirs to fix, not our users'.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# torch's note on the pickle protocol of a .bin it refuses asks the user to file an issue with torch: not ours.
+warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
 
 
 def _minilm() -> str:
@@ -25,6 +29,14 @@ def _minilm() -> str:
 
 
 ALIASES = {"minilm": _minilm}  # sentence-transformers all-MiniLM-L6-v2, shipped in a PyPI package
+# What each alias is called on the hub: the name written into files that leave this machine (a LoRA adapter's
+# base_model_name_or_path), where the alias's local path would mean nothing.
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def portable_name(name: str) -> str:
+    """The base model as another machine can find it: an alias's hub id, else the name as the user gave it."""
+    return HUB_IDS.get(name, name)
 
 
 def resolve_model(name: str) -> str:
@@ -82,7 +94,7 @@ def _load(auto_class, source: str, trust_remote_code: bool, method, **kwargs):
         kwargs.update(_four_bit())
     try:
         return auto_class.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:  # missing, cut short, or not tensors
         raise _load_error(source, e) from None
 
 
@@ -104,7 +116,11 @@ def _four_bit() -> dict:
 
 def _load_error(source: str, error: Exception) -> ModelError:
     if Path(source).is_dir():
-        first = str(error).strip().splitlines()[0]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+            # torch's message for a pickle that holds more than tensors suggests weights_only=False, which would run
+            # whatever code the pickle carries: it is never repeated to a user.
+            first = "pickled weights that hold more than tensors, which ftune does not load"
         return ModelError(f"cannot load the model in {source} ({first}); check that it is a complete transformers model")
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return ModelError(f"model '{source}' is not available offline{offline} and the hub cannot be reached; "

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ftune.integrity import atomic_path  # noqa: E402
+
 DPI = 110
 
 
@@ -96,6 +98,9 @@ def compare_curves(runs: dict[str, list[dict]], path: Path) -> Path:
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a symlink at `path` is replaced, never written through
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from safetensors import SafetensorError
 
 from ftune.config import LongTextConfig
 from ftune.data.tokenize import encode
 from ftune.errors import RunError
 from ftune.inference import PerRow, logit_rows, predict_outputs
+from ftune.integrity import (MANIFEST_KEY, check_label_order, check_tokenizer, check_trust, check_weights_format,
+                             config_labels, read_labels, verify)
 from ftune.metrics import softmax
 from ftune.models import load_tokenizer, resolve_model
-from ftune.run import RUN_FILE, read_json
+from ftune.run import RUN_FILE
 from ftune.tasks import task_module
 
 EXPORT_FILE = "export.json"
@@ -64,29 +67,22 @@ class Predictor(Labeler):
 
     kind = "pytorch"
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 128):
-        self.run_dir = Path(run_dir)
-        self.batch_size = batch_size
-        self.labels: list[str] = read_json(self.run_dir / "labels.json")
-        self.manifest = read_json(self.run_dir / RUN_FILE)
-        self.config = _read_yaml(self.run_dir / "config.yaml")
-        self.max_length = self.config["data"]["max_length"]
-        self.text_column = self.config["data"]["text_column"]
-        self.task = self.config.get("task", "classification")
-        self.long_text = LongTextConfig(**self.config["data"].get("long_text", {}))
-        trust = self.config["model"]["trust_remote_code"]
-        load_model = task_module(self.task).load_model
-        self.is_adapter = not (self.run_dir / "model").is_dir()
-        if not self.is_adapter:
-            self.tokenizer = load_tokenizer(str(self.run_dir / "model"), trust)
-            self.model = load_model(str(self.run_dir / "model"), self.labels, trust)
-        else:
-            from peft import PeftModel
+    def __init__(self, run_dir: str | Path, batch_size: int = 128, trust_remote_code: bool = False):
+        """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code)."""
+        from ftune.run import Run
 
-            source = self.manifest.get("model_source") or resolve_model(self.config["model"]["name"])
-            self.tokenizer = load_tokenizer(str(self.run_dir / "adapter"), trust)
-            self.model = PeftModel.from_pretrained(load_model(source, self.labels, trust), str(self.run_dir / "adapter"))
-        self.model.eval()
+        run = Run(run_dir)  # a missing, unfinished or damaged run folder is refused here, in one line
+        self.run_dir = run.path
+        self.batch_size = batch_size
+        self.labels: list[str] = run.labels
+        self.manifest = run.manifest
+        self.config = run.config
+        self.metrics = run.metrics
+        self.max_length = run.config.data.max_length
+        self.text_column = run.config.data.text_column
+        self.task = run.config.task
+        self.long_text = run.config.data.long_text
+        self.tokenizer, self.model, self.is_adapter = load_run_model(run, trust_remote_code)
 
     def outputs(self, data, per_row: PerRow) -> list:
         """per_row's result for every encoded example (a task's view of the logits)."""
@@ -100,14 +96,57 @@ class Predictor(Labeler):
         return self.model.merge_and_unload() if self.is_adapter else self.model
 
     def describe(self) -> dict:
-        metrics = read_json(self.run_dir / "metrics.json")["test"]["finetuned"]
-        return {"kind": self.kind, "task": self.task, "labels": self.labels, "base_model": self.config["model"]["name"],
-                "method": self.config["method"]["name"], "max_length": self.max_length, "source": str(self.run_dir),
+        metrics = self.metrics["test"]["finetuned"]
+        return {"kind": self.kind, "task": self.task, "labels": self.labels, "base_model": self.config.model.name,
+                "method": self.config.method.name, "max_length": self.max_length, "source": str(self.run_dir),
                 "metrics": {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}}
 
 
-def load_predictor(path: str | Path, variant: str | None = None) -> Labeler:
-    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one)."""
+def load_run_model(run, trust_remote_code: bool = False) -> tuple:
+    """(tokenizer, model in eval mode, whether it is base model + adapter) of a finished run, after checking that
+    its files are the ones training wrote, that labels.json is in the order the model was trained with, and
+    that the run may run code from its folder."""
+    from ftune.run import damaged_run_fix
+
+    fix = damaged_run_fix(run.path)
+    trust = check_trust(run.config.model.trust_remote_code, trust_remote_code, run.path / "config.yaml")
+    verify(run.path, run.manifest.get(MANIFEST_KEY), run.path / RUN_FILE, fix)  # each file hashed once, at load
+    is_adapter = not (run.path / "model").is_dir()
+    folder = run.path / ("adapter" if is_adapter else "model")
+    if not folder.is_dir():
+        raise RunError(f"{run.path} has neither model/ nor adapter/; {fix}")
+    check_weights_format(folder, fix)
+    if run.config.task != "causal-lm":  # the order the head was trained with, against labels.json
+        source_file = folder / ("labels.json" if is_adapter else "config.json")
+        if is_adapter:  # the adapter's own copy; adapters written before it existed have none
+            trained = read_labels(source_file, fix) if source_file.is_file() else None
+        else:
+            trained = config_labels(source_file, fix)
+        check_label_order(run.labels, run.path / "labels.json", trained, source_file, fix)
+    tokenizer = load_tokenizer(str(folder), trust)
+    check_tokenizer(tokenizer, folder, fix)
+    load_model = task_module(run.config.task).load_model
+    if not is_adapter:
+        model = load_model(str(folder), run.labels, trust)
+    else:
+        from peft import PeftModel
+
+        # The base model as found on this machine at training; a run copied from elsewhere finds it by name.
+        source = run.manifest.get("model_source")
+        if not (isinstance(source, str) and Path(source).is_dir()):
+            source = resolve_model(run.config.model.name)
+        base = load_model(source, run.labels, trust)
+        try:
+            model = PeftModel.from_pretrained(base, str(folder))
+        except (OSError, ValueError, SafetensorError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise RunError(f"cannot load the adapter in {folder} ({first}); {fix}") from None
+    return tokenizer, model.eval(), is_adapter
+
+
+def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False) -> Labeler:
+    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one).
+    `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export)."""
     path = Path(path)
     if (path / EXPORT_FILE).is_file():
         from ftune.onnx_model import OnnxPredictor
@@ -122,22 +161,16 @@ def load_predictor(path: str | Path, variant: str | None = None) -> Labeler:
     if run.config.task == "causal-lm":
         raise RunError(f"{path} is a causal-lm run: it writes text rather than labels; use "
                        f"`ftune generate {path} --prompt TEXT`")
-    return Predictor(path)
+    return Predictor(path, trust_remote_code=trust_remote_code)
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def evaluate_run(run, source: str, **columns: str | None) -> dict:
+def evaluate_run(run, source: str, trust_remote_code: bool = False, **columns: str | None) -> dict:
     """Metrics of a finished run on another labeled source, with the run's column names unless given."""
     from ftune.data import load_eval_frame
     from ftune.metrics import metrics_with_interval
 
+    predictor = Predictor(run.path, trust_remote_code=trust_remote_code)  # a damaged or untrusted run: before the data
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     frame = load_eval_frame(source, data_cfg, run.labels)
-    predictor = Predictor(run.path)
     logits = predictor.logits(frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame else None)
     return metrics_with_interval(logits, frame["label"].to_numpy(), run.labels)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ftune import plots
+from ftune.diagnosis import lines
+from ftune.integrity import own_dir, write_text
 from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
@@ -59,11 +61,14 @@ def markdown_table(header: list[str], rows: list[tuple]) -> str:
 
 
 def write_reports(run_dir: Path) -> None:
-    """Draw the plots, then write report.md and report.html into the run directory."""
+    """Draw the plots, then write report.md and report.html into the run directory. Each file is written to a
+    temp file renamed over its name, so a symlink planted in the run folder is replaced, never written through;
+    plots/ must be a real folder."""
     run_dir = Path(run_dir)
+    own_dir(run_dir / "plots")
     title, sections = build_sections(run_dir)
-    (run_dir / "report.md").write_text(to_markdown(title, sections), encoding="utf-8")
-    (run_dir / "report.html").write_text(to_html(title, sections, run_dir / "plots"), encoding="utf-8")
+    write_text(run_dir / "report.md", to_markdown(title, sections))
+    write_text(run_dir / "report.html", to_html(title, sections, run_dir / "plots"))
 
 
 def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
@@ -83,6 +88,8 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     unit = {"token-classification": "sentences", "causal-lm": "examples"}.get(metrics.get("task"), "examples")
     sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
                         _before_after_note(metrics), header, rows)]
+    if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine
+        sections.append(Section("Diagnosis", "", ["what the run shows"], [(line,) for line in lines(metrics["diagnosis"])]))
     if metrics["data"].get("warnings"):
         sections.append(Section("Data warnings", "Found before training; the run went ahead.", ["warning"],
                                 [(w,) for w in metrics["data"]["warnings"]]))
@@ -125,7 +132,7 @@ def _before_after_note(metrics: dict) -> str:
 
 
 def _mistakes(path: Path) -> list[Section]:
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():  # a link could lead to any file of the reader's: not shown
         return []
     frame = pd.read_csv(path, keep_default_na=False)
     wrong = frame[frame["label"] != frame["predicted"]].sort_values("score", ascending=False).head(MISTAKES_SHOWN)

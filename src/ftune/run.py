@@ -1,6 +1,7 @@
 """The run directory: the only contract between training and everything after it.
 
-    run.json        manifest: status, times, versions, seed, data hash, model source, git commit
+    run.json        manifest: status, times, versions, seed, data hash, model source, git commit, and the
+                    sha256 of every file a predictor loads (checked when it loads; see ftune.integrity)
     config.yaml     the resolved config
     labels.json     label names, index = class id
     metrics.jsonl   one line per logging step and per evaluation
@@ -9,12 +10,13 @@
     report.html     the report, self-contained (plots embedded); report.md the same in Markdown
     plots/          the report's figures as PNG
     model/          transformers model + tokenizer (full, freeze; LoRA with merge)
-    adapter/        peft adapter + tokenizer (LoRA)
+    adapter/        peft adapter + tokenizer + labels.json (LoRA); names the base model by its hub id or given name
     checkpoints/    step-N/ folders for --resume; best/ holds the best weights so far
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -22,25 +24,32 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
+from ftune import integrity
 from ftune.config import Config, to_yaml, validate
 from ftune.errors import RunError
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+
+
+def damaged_run_fix(path: Path) -> str:
+    """The fix for a run folder with a missing, cut-short or edited file."""
+    return f"copy the run folder {path} again whole, or train the run again"
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON atomically: readers see the old file or the new one, never half of one; a symlink at the name
+    is replaced, not followed (see ftune.integrity)."""
+    integrity.write_json(path, obj)
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A JSON file ftune wrote; damaged or hand-edited into something else, it is one RunError naming the file."""
+    return integrity.read_json_file(path, "it was damaged or edited: restore it from a whole copy, or train the run again")
 
 
 def read_history(path: Path) -> list[dict]:
@@ -62,42 +71,80 @@ def default_output_dir(config: Config) -> Path:
     return Path("runs") / f"{data}-{config.method.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def check_run_dir(config: Config, resume: bool) -> Path | None:
+def check_run_dir(config: Config, resume: bool, data_hash: str | None = None) -> Path | None:
     """Every check `open_run_dir` makes, writing nothing; the run's path when it is already known."""
     if resume and not config.output_dir:
         raise RunError("--resume needs the run to continue: pass --output-dir DIR (or set output_dir)")
     if not config.output_dir:
         return None
     path = Path(config.output_dir)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"output_dir {path} is a file, not a folder; choose another --output-dir")
     if resume:
-        _check_resumable(path, config)
+        _check_resumable(path, config, data_hash)
     elif path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already holds files; pass --resume to continue that run or choose another --output-dir")
     return path
 
 
-def open_run_dir(config: Config, resume: bool) -> Path:
-    """Create a fresh run directory, or reopen an interrupted one for --resume."""
-    path = check_run_dir(config, resume) or default_output_dir(config)
+def open_run_dir(config: Config, resume: bool, data_hash: str | None = None) -> Path:
+    """Create a fresh run directory, or reopen an interrupted one for --resume; either way held locked until
+    `release_run_dir`. `data_hash` is the splits' fingerprint: a resume must find the data the run started with."""
+    path = check_run_dir(config, resume, data_hash) or default_output_dir(config)
     if resume:
+        _lock(path)
         update_manifest(path, status="running", resumed_at=_now())
         return path
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _lock(path)
         (path / "config.yaml").write_text(to_yaml(config.model_copy(update={"output_dir": str(path)})), encoding="utf-8")
     except OSError as e:
         raise RunError(f"cannot write to {path} ({e.strerror}); choose a writable --output-dir") from None
     paths = {name: _resolved(source) for name, source in (("train", config.data.train), ("validation", config.data.validation),
                                                           ("test", config.data.test)) if source}
+    lr_source = f"default for {config.method.name}" if config._learning_rate_is_default else "config"
     write_json(path / RUN_FILE, {"status": "running", **_environment(), "seed": config.train.seed,
-                                 "method": config.method.name, "data": config.data.train, "data_paths": paths})
+                                 "method": config.method.name, "data": config.data.train, "data_paths": paths,
+                                 "data_hash": data_hash,
+                                 "learning_rate": {"value": config.train.learning_rate, "source": lr_source}})
     return path
 
 
-def _check_resumable(path: Path, config: Config) -> None:
+_LOCKS: dict[Path, IO] = {}  # run directories this process trains in, with their open lock files
+
+
+def _lock(path: Path) -> None:
+    """Hold RUN/.lock while training, so a second `--resume` of a run still training is refused, not interleaved.
+
+    An flock belongs to the process: the OS drops it however the process ends (SIGKILL too), so a
+    killed run never leaves a stale lock behind."""
+    try:  # O_NOFOLLOW: a `.lock` symlink in a folder someone handed us must not create or touch its target
+        handle = os.fdopen(os.open(path / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "w")
+    except OSError as e:
+        raise RunError(f"cannot create {path / LOCK_FILE} ({e.strerror}); remove it if it is a link, or choose a "
+                       f"writable --output-dir") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunError(f"{path} is being trained by another ftune process right now; wait for it to finish, or stop "
+                       f"it (Ctrl-C saves a checkpoint) and then --resume") from None
+    _LOCKS[path] = handle
+
+
+def release_run_dir(path: Path) -> None:
+    """Let the run directory go: the next `--resume` may open it."""
+    handle = _LOCKS.pop(path, None)
+    if handle is not None:
+        handle.close()
+
+
+def _check_resumable(path: Path, config: Config, data_hash: str | None) -> None:
     if not (path / RUN_FILE).is_file():
         raise RunError(f"{path} holds no ftune run to resume; drop --resume to start one there")
-    status = read_json(path / RUN_FILE).get("status")
+    manifest = read_json(path / RUN_FILE)
+    status = manifest.get("status")
     if status == "complete":
         raise RunError(f"{path} is a complete run; nothing to resume (use another --output-dir for a new run)")
     saved = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")), str(path / "config.yaml"))
@@ -105,6 +152,11 @@ def _check_resumable(path: Path, config: Config) -> None:
     diff = _first_difference(saved.model_dump(), new.model_dump())
     if diff:
         raise RunError(f"{path}: {diff} differs from the interrupted run's config; resume with the same settings")
+    started_with = manifest.get("data_hash")
+    if data_hash and started_with and data_hash != started_with:  # same file names, other contents
+        raise RunError(f"{path}: the data ({config.data.train}) changed since the run started (data hash "
+                       f"{data_hash[:12]}, was {started_with[:12]}); resume with the data it started with, or start "
+                       f"a new run with another --output-dir")
 
 
 def update_manifest(path: Path, **fields: Any) -> dict:
@@ -159,17 +211,22 @@ def _git_commit() -> str | None:
 class Run:
     """A finished run directory: its config, labels, metrics, and a predictor on demand."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, trust_remote_code: bool = False):
+        """`trust_remote_code`: let `predict` run model code from the run's folder when its config asks to."""
         self.path = Path(path)
+        self.trust_remote_code = trust_remote_code
         if not (self.path / RUN_FILE).is_file():
             raise RunError(f"{self.path} is not an ftune run directory (no {RUN_FILE}); pass the folder `ftune train` wrote")
-        self.manifest = read_json(self.path / RUN_FILE)
+        fix = damaged_run_fix(self.path)  # every file below may have been cut short or edited by hand
+        self.manifest = integrity.read_json_file(self.path / RUN_FILE, fix)
+        if not isinstance(self.manifest, dict):
+            raise RunError(f"{self.path / RUN_FILE} is not an ftune run manifest; {fix}")
         if self.manifest.get("status") != "complete":
             raise RunError(f"run {self.path} did not finish (status: {self.manifest.get('status')}); "
                            f"continue it with `ftune train --output-dir {self.path} --resume`")
-        self.config = validate(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")), str(self.path))
-        self.labels: list[str] = read_json(self.path / "labels.json")
-        self.metrics: dict = read_json(self.path / "metrics.json")
+        self.config = validate(integrity.read_yaml_file(self.path / "config.yaml", fix), str(self.path))
+        self.labels: list[str] = integrity.read_labels(self.path / "labels.json", fix)
+        self.metrics: dict = integrity.read_json_file(self.path / "metrics.json", fix)
         self._predictor = None
 
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
@@ -177,7 +234,7 @@ class Run:
         if self._predictor is None:
             from ftune.predict import Predictor
 
-            self._predictor = Predictor(self.path)
+            self._predictor = Predictor(self.path, trust_remote_code=self.trust_remote_code)
         return self._predictor.predict(texts, pairs)
 
     def __repr__(self) -> str:

@@ -39,11 +39,28 @@ def find_runs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RunError(f"{root} is not a folder; pass the folder that holds your runs (default: runs)")
     found = [root] if (root / RUN_FILE).is_file() else [p for p in root.iterdir() if (p / RUN_FILE).is_file()]
-    return sorted(found, key=lambda p: read_json(p / RUN_FILE).get("started_unix", 0))
+    return sorted(found, key=_started)
+
+
+def _started(path: Path) -> float:
+    try:
+        return float(read_json(path / RUN_FILE).get("started_unix", 0))
+    except Exception:  # a damaged manifest sorts first; its row says what is wrong
+        return 0.0
 
 
 def run_row(path: Path) -> dict:
-    """One line of `ftune runs list`; incomplete and failed runs are listed too, with their status."""
+    """One line of `ftune runs list`; incomplete, failed and unreadable runs are listed too, with their status."""
+    try:
+        return _row(path)
+    except Exception as e:  # one damaged run must not hide the others: its row names the problem instead
+        problem = str(e).replace(f"{path}/", "").split(" (")[0].split(";")[0][:60] or type(e).__name__
+        return {"name": path.name, "model": "?", "method": "?", "data": "?",
+                "status": f"unreadable: {problem}", "started": "", "test accuracy": "",
+                "best validation": "", "train s": ""}
+
+
+def _row(path: Path) -> dict:
     manifest = read_json(path / RUN_FILE)
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
     row = {"name": path.name, "model": _short((config.get("model") or {}).get("name", "?")),
@@ -52,6 +69,8 @@ def run_row(path: Path) -> dict:
            "train s": ""}
     if (path / "metrics.json").is_file():
         metrics = read_json(path / "metrics.json")
+        if metrics.get("diagnosis"):  # a run that completed but learned nothing is marked where runs are chosen
+            row["status"] += f" ({metrics['diagnosis']['verdict']})"
         validation = metrics["validation"]
         finetuned = metrics["test"]["finetuned"]
         row["test accuracy"] = f"{finetuned['accuracy']:.4f}" if "accuracy" in finetuned else \

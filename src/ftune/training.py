@@ -9,6 +9,7 @@ seed and trains on its own slice of each; only the main process writes files.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -29,15 +30,18 @@ from ftune.config import Config
 from ftune.data import Encoded, collate
 from ftune.data.batching import train_batches
 from ftune.data.tokenize import IGNORE
+from ftune.diagnosis import diagnose
 from ftune.distributed import check_strategy, gathered, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, TrainingStopped
+from ftune.integrity import remove_stale, run_manifest, staged_dir
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
 from ftune.metrics import HEADLINE, is_better
 from ftune.methods import METHODS, count_parameters
-from ftune.models import load_tokenizer, resolve_model
+from ftune.models import load_tokenizer, portable_name, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
-from ftune.run import Run, check_run_dir, open_run_dir, read_history, read_json, update_manifest, write_json
+from ftune.run import (Run, check_run_dir, open_run_dir, read_history, read_json, release_run_dir, update_manifest,
+                       write_json)
 from ftune.stopping import StopFlag, stop_on_signals
 from ftune.tasks import task_module
 from ftune.tracking import Tracker, connect
@@ -53,13 +57,15 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
         splits = task_module(config.task).load_splits(config, cfg.seed)  # bad data or model: stop before any file
         source = resolve_model(config.model.name)
         tokenizer = load_tokenizer(source, config.model.trust_remote_code)
+        check_max_length(config, source, tokenizer)
     main = accelerator.is_main_process
     tracker = Tracker()
+    existed = bool(config.output_dir) and Path(config.output_dir).is_dir()  # a folder the user made: never removed
 
     def open_run() -> Path:
         nonlocal tracker
         tracker = connect(config.tracking)  # a tracking store we cannot open stops us here too
-        return open_run_dir(config, resume)
+        return open_run_dir(config, resume, splits.fingerprint())
 
     run_dir = on_main_then_share(accelerator, open_run)
     try:
@@ -71,16 +77,18 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, TrainingStopped)) else "failed"
         tracker.finish(run_dir, status)
         if main and isinstance(e, ConfigError) and not resume and not list_checkpoints(run_dir):
-            shutil.rmtree(run_dir)  # found before any training (e.g. memory): nothing to keep; the command can rerun
+            _discard(run_dir, keep_folder=existed)  # found before any training (e.g. memory): the command can rerun
             raise
         if main:
             update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
         if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
             raise RunError(out_of_memory_message(e, _last_step(run_dir))) from None
         raise
+    finally:
+        release_run_dir(run_dir)
     tracker.finish(run_dir, "complete")
     accelerator.wait_for_everyone()  # the other processes return the run only once it is complete
-    return Run(run_dir)
+    return Run(run_dir, trust_remote_code=config.model.trust_remote_code)  # this config's own choice, this process
 
 
 def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
@@ -90,10 +98,35 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
     may already exist on shared storage by the time they check."""
     check_strategy(config.distributed)
     _mixed_precision(config.train.precision)
-    task_module(config.task).load_splits(config, config.train.seed)  # also fetches built-in data for the processes
-    load_tokenizer(resolve_model(config.model.name), config.model.trust_remote_code)
+    splits = task_module(config.task).load_splits(config, config.train.seed)  # also fetches built-in data
+    source = resolve_model(config.model.name)
+    check_max_length(config, source, load_tokenizer(source, config.model.trust_remote_code))
     if check_output:
-        check_run_dir(config, resume)
+        check_run_dir(config, resume, splits.fingerprint())
+
+
+def check_max_length(config: Config, source: str, tokenizer) -> None:
+    """data.max_length within the positions the model has: past them the forward pass fails mid-run."""
+    from transformers import AutoConfig
+
+    positions = getattr(AutoConfig.from_pretrained(source, trust_remote_code=config.model.trust_remote_code),
+                        "max_position_embeddings", None)
+    # The tokenizer's limit where it has one (RoBERTa: 512 of 514 positions, two are offsets); unset is a huge sentinel.
+    limits = [n for n in (positions, tokenizer.model_max_length) if n and n < 1_000_000]
+    limit = min(limits, default=None)
+    if limit and config.data.max_length > limit:
+        hint = ", or data.long_text.strategy=chunk to read longer texts in windows" if config.task == "classification" else ""
+        raise ConfigError(f"data.max_length={config.data.max_length} is more than {config.model.name} reads "
+                          f"({limit} tokens); set data.max_length={limit} or less{hint}")
+
+
+def _discard(run_dir: Path, keep_folder: bool) -> None:
+    """Remove what this run wrote; a folder the user created beforehand stays, empty, as it was."""
+    if not keep_folder:
+        shutil.rmtree(run_dir)
+        return
+    for child in run_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
@@ -114,6 +147,11 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     for line in warnings_found:
         progress.note(f"data warning: {line}")
 
+    if resume:
+        if main:  # a kill during a save, or a damaged file: put back or set aside, before anything reads a checkpoint
+            for line in repair(run_dir):
+                progress.note(line)
+        accelerator.wait_for_everyone()
     batch_size = _batch_size(config, model, data["train"], accelerator, run_dir if resume else None, progress)
     global_batch = batch_size * world  # each process takes batch_size of it
     full_batches, rest = divmod(len(data["train"]), global_batch)
@@ -127,9 +165,6 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     device = accelerator.device
 
     state = TrainState(processes=world, batch_size=batch_size)
-    if resume and main:
-        repair(run_dir)  # a kill during a save may have left the best weights renamed aside
-    accelerator.wait_for_everyone()
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
         _check_checkpoint_fits(checkpoints[-1], world, accelerator)
@@ -151,6 +186,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                   f"{world} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
                   f"{global_batch * cfg.gradient_accumulation_steps} per step | "
                   f"{total_steps} steps on {device}{' ' + accelerator.mixed_precision if accelerator.mixed_precision != 'no' else ''}")
+    if config._learning_rate_is_default:
+        progress.note(f"learning rate {cfg.learning_rate:g}: the default for {config.method.name} "
+                      f"(train.learning_rate sets another; bench/lr_grid.py measured the defaults)")
     class_weight = _class_weights(data["train"], len(splits.labels), device) if cfg.class_weights else None
     shift = task.SHIFT
     log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
@@ -163,6 +201,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
 
     def evaluate_and_checkpoint() -> None:
         scores = evaluate("validation")[0]
+        _check_finite(scores["loss"], "validation loss", state.global_step, cfg.learning_rate)
         if cfg.metric not in scores:
             raise ConfigError(f"train.metric={cfg.metric} is not measured for this data ({', '.join(_headline(scores))} "
                               f"are); choose one of those")
@@ -185,6 +224,9 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
 
     def checkpoint(weights: dict | None = None) -> str:
         """checkpoints/step-N for --resume; every process joins (its random state is saved too)."""
+        if weights is None:  # between evaluations: the training loss since the last log line must still be a number
+            _check_finite(float(accelerator.reduce(running_loss, "sum")), "training loss", state.global_step,
+                          cfg.learning_rate)
         weights = weights if weights is not None else _trainable_weights(accelerator, model)
         rng = gathered(accelerator, rng_state())  # each process's random state, for exact resume
         folder = save_checkpoint(run_dir, weights, optimizer, scheduler, rng, state, cfg.save_total_limit) if main else None
@@ -234,6 +276,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
             if state.global_step % cfg.log_steps == 0:  # the only host sync in the loop: every log_steps
                 elapsed = state.train_seconds + time.perf_counter() - tick
                 mean_loss = float(accelerator.reduce(running_loss, "mean")) / running_batches
+                _check_finite(mean_loss, "training loss", state.global_step, cfg.learning_rate)
                 entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + (b + 1) / len(batches),
                          "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                          "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
@@ -307,12 +350,14 @@ def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, r
                   "trainable_parameters": trainable, "total_parameters": total},
         "data": data_info,
     }
-    _save_model(model, full_state, tokenizer, run_dir, config)
+    metrics["diagnosis"] = diagnose(metrics, read_history(run_dir), config.model_dump(mode="json"), str(run_dir))
+    _save_model(model, full_state, tokenizer, run_dir, config, splits.labels)
     write_json(run_dir / "labels.json", splits.labels)
     write_json(run_dir / "metrics.json", metrics)
     task.save_predictions(run_dir, splits, data, outputs, splits.labels)
+    # sha256 (integrity.MANIFEST_KEY): what a predictor loads, checked when it loads (a kill or a partial copy)
     update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
-                    model_source=source, device=_device_name(device))
+                    model_source=source, device=_device_name(device), sha256=run_manifest(run_dir))
     write_reports(run_dir)
     update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
 
@@ -323,16 +368,42 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config: Config) -> None:
-    """model/ (and adapter/ for LoRA); `full_state` holds the gathered weights when they were sharded."""
+def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config: Config, labels: list[str]) -> None:
+    """model/ (and adapter/ for LoRA), each built in a hidden folder and renamed into place, so a symlink at the
+    name is replaced, never written through; `full_state` holds the gathered weights when they were sharded."""
+    for name in ("model", "adapter"):  # hidden folders of a save that a kill cut short, before a --resume
+        remove_stale(run_dir, name, lambda folder: True)
     if config.method.name == "lora":
-        model.save_pretrained(run_dir / "adapter", state_dict=full_state)
-        tokenizer.save_pretrained(run_dir / "adapter")
+        with staged_dir(run_dir / "adapter") as folder:
+            _save_adapter(model, folder, full_state, portable_name(config.model.name))
+            tokenizer.save_pretrained(folder)
+            # The class names travel with the adapter. Neither peft nor transformers reads them from an adapter
+            # folder (only the base model's config, which has none: LABEL_0...), so this is what to pass as
+            # id2label; a config.json here would make transformers look for full weights in the folder.
+            if labels:
+                write_json(folder / "labels.json", labels)
         if not config.method.merge:
             return
         model = model.merge_and_unload()
-    model.save_pretrained(run_dir / "model", state_dict=full_state)
-    tokenizer.save_pretrained(run_dir / "model")
+    with staged_dir(run_dir / "model") as folder:
+        model.save_pretrained(folder, state_dict=full_state)
+        tokenizer.save_pretrained(folder)
+
+
+def _save_adapter(model, folder: Path, full_state: dict | None, base_name: str) -> None:
+    """peft's adapter files, naming the base model as another machine finds it: peft would record the path it was
+    loaded from (for `minilm`, this machine's venv), which loads nowhere else."""
+    base_config = model.get_base_model().config
+    local, base_config._name_or_path = base_config._name_or_path, base_name  # what peft's model card names
+    try:
+        # The save itself keeps the local path in the adapter config: peft reads the base model's config.json
+        # there to see whether the vocabulary grew, and would ask the hub for it under the portable name.
+        model.save_pretrained(folder, state_dict=full_state)
+    finally:
+        base_config._name_or_path = local
+    adapter = copy.copy(model.peft_config["default"])  # then adapter_config.json again, by peft, with the name
+    adapter.base_model_name_or_path, adapter.inference_mode = base_name, True  # as peft's save writes it
+    adapter.save_pretrained(folder)
 
 
 def _sharded(accelerator: Accelerator) -> bool:
@@ -373,6 +444,15 @@ def _batch_size(config: Config, model, train: Encoded, accelerator: Accelerator,
 def _last_step(run_dir: Path) -> int:
     steps = [e["step"] for e in read_history(run_dir) if e["type"] == "train"]
     return steps[-1] if steps else 0
+
+
+def _check_finite(value: float, what: str, step: int, learning_rate: float) -> None:
+    """Stop a diverged run before its NaN weights become a checkpoint or a model that answers with confidence."""
+    if math.isfinite(value):
+        return
+    raise RunError(f"training diverged: the {what} became {value} at step {step} (learning rate {learning_rate:g}); "
+                   f"the checkpoints saved before it are intact, but resuming would diverge again: start a new run "
+                   f"with a smaller train.learning_rate (e.g. {learning_rate / 10:g})")
 
 
 def _stop_asked(stop: StopFlag, accelerator: Accelerator) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -18,6 +20,9 @@ from ftune.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+# How other tools write a missing value into a CSV cell; as a label it would become a class of its own.
+# (NA and N/A are left alone: they are also real labels, "not applicable".)
+MISSING_LABELS = {"nan", "NaN", "NAN", "-nan", "None", "null", "NULL", "<NA>", "#N/A"}
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame
     labels: list[str]
+    unseen_labels: list[str] = field(default_factory=list)  # tags only in validation/test: ids len(labels) and up
 
     def fingerprint(self) -> str:
         """sha256 of every split's texts and labels: what the manifest records as the data hash."""
@@ -44,8 +50,17 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     given = given_splits(cfg, read_source, select_columns)
     labels = label_names(given["train"]["label"])
     for name, frame in given.items():
-        given[name] = encode_labels(frame, labels, where=source_name(cfg, name))
-    return complete_splits(given, cfg, seed, labels)
+        given[name] = encode_labels(frame, labels, where=source_name(cfg, name), split=name)
+    splits = complete_splits(given, cfg, seed, labels)
+    found = np.unique(splits.train["label"])
+    if len(found) < 2:  # caught here, not by the TF-IDF baseline after the whole run has trained
+        held = "" if len(labels) < 2 else (
+            f" (the data has {', '.join(labels[:10])}, but too few rows of the others to leave any in the training "
+            f"split after the validation/test hold-out and data.max_train_samples)")
+        raise DataError(f"{cfg.train}: every row of the training split has label '{labels[found[0]]}'{held}; "
+                        f"classification needs at least 2 classes in the training split: add rows of the other "
+                        f"class(es), or check data.label_column")
+    return splits
 
 
 def complete_splits(given: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, labels: list[str]) -> Splits:
@@ -77,11 +92,22 @@ def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label:
     if need_label:
         out["label"] = column(frame, cfg.label_column or "label", "label_column", where)
     for col in out.columns:
-        missing = out[col].isna() | (out[col].astype(str).str.strip() == "")
+        nested = out[col].map(lambda v: isinstance(v, (list, tuple, dict, set, bytes, np.ndarray)))
+        if nested.any():  # str() would turn it into its repr, and train on that
+            row = int(nested.to_numpy().nonzero()[0][0])
+            value = out[col].iloc[row]
+            kind = {"dict": "a mapping", "bytes": "binary data"}.get(type(value).__name__, "a list")
+            need = ("one label per row" if col == "label" else "a string: join the words into one text")
+            raise DataError(f"{where} row {row + 1}: column '{_user_name(cfg, col)}' holds {kind} "
+                            f"({_preview(value)}), not {need}; for a tag per word use task: token-classification")
+        cells = out[col].astype(str).str.strip()
+        marked = cells.isin(MISSING_LABELS) & (col == "label")
+        missing = out[col].isna() | (cells == "") | marked
         if missing.any():
             row = int(missing.to_numpy().nonzero()[0][0])
             what = "label" if col == "label" else "text"
-            raise DataError(f"{where} row {row + 1}: empty {what} in column '{_user_name(cfg, col)}'; "
+            what = f"label '{cells.iloc[row]}' (a missing value)" if marked.iloc[row] else f"empty {what}"
+            raise DataError(f"{where} row {row + 1}: {what} in column '{_user_name(cfg, col)}'; "
                             f"fill it or remove the row ({int(missing.sum())} such rows)")
     for col in ("text", "text_pair"):
         if col in out:
@@ -92,18 +118,22 @@ def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label:
 def label_names(values: pd.Series) -> list[str]:
     """Sorted label names; integer labels sort numerically so 2 comes before 10."""
     names = {_label_str(v) for v in values}
-    numeric = all(n.lstrip("-").isdigit() for n in names)
+    numeric = all(re.fullmatch(r"-?[0-9]+", n) for n in names)  # not isdigit(): it accepts '²', which int() refuses
     return sorted(names, key=int) if numeric else sorted(names)
 
 
-def encode_labels(frame: pd.DataFrame, labels: list[str], where: str) -> pd.DataFrame:
+def encode_labels(frame: pd.DataFrame, labels: list[str], where: str, split: str | None = None) -> pd.DataFrame:
     index = {name: i for i, name in enumerate(labels)}
     as_str = frame["label"].map(_label_str)
     unknown = ~as_str.isin(index)
     if unknown.any():
         row = int(unknown.to_numpy().nonzero()[0][0])
-        raise DataError(f"{where} row {row + 1}: label '{as_str.iloc[row]}' does not occur in the training data "
-                        f"(labels: {', '.join(labels[:10])}); fix the label or add training examples for it")
+        has = f"the {split} split has label" if split else "label"
+        count = int(unknown.sum())
+        rows = f"{count} such {split} rows" if split else f"{count} such rows"
+        raise DataError(f"{where} row {row + 1}: {has} '{as_str.iloc[row]}', which does not occur in the training "
+                        f"data (labels: {', '.join(labels[:10])}), so the model cannot predict it; fix the label, add "
+                        f"training examples for it, or remove the {rows}")
     return frame.assign(label=as_str.map(index).astype("int64"))
 
 
@@ -167,6 +197,11 @@ def column(frame: pd.DataFrame, name: str, key: str, where: str) -> pd.Series:
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise DataError(f"{where}: no column '{name}' (columns: {', '.join(columns[:12])}); {hint}"
                     f"set data.{key} (--{key.replace('_', '-')})")
+
+
+def _preview(value, limit: int = 40) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _label_str(value: object) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftune.config import DataConfig
 from ftune.data.prepare import column
-from ftune.data.sources import Table, read_source
+from ftune.data.sources import Table, check_not_compressed, read_source
 from ftune.errors import DataError
 
 TABLE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -24,10 +25,13 @@ def read_tagged(source: str) -> Table:
     path = Path(source).expanduser()
     if not path.is_file() or path.suffix.lower() in TABLE_SUFFIXES:
         return read_source(source)
+    check_not_compressed(path)
+    data = path.read_bytes()
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (byte {e.start}); re-save the file as UTF-8") from None
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not valid UTF-8; re-save the file as UTF-8") from None
     rows = _word_slash_tag(lines, path) if _is_word_slash_tag(lines) else _conll(lines, path)
     if not rows:
         raise DataError(f"{path}: no tagged sentences found; expected CoNLL lines (word and tag) or word/TAG tokens")
@@ -42,13 +46,21 @@ def select_tagged(frame: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFr
         w, t = _as_list(w), _as_list(t)
         problem = ("is not a list of words and a list of tags" if w is None or t is None else
                    f"has {len(w)} words but {len(t)} tags" if len(w) != len(t) else
-                   "has no words" if not w else "has an empty word or tag" if not all(str(x).strip() for x in w + t)
+                   "has no words" if not w else "has an empty or missing word or tag" if not all(map(_is_item, w + t))
                    else None)
         if problem:
             raise DataError(f"{where} row {row + 1}: the sentence {problem}; fix or remove that row")
     out = pd.DataFrame({"tokens": [[str(x) for x in _as_list(w)] for w in words],
                         "tags": [[str(x).strip() for x in _as_list(t)] for t in tags]})
     return out.reset_index(drop=True)
+
+
+def _is_item(value) -> bool:
+    """A word or tag: a non-empty string, or a number (tag ids). Not null or NaN, which str() would make a tag 'None'
+    or 'nan' of their own, and not a nested list."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (int, float, np.number)) and not pd.isna(value)
 
 
 def _as_list(value) -> list | None:

@@ -13,6 +13,7 @@ from ftune.data.builtin import check_builtin_task
 from ftune.data.summary import SPLITS, data_summary
 from ftune.data.validate import data_warnings
 from ftune.distributed import gathered_logits
+from ftune.integrity import atomic_path
 from ftune.metrics import classification_metrics, logits_metrics, metrics_with_interval, softmax
 from ftune.models import load_classifier
 
@@ -62,4 +63,5 @@ def save_predictions(run_dir: Path, splits, data: dict[str, Encoded], logits: np
     columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
     frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
                                         true_label_score=probs[np.arange(len(truth)), truth])
-    frame.to_csv(run_dir / "test_predictions.csv", index=False)
+    with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
+        frame.to_csv(tmp, index=False)

@@ -1,0 +1,68 @@
+"""A run that learned nothing says so, with the cause read from the run; a run that learned says nothing."""
+
+import json
+
+import pytest
+
+import ftune
+from ftune.diagnosis import diagnose, lines
+from ftune.runs import run_row
+from test_cli import ftune_cli
+
+
+def test_a_learning_rate_far_too_low_is_named_and_a_good_run_gets_no_diagnosis(tiny_config, tiny_model, reviews_csv,
+                                                                               tmp_path, monkeypatch, capsys):
+    code, printed, err = ftune_cli(monkeypatch, capsys, "train", "--model", tiny_model, "--data", str(reviews_csv),
+                                   "--text-column", "review", "--label-column", "stars", "--output-dir",
+                                   str(tmp_path / "stuck"), "--tracking", "none", "--quiet", "--set",
+                                   "data.max_length=32", "--set", "train.learning_rate=1e-7", "--set", "train.log_steps=2")
+    assert code == 0, err
+    stuck = ftune.Run(tmp_path / "stuck")
+    found = stuck.metrics["diagnosis"]
+    assert found["verdict"] == "learned nothing"
+    assert any("never fell below its starting value" in f for f in found["findings"])
+    assert found["causes"][0] == "the loss stayed flat from the start: learning rate 1e-07 is too low for full"
+    assert found["try"] == f"ftune train {stuck.path}/config.yaml --set train.learning_rate=1e-06 --output-dir {stuck.path}-retry"
+    assert "diagnosis: this run learned nothing" in printed and "try: ftune train" in printed
+    assert "learned nothing" in (stuck.path / "report.md").read_text()
+    assert "learned nothing" in run_row(stuck.path)["status"]
+
+    good = ftune.train(tiny_config(**{"train.log_steps": 2, "output_dir": str(tmp_path / "good")}), quiet=True)
+    assert good.metrics["test"]["finetuned"]["accuracy"] > 0.9
+    assert good.metrics["diagnosis"] is None and run_row(good.path)["status"] == "complete"
+    assert "Diagnosis" not in (good.path / "report.md").read_text()
+
+
+def run_metrics(accuracy=0.9, ci=(0.85, 0.95), base=0.5, tfidf=0.8, steps=100, history=()):
+    return {"test": {"finetuned": {"accuracy": accuracy, "accuracy_ci95": list(ci), "loss": 0.3},
+                     "base_model": {"accuracy": base}, "tfidf": {"accuracy": tfidf}},
+            "validation": {"metric": "accuracy", "history": list(history), "base_model": {"loss": 0.69}},
+            "train": {"steps": steps}}
+
+
+CONFIG = {"train": {"learning_rate": 5e-5, "warmup_ratio": 0.1, "epochs": 3}, "method": {"name": "lora"}}
+
+
+@pytest.mark.parametrize("metrics, losses, verdict, cause, fix", [
+    (run_metrics(), [0.5, 0.3], None, None, None),
+    (run_metrics(0.51, (0.47, 0.55)), [0.69, 0.69], "learned nothing", "too low for lora", "learning_rate=0.0005"),
+    (run_metrics(0.5, (0.46, 0.54)), [0.9, 2.5], "learned nothing", "too high for lora", "learning_rate=5e-06"),
+    (run_metrics(0.7, (0.66, 0.74)), [0.6, 0.4], "learned little", "too few to learn much", "train.epochs=9"),
+])
+def test_diagnosis_rules(metrics, losses, verdict, cause, fix):
+    metrics["train"]["steps"] = 12 if cause == "too few to learn much" else 100
+    history = [{"type": "train", "step": i, "loss": v} for i, v in enumerate(losses)]
+    metrics["validation"]["base_model"]["loss"] = losses[0]
+    found = diagnose(metrics, history, CONFIG, "runs/x")
+    if verdict is None:
+        assert found is None and lines(found) == []
+        return
+    assert found["verdict"] == verdict and cause in found["causes"][0] and fix in found["try"]
+
+
+def test_overfitting_is_read_from_the_validation_curve():
+    history = [{"validation": {"accuracy": a}} for a in (0.8, 0.75, 0.7)]
+    metrics = run_metrics(0.7, (0.66, 0.74), history=history)
+    found = diagnose(metrics, [{"type": "train", "loss": 0.6}, {"type": "train", "loss": 0.1}], CONFIG, "runs/x")
+    assert found["verdict"] == "learned little" and "overfitting" in found["causes"][0]
+    assert json.loads(json.dumps(found)) == found  # it is saved in metrics.json
