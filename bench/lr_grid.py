@@ -53,12 +53,13 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=960)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--methods", default="lora,freeze,full")
+    parser.add_argument("--lrs", default=None, help="only these rates, e.g. 1e-3,3e-3 (default: the grid)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            for lr in GRID[method]:
+            for lr in [float(x) for x in args.lrs.split(",")] if args.lrs else GRID[method]:
                 rows.append(run_cell(args, method, lr, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
     name = f"lr_grid-{args.data}"

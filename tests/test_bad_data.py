@@ -276,3 +276,14 @@ def test_the_cli_says_it_in_one_line_before_anything_is_written(tmp_path, monkey
                              "--label-column", "stars", "--output-dir", "run")
     assert code == 2 and err.startswith("error: one.csv: every row of the training split has label 'pos'")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_folder_named_like_a_built_in_dataset_does_not_shadow_it(tmp_path, monkeypatch):
+    from ftune.data.sources import read_source
+
+    monkeypatch.chdir(tmp_path)
+    from ftune.data import CATALOG
+
+    (tmp_path / "mr").mkdir()  # e.g. a run directory: `--output-dir mr`
+    (tmp_path / "mr" / "run.json").write_text("{}")
+    assert len(read_source("mr")) == CATALOG["mr"].rows

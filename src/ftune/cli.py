@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftune.errors import FtuneError, TrainingStopped
@@ -49,10 +50,10 @@ def train(
     label_column: LabelOpt = None,
     method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="train.learning_rate")] = None,
+    learning_rate: Annotated[Opt, typer.Option(help="train.learning_rate: a number, or auto (range test)")] = None,
     batch_size: Annotated[Opt, typer.Option(help="train.batch_size: a number, or auto")] = None,
     output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
-    tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard or none")] = None,
+    tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard, wandb or none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
@@ -61,6 +62,8 @@ def train(
     node_rank: Annotated[int, typer.Option(min=0, help="this machine's index, 0 .. nnodes-1")] = 0,
     master_addr: Annotated[Opt, typer.Option(help="address of the machine with node rank 0 (nnodes > 1)")] = None,
     master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
+    seeds: Annotated[Opt, typer.Option(help="one run per training seed, e.g. 0,1,2, in OUTPUT/seed-N on one split, "
+                                            "then mean, sd and 95% interval in OUTPUT/summary.html")] = None,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
     from ftune.diagnosis import lines as diagnosis_lines
@@ -75,6 +78,8 @@ def train(
         "method.name": method, "train.epochs": epochs, "train.learning_rate": learning_rate, "output_dir": output_dir,
         "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
         "tracking.backend": tracking})
+    if seeds is not None:
+        return _train_seeds(cfg, seeds, resume, quiet, nproc * nnodes)
     if (nproc > 1 or nnodes > 1) and not launched():  # start the processes, each running this same command
         preflight(cfg, resume, check_output=node_rank == 0)
         command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
@@ -84,12 +89,12 @@ def train(
     if not _main_process():
         return
     header, rows = before_after_table(run.metrics["test"])
-    table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples")
+    table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples" if rows else None)
     for col in header:
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
-    out.print(table)
+    out.print(table if rows else run.metrics["test"]["note"], highlight=False)  # train.evaluate_test=false
     for line in diagnosis_lines(run.metrics.get("diagnosis")):  # a run that learned nothing says so, last thing seen
         out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
@@ -99,6 +104,36 @@ def train(
 
         browse = "ftune runs ui" + ("" if tracking["uri"] == local_store_uri() else f" --store {tracking['uri']}")
         out.print(f"MLflow: run {tracking['run_id']} in {tracking['uri']}  (browse: {browse})", highlight=False)
+    if tracking.get("backend") == "wandb":
+        from ftune.tracking_wandb import summary_line
+
+        out.print(summary_line(tracking), highlight=False, soft_wrap=True)
+
+
+def _train_seeds(cfg, text: str, resume: bool, quiet: bool, processes: int) -> None:
+    """`train --seeds`: a run per seed (ftune.seeds), then the scores across seeds as a table."""
+    from ftune.errors import ConfigError
+    from ftune.seeds import baseline_table, diagnosis_lines, interval_note, parse_seeds, summary_table, train_seeds
+
+    seeds = parse_seeds(text)
+    if processes > 1:
+        raise ConfigError("--seeds trains its seeds one after another in one process; drop --nproc/--nnodes, or "
+                          "train each seed on its own with --set train.seed=N --set data.split_seed=S")
+    summary = train_seeds(cfg, seeds, resume=resume, quiet=quiet)
+    examples = summary.runs[0].metrics["test"]["finetuned"].get("n")
+    for title, (header, rows) in ((f"fine-tuned, test split ({examples} examples), {len(seeds)} seeds",
+                                   summary_table(summary)), ("baselines, same split", baseline_table(summary))):
+        table = Table(title=title)
+        for col in header:
+            table.add_column(col, justify="left" if col in ("metric", "baseline") else "right")
+        for row in rows:
+            table.add_row(*row)
+        if rows:
+            out.print(table)
+    out.print(interval_note(len(seeds)), highlight=False, soft_wrap=True)
+    for line in diagnosis_lines(summary):
+        out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
+    out.print(f"seeds folder: {summary.path}  (summary.html inside; each seed's run in seed-N)", highlight=False)
 
 
 @app.command("eval")
@@ -263,6 +298,63 @@ def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     out.print(f"report: {run / 'report.html'}", highlight=False)
 
 
+@app.command()
+def tune(
+    config: ConfigArg = None,
+    trials: Annotated[int, typer.Option(min=1, help="trials in the study in all; processes sharing it count together, "
+                                                    "and running the command again only adds the missing ones")] = 20,
+    space: Annotated[Optional[Path], typer.Option(help="YAML of dotted keys, each {low, high, log} or {choices: [...]}; "
+                                                       "default: learning rate, epochs, batch size, warm-up, weight decay "
+                                                       "and the method's own")] = None,
+    output_dir: Annotated[Opt, typer.Option(help="study folder: trial-NNN runs, trials.md, plots, best.yaml "
+                                                 "(default runs/tune-NAME)")] = None,
+    storage: Annotated[Opt, typer.Option(help="Optuna storage URL (default sqlite:///OUTPUT/study.db); processes or "
+                                              "machines given the same URL and study name share the study")] = None,
+    study_name: Annotated[Opt, typer.Option(help="default: the config file's name, else DATA-METHOD")] = None,
+    seed: Annotated[int, typer.Option(help="TPE sampler seed (trial k samples with seed + k)")] = 0,
+    tracking: Annotated[Opt, typer.Option(help="tracking.backend for the trials: mlflow (the study as a parent run), "
+                                               "tensorboard or none")] = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="no line per evaluation and trial")] = False,
+) -> None:
+    """Search hyperparameters with Optuna (TPE, median pruning): every trial is a run that never reads the test
+    split; prints the trials and writes the best config as best.yaml."""
+    from rich.text import Text
+
+    from ftune.tune import load_space, table, tune as run_study
+
+    def say(line: str) -> None:
+        if not quiet:
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    cfg = _config(config, set_, {"tracking.backend": tracking})
+    result = run_study(cfg, trials, output_dir, storage, study_name or (config.stem if config else None),
+                       load_space(space, cfg) if space else None, seed, say=say)
+    states = [r.state.lower() for r in result.rows]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    out.print(f"study {result.study_name}: {len(states)} trials ({counts}); validation {result.metric}, * best",
+              highlight=False, soft_wrap=True)
+    header, rows = table(result)
+    grid = Table()
+    for col in header:
+        grid.add_column(col)
+    for row in rows:
+        grid.add_row(*(Text(cell) for cell in row))  # params and notes are shown as written, never as markup
+    out.print(grid)
+    out.print(f"all trials: {result.folder / 'trials.md'}  study: {result.storage}", markup=False, highlight=False,
+              soft_wrap=True)
+    if result.best is None:
+        from ftune.errors import RunError
+
+        raise RunError(f"no trial of study {result.study_name} completed, so no best.yaml; read each trial's note in "
+                       f"{result.folder / 'trials.md'}, then widen or move the search with --space")
+    out.print(f"best: trial {result.best.number}, validation {result.metric} {result.best.value:.4f} "
+              f"({result.best.run_dir})", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"plots: {', '.join(str(p) for p in result.plots)}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"best config: {result.best_config}  (ftune train {result.best_config} evaluates it on the test split)",
+              markup=False, highlight=False, soft_wrap=True)
+
+
 @runs_app.command("list")
 def runs_list(root: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
     """One line per run: name, model, method, data, test accuracy, best validation, time, status."""
@@ -425,5 +517,5 @@ def main() -> None:
         sys.exit(e.exit_code)
     except FtuneError as e:
         if _main_process():  # every process meets the same user error; one of them says it
-            Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ftune.errors import ConfigError
 
@@ -53,6 +54,8 @@ class DataConfig(Section):
     split_column: str | None = Field(None, description="column naming each row's split: train/validation/test")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test when no test set is given")
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the rest held out for validation")
+    split_seed: int | None = Field(None, ge=0, description="seed of the held-out splits and subsampling; unset: "
+                                   "train.seed (ftune train --seeds holds it at the config's seed)")
     max_length: int = Field(128, ge=8, description="tokens per text; longer texts follow long_text")
     long_text: LongTextConfig = LongTextConfig()
     label_all_subtokens: bool = Field(False, description="token-classification: every sub-token of a word carries its "
@@ -97,8 +100,9 @@ TASK_LEARNING_RATES = {("causal-lm", "lora"): 2e-4}  # the QLoRA paper's rate fo
 
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
-    learning_rate: float | None = Field(None, gt=0, description="peak learning rate; unset: the method's default "
-                                        "(full 5e-5, freeze 1e-4, lora 1e-3; causal-lm with lora 2e-4)")
+    learning_rate: float | Literal["auto"] | None = Field(
+        None, description="peak learning rate; auto: chosen by a range test before the run (lr_find.json); unset: the "
+                          "method's default (full 5e-5, freeze 1e-4, lora 1e-3; causal-lm with lora 2e-4)")
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
                         "two whose estimated peak memory fits in 40% of what the device has free")
@@ -122,6 +126,22 @@ class TrainConfig(Section):
     group_by_length: bool = Field(True, description="batch texts of similar length together (shuffled buckets)")
     log_steps: int = Field(10, ge=1)
     baselines: bool = Field(True, description="also score the base model and a TF-IDF baseline on the test split")
+    evaluate_test: bool = Field(True, description="score the final model (and baselines) on the test split; false "
+                                "leaves it unread, as `ftune tune` trials do, so choosing settings never sees it")
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate_or_auto(cls, value: Any) -> Any:
+        """A positive number, auto or unset, with one plain message (a union's would name its members)."""
+        if value is None or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise PydanticCustomError("float_parsing", "Input should be a valid number or auto") from None
+        if not rate > 0:  # NaN too
+            raise PydanticCustomError("greater_than", "Input should be greater than 0")
+        return rate
 
 
 class DistributedConfig(Section):
@@ -132,12 +152,14 @@ class DistributedConfig(Section):
 
 
 class TrackingConfig(Section):
-    backend: Literal["mlflow", "tensorboard", "none"] = Field(
+    backend: Literal["mlflow", "tensorboard", "wandb", "none"] = Field(
         "mlflow", description="where metrics and artifacts also go; the run directory always has them")
     uri: str | None = Field(None, description="mlflow: a tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
-                                              "store in ./mlruns); tensorboard: a log directory (default: RUN/tensorboard)")
-    experiment: str = Field("ftune", description="MLflow experiment name")
-    log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow artifact")
+                                              "store in ./mlruns); tensorboard: a log directory (default: RUN/tensorboard)"
+                                              "; wandb: the W&B directory, as WANDB_DIR (runs go in URI/wandb; "
+                                              "default: RUN, so RUN/wandb)")
+    experiment: str = Field("ftune", description="MLflow experiment name; wandb: the W&B project")
+    log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow or W&B artifact")
 
 
 TASKS = ("classification", "token-classification", "causal-lm")
@@ -178,6 +200,10 @@ class Config(Section):
             raise ValueError("data.long_text applies to task classification")
         if data.long_text != LongTextConfig() and data.text_pair_column:
             raise ValueError("data.long_text applies to single texts; drop data.text_pair_column or data.long_text")
+        if train.learning_rate == "auto" and self.distributed.strategy != "ddp":
+            raise ValueError(f"train.learning_rate=auto runs its range test on one device's copy of the whole model, "
+                             f"which distributed.strategy={self.distributed.strategy} shards; set a number (e.g. the "
+                             f"choice in lr_find.json of a smaller ddp run)")
         if train.learning_rate is None:  # resolved here, so config.yaml, MLflow and --resume all see the number
             train.learning_rate = default_learning_rate(self.task, self.method.name)
             self._learning_rate_is_default = True

@@ -21,6 +21,11 @@ class RunError(FtuneError):
     """A run directory that is missing, incomplete or already in use."""
 
 
+class RunPruned(Exception):
+    """Raised by a training `on_evaluate` hook to end a run whose scores are not worth finishing (a tuning trial
+    pruned); the run is marked `pruned`. Not a user error."""
+
+
 class TrainingStopped(Exception):
     """SIGINT or SIGTERM stopped training after a checkpoint was saved; `--resume` continues from it.
 

@@ -95,6 +95,25 @@ def compare_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def lr_range_test(curve: dict, path: Path) -> Path:
+    """The learning-rate range test (lr_find.json): loss per step against the rate, smoothed, with the choice."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(curve["rates"], curve["losses"], color="tab:blue", alpha=0.35, label="loss per step")
+    ax.plot(curve["rates"], curve["smoothed"], color="tab:blue", label="smoothed")
+    ax.axvline(curve["minimum_at"], color="tab:gray", linestyle=":",
+               label=f"smoothed minimum {curve['minimum_at']:.1e}")
+    ax.axvline(curve["chosen"], color="tab:red", linestyle="--", label=f"chosen {curve['chosen']:.1e}")
+    ax.set_xscale("log")
+    if curve["smoothed"]:  # the diverging tail would squash the part that matters
+        low, first = min(curve["losses"] + curve["smoothed"]), curve["smoothed"][0]
+        ax.set_ylim(low - 0.05 * (first - low) - 1e-3, first + 0.5 * (first - low) + 1e-3)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -96,10 +96,10 @@ class Predictor(Labeler):
         return self.model.merge_and_unload() if self.is_adapter else self.model
 
     def describe(self) -> dict:
-        metrics = self.metrics["test"]["finetuned"]
+        metrics = self.metrics["test"].get("finetuned") or {}  # none when train.evaluate_test was false
         return {"kind": self.kind, "task": self.task, "labels": self.labels, "base_model": self.config.model.name,
                 "method": self.config.method.name, "max_length": self.max_length, "source": str(self.run_dir),
-                "metrics": {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}}
+                "metrics": {"test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}}
 
 
 def load_run_model(run, trust_remote_code: bool = False) -> tuple:

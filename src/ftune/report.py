@@ -36,7 +36,7 @@ class Section:
 def before_after_table(test: dict) -> tuple[list[str], list[tuple]]:
     """The header and a row per model scored: accuracy, its 95% interval and macro-F1 (tagging: of words, and
     entity F1 for BIO tags); loss and perplexity for a language model."""
-    finetuned = test["finetuned"]
+    finetuned = test.get("finetuned") or {}  # none when train.evaluate_test was false: no rows
     if "perplexity" in finetuned:
         columns = [("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")]
     else:
@@ -80,14 +80,14 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     metrics = read_json(run_dir / "metrics.json")
     manifest = read_json(run_dir / RUN_FILE)
     test, train, validation = metrics["test"], metrics["train"], metrics["validation"]
-    finetuned = test["finetuned"]
+    finetuned = test.get("finetuned") or {}
     plot_dir = run_dir / "plots"
     title = f"ftune run {run_dir.name}: {config['data']['train']}, {config['method']['name']}, {config['model']['name']}"
 
     header, rows = before_after_table(test)
     unit = {"token-classification": "sentences", "causal-lm": "examples"}.get(metrics.get("task"), "examples")
     sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
-                        _before_after_note(metrics), header, rows)]
+                        _before_after_note(metrics), header, rows) if finetuned else Section("Test split", test["note"])]
     if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine
         sections.append(Section("Diagnosis", "", ["what the run shows"], [(line,) for line in lines(metrics["diagnosis"])]))
     if metrics["data"].get("warnings"):
@@ -102,6 +102,7 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
                             f"{train['seconds']:.1f} s, {train['samples_per_s']:.1f} samples/s; "
                             f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained. {best}",
                             images=curves))
+    sections += _lr_find_section(run_dir / "lr_find.json", plot_dir)
     if "confusion" in finetuned:
         names = finetuned.get("confusion_labels", labels)  # tagging: the most frequent tags only
         which = "" if names == labels else f" of the {len(names)} most frequent tags"
@@ -177,6 +178,22 @@ def _token_section(data: dict, plot_dir: Path) -> list[Section]:
     plots.length_histogram(tokens, plot_dir / "lengths.png")
     return [Section("Data: tokens per text", text, ["split", "mean", "median", "95th pct", "max", "at max_length"],
                     stats, ("lengths.png",))]
+
+
+def _lr_find_section(path: Path, plot_dir: Path) -> list[Section]:
+    """train.learning_rate: auto: the range test's curve and the rate it chose (see ftune.lr_find)."""
+    if not path.is_file() or path.is_symlink():  # a link could lead to any file of the reader's: not shown
+        return []
+    curve = read_json(path)
+    plots.lr_range_test(curve, plot_dir / "lr_find.png")
+    stop = (f", stopped at {curve['rates'][-1]:.1e} as the loss diverged"
+            if curve["stopped_early"] and curve["rates"] else "")
+    text = (f"train.learning_rate: auto chose {curve['chosen']:.1e}: {curve['rule']} ({curve['minimum_at']:.1e}), "
+            f"clamped to {curve['clamped_to'][0]:g}–{curve['clamped_to'][1]:g}. The test took {len(curve['rates'])} "
+            f"AdamW steps of {curve['examples_per_step']} training examples, the rate growing from {curve['start']:g} "
+            f"to {curve['end']:g}{stop}, in {curve['seconds']:.1f} s before training; the weights and random state "
+            f"were restored after it. Curve and choice: lr_find.json.")
+    return [Section("Learning rate: range test", text, images=("lr_find.png",))]
 
 
 def _environment(manifest: dict) -> Section:

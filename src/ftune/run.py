@@ -238,4 +238,5 @@ class Run:
         return self._predictor.predict(texts, pairs)
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, test_accuracy={self.metrics['test']['finetuned']['accuracy']:.4f})"
+        accuracy = (self.metrics["test"].get("finetuned") or {}).get("accuracy")  # none: not evaluated, or causal-lm
+        return f"Run({str(self.path)!r}, test_accuracy={'n/a' if accuracy is None else f'{accuracy:.4f}'})"

@@ -11,16 +11,22 @@ from ftune import plots
 from ftune.errors import RunError
 from ftune.report import Section, to_html, to_markdown
 from ftune.run import RUN_FILE, Run, read_history, read_json
+from ftune.seeds import compared_entry
+
+def _finetuned(metrics: dict) -> dict:
+    """The fine-tuned model's test scores; empty when train.evaluate_test was false (a tuning trial)."""
+    return metrics["test"].get("finetuned") or {}
+
 
 # (label, how to read it from metrics.json, format); differences are shown for numbers
 COMPARED = (
-    ("test accuracy", lambda m: m["test"]["finetuned"].get("accuracy"), "{:.4f}"),
-    ("test macro-F1", lambda m: m["test"]["finetuned"].get("macro_f1"), "{:.4f}"),
-    ("test entity F1", lambda m: m["test"]["finetuned"].get("entity_f1"), "{:.4f}"),
-    ("test loss", lambda m: m["test"]["finetuned"]["loss"], "{:.4f}"),
-    ("test perplexity", lambda m: m["test"]["finetuned"].get("perplexity"), "{:.2f}"),
-    ("test accuracy 95% CI low", lambda m: (m["test"]["finetuned"].get("accuracy_ci95") or [None])[0], "{:.4f}"),
-    ("test accuracy 95% CI high", lambda m: (m["test"]["finetuned"].get("accuracy_ci95") or [None, None])[1], "{:.4f}"),
+    ("test accuracy", lambda m: _finetuned(m).get("accuracy"), "{:.4f}"),
+    ("test macro-F1", lambda m: _finetuned(m).get("macro_f1"), "{:.4f}"),
+    ("test entity F1", lambda m: _finetuned(m).get("entity_f1"), "{:.4f}"),
+    ("test loss", lambda m: _finetuned(m).get("loss"), "{:.4f}"),
+    ("test perplexity", lambda m: _finetuned(m).get("perplexity"), "{:.2f}"),
+    ("test accuracy 95% CI low", lambda m: (_finetuned(m).get("accuracy_ci95") or [None])[0], "{:.4f}"),
+    ("test accuracy 95% CI high", lambda m: (_finetuned(m).get("accuracy_ci95") or [None, None])[1], "{:.4f}"),
     ("base model accuracy", lambda m: (m["test"].get("base_model") or {}).get("accuracy"), "{:.4f}"),
     ("TF-IDF accuracy", lambda m: (m["test"].get("tfidf") or {}).get("accuracy"), "{:.4f}"),
     ("most-frequent-tag accuracy", lambda m: (m["test"].get("most_frequent_tag") or {}).get("accuracy"), "{:.4f}"),
@@ -72,9 +78,9 @@ def _row(path: Path) -> dict:
         if metrics.get("diagnosis"):  # a run that completed but learned nothing is marked where runs are chosen
             row["status"] += f" ({metrics['diagnosis']['verdict']})"
         validation = metrics["validation"]
-        finetuned = metrics["test"]["finetuned"]
+        finetuned = _finetuned(metrics)
         row["test accuracy"] = f"{finetuned['accuracy']:.4f}" if "accuracy" in finetuned else \
-            f"perplexity {finetuned['perplexity']:.2f}"
+            f"perplexity {finetuned['perplexity']:.2f}" if finetuned else "not evaluated"
         if validation["best"] is not None:
             row["best validation"] = f"{validation['metric']} {validation['best']:.4f}"
         row["train s"] = f"{metrics['train']['seconds']:.0f}"
@@ -85,7 +91,8 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
     """The metrics table (each run, then each run minus the first) and a folder with the overlaid curves."""
     if len(paths) < 2:
         raise RunError("compare needs at least two run directories, e.g. `ftune runs compare runs/a runs/b`")
-    runs = [Run(p) for p in paths]  # each must be a complete run: the error names the one that is not
+    # Each must be a complete run (the error names the one that is not), or a seeds folder: its mean ± sd
+    runs = [compared_entry(p) for p in paths]
     names = _unique_names(runs)
     header = ["metric", *names, *(f"{n} − {names[0]}" for n in names[1:])]
     rows = []
@@ -93,7 +100,8 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
         values = [read(run.metrics) for run in runs]
         if all(v is None for v in values):
             continue
-        shown = ["" if v is None else fmt.format(v) for v in values]
+        fmt = fmt.replace("d}", ".1f}") if any(isinstance(v, float) for v in values) else fmt  # mean of counts
+        shown = ["" if v is None else _cell(v, fmt) for v in values]
         diffs = ["" if v is None or values[0] is None else _signed(v - values[0], fmt) for v in values[1:]]
         rows.append((label, *shown, *diffs))
     for label, read in (("method", lambda r: r.config.method.name), ("model", lambda r: r.config.model.name),
@@ -121,6 +129,12 @@ def _unique_names(runs: list[Run]) -> list[str]:
     if len(set(names)) < len(names):  # same folder name under different parents
         names = [str(r.path) for r in runs]
     return names
+
+
+def _cell(value: float, fmt: str) -> str:
+    """A number as `fmt` writes it; a mean over seeds with its sd (ftune.seeds.Spread)."""
+    sd = getattr(value, "sd", None)
+    return fmt.format(value) if sd is None else f"{fmt.format(value)} ± {fmt.format(sd)}"
 
 
 def _signed(value: float, fmt: str) -> str:

@@ -1,4 +1,4 @@
-"""Experiment tracking: the run's params, metric history and artifacts, also in MLflow or TensorBoard.
+"""Experiment tracking: the run's params, metric history and artifacts, also in MLflow, TensorBoard or W&B.
 
 The run directory stays the source of truth (metrics.jsonl, metrics.json, report). A tracker
 mirrors it, so a tracking store that breaks mid-run costs a warning, never the run.
@@ -20,7 +20,7 @@ from ftune.run import read_json, update_manifest
 
 LOCAL_STORE = Path("mlruns")  # the default store, in the project directory (where ftune runs)
 ARTIFACTS = ("report.html", "report.md", "plots", "config.yaml", "labels.json", "metrics.json", "metrics.jsonl",
-             "run.json", "test_predictions.csv")
+             "run.json", "test_predictions.csv", "lr_find.json")
 
 
 def local_store_uri(store: Path = LOCAL_STORE) -> str:
@@ -86,6 +86,10 @@ def connect(cfg: TrackingConfig) -> Tracker:
         return MlflowTracker(cfg)
     if cfg.backend == "tensorboard":
         return TensorBoardTracker(cfg)
+    if cfg.backend == "wandb":
+        from ftune.tracking_wandb import WandbTracker  # imports tracking: a circle if at the top
+
+        return WandbTracker(cfg)
     return Tracker()
 
 
@@ -112,9 +116,10 @@ def entry_metrics(entry: dict) -> dict[str, float]:
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The headline numbers of metrics.json as flat metric names."""
     test, train = metrics["test"], metrics["train"]
-    flat = {f"test/{k}": test["finetuned"][k] for k in HEADLINE if k in test["finetuned"]}
-    if "accuracy_ci95" in test["finetuned"]:
-        flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = test["finetuned"]["accuracy_ci95"]
+    finetuned = test.get("finetuned") or {}  # none when train.evaluate_test was false
+    flat = {f"test/{k}": finetuned[k] for k in HEADLINE if k in finetuned}
+    if "accuracy_ci95" in finetuned:
+        flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = finetuned["accuracy_ci95"]
     for model in ("base_model", "tfidf", "most_frequent_tag"):
         if test.get(model):
             flat.update({f"test/{model}_{k}": test[model][k] for k in HEADLINE if k != "loss" and k in test[model]})
@@ -187,7 +192,8 @@ class MlflowTracker(Tracker):
             metrics = read_json(run_dir / "metrics.json")
             self._log_metrics(final_metrics(metrics), metrics["train"]["steps"])
             self._upload(run_dir)
-        self.client.set_terminated(self.run_id, {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+        self.client.set_terminated(self.run_id, {"complete": "FINISHED", "interrupted": "KILLED",
+                                                 "pruned": "KILLED"}.get(status, "FAILED"))
 
     def _upload(self, run_dir: Path) -> None:
         for name in ARTIFACTS:

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from ftune.data.batching import train_batches
 from ftune.data.tokenize import IGNORE
 from ftune.diagnosis import diagnose
 from ftune.distributed import check_strategy, gathered, make_accelerator, on_main_then_share
-from ftune.errors import ConfigError, RunError, TrainingStopped
+from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.integrity import remove_stale, run_manifest, staged_dir
+from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
 from ftune.metrics import HEADLINE, is_better
 from ftune.methods import METHODS, count_parameters
@@ -47,8 +49,12 @@ from ftune.tasks import task_module
 from ftune.tracking import Tracker, connect
 
 
-def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
-    """Fine-tune as configured and return the finished run; `resume` continues an interrupted one."""
+def train(config: Config, resume: bool = False, quiet: bool = False,
+          on_evaluate: Callable[[int, dict], None] | None = None) -> Run:
+    """Fine-tune as configured and return the finished run; `resume` continues an interrupted one.
+
+    `on_evaluate(step, scores)` is called after each validation evaluation; raising RunPruned there ends the run
+    as `pruned` (ftune.tune prunes trials this way)."""
     cfg = config.train
     # A precision or strategy this machine lacks is a config error, found before anything else.
     accelerator = make_accelerator(config.distributed, _mixed_precision(cfg.precision), cfg.batch_size,
@@ -72,9 +78,10 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
         tracker.start(run_dir, config, resume)
         with stop_on_signals() as stop:
             _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main), tracker,
-                 accelerator, stop)
+                 accelerator, stop, on_evaluate)
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, TrainingStopped)) else "failed"
+        status = "pruned" if isinstance(e, RunPruned) else status
         tracker.finish(run_dir, status)
         if main and isinstance(e, ConfigError) and not resume and not list_checkpoints(run_dir):
             _discard(run_dir, keep_folder=existed)  # found before any training (e.g. memory): the command can rerun
@@ -130,7 +137,8 @@ def _discard(run_dir: Path, keep_folder: bool) -> None:
 
 
 def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
-         tracker: Tracker, accelerator: Accelerator, stop: StopFlag) -> None:
+         tracker: Tracker, accelerator: Accelerator, stop: StopFlag,
+         on_evaluate: Callable[[int, dict], None] | None = None) -> None:
     cfg = config.train
     task = task_module(config.task)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
@@ -158,6 +166,11 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     batches_per_epoch = full_batches + (rest >= world)  # a last batch smaller than `world` is dropped (below)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * cfg.epochs
+    if cfg.learning_rate == "auto":  # the optimizer below is built with the rate a range test chooses
+        weight = _class_weights(data["train"], len(splits.labels), accelerator.device) if cfg.class_weights else None
+        config = choose_learning_rate(config, model, data["train"], batch_size, weight, task.SHIFT, pad_id,
+                                      _param_groups(model, cfg.weight_decay), accelerator, run_dir, resume, progress)
+        cfg = config.train
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=round(total_steps * cfg.warmup_ratio),
                               num_training_steps=total_steps)
@@ -176,7 +189,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     def evaluate(split: str, interval_seed: int | None = None) -> tuple[dict, object]:
         return task.evaluate(accelerator, model, data[split], config, pad_id, splits.labels, interval_seed)
 
-    if state.base_model_test is None and cfg.baselines:
+    if state.base_model_test is None and cfg.baselines and cfg.evaluate_test:
         state.base_model_test = evaluate("test")[0]
         state.base_model_validation = _headline(evaluate("validation")[0])
 
@@ -221,6 +234,8 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
                 state.evals_without_improvement >= cfg.early_stopping_patience
         checkpoint(weights)
         progress.evaluated(result, cfg.metric)
+        if on_evaluate:
+            on_evaluate(state.global_step, scores)
 
     def checkpoint(weights: dict | None = None) -> str:
         """checkpoints/step-N for --resume; every process joins (its random state is saved too)."""
@@ -317,7 +332,7 @@ def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: 
     best = run_dir / "checkpoints" / "best"
     if best.is_dir():
         load_weights(accelerator.unwrap_model(model), best)
-    test_metrics, outputs = evaluate("test", interval_seed=cfg.seed)
+    test_metrics, outputs = evaluate("test", interval_seed=cfg.seed) if cfg.evaluate_test else (None, None)
     full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # gathered: every process joins
     if main:
         data_info = {**summary, "warnings": warnings_found}
@@ -332,8 +347,8 @@ def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, r
     """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
     cfg = config.train
     task = task_module(config.task)
-    test = {"finetuned": test_metrics}
-    if cfg.baselines:
+    test = {"finetuned": test_metrics} if cfg.evaluate_test else dict(NOT_EVALUATED)
+    if cfg.baselines and cfg.evaluate_test:
         test["base_model"] = state.base_model_test
         test.update(task.baselines(splits, cfg.seed))
     trainable, total = count_parameters(model)
@@ -350,16 +365,22 @@ def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, r
                   "trainable_parameters": trainable, "total_parameters": total},
         "data": data_info,
     }
-    metrics["diagnosis"] = diagnose(metrics, read_history(run_dir), config.model_dump(mode="json"), str(run_dir))
+    metrics["diagnosis"] = diagnose(metrics, read_history(run_dir), config.model_dump(mode="json"), str(run_dir)) \
+        if cfg.evaluate_test else None  # its findings are read from the test scores
     _save_model(model, full_state, tokenizer, run_dir, config, splits.labels)
     write_json(run_dir / "labels.json", splits.labels)
     write_json(run_dir / "metrics.json", metrics)
-    task.save_predictions(run_dir, splits, data, outputs, splits.labels)
+    if cfg.evaluate_test:
+        task.save_predictions(run_dir, splits, data, outputs, splits.labels)
     # sha256 (integrity.MANIFEST_KEY): what a predictor loads, checked when it loads (a kill or a partial copy)
     update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
                     model_source=source, device=_device_name(device), sha256=run_manifest(run_dir))
     write_reports(run_dir)
     update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
+
+
+# metrics.json's test section when train.evaluate_test is false (tuning trials): no score was taken from the test split
+NOT_EVALUATED = {"evaluated": False, "note": "train.evaluate_test was false: the test split was not evaluated"}
 
 
 def _device_name(device: torch.device) -> str:

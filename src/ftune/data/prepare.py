@@ -65,6 +65,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
 
 def complete_splits(given: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, labels: list[str]) -> Splits:
     """Hold out the test and validation splits the data did not bring, then subsample as configured."""
+    seed = seed if cfg.split_seed is None else cfg.split_seed  # --seeds varies train.seed on one fixed split
     train = given["train"]
     if "test" not in given:
         train, given["test"] = hold_out(train, cfg.test_size, seed, "test")

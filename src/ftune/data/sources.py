@@ -33,7 +33,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 def read_source(source: str) -> Table:
     """One DataFrame, or {split name: DataFrame} for sources that carry their own splits."""
     path = Path(source).expanduser()
-    if source in CATALOG and not path.exists():
+    # A built-in name means the built-in, unless a data file or a saved dataset of that name is here: a run
+    # folder called `mr` (`--output-dir mr`) must not shadow the `mr` dataset.
+    saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+    if source in CATALOG and not (path.is_file() or saved):
         cached = builtin_path(source)
         if cached.suffix == ".jsonl":
             return pd.read_json(cached, lines=True, dtype=False)

@@ -1,0 +1,232 @@
+"""`train.learning_rate: auto`: a learning-rate range test before the run (Leslie Smith, "Cyclical Learning
+Rates for Training Neural Networks", 2015; as fastai's `lr_find` and Lightning's `Tuner.lr_find` do it).
+
+AdamW, as the run uses it, takes up to 100 steps on random batches of the training split while the rate
+grows exponentially from 1e-7 to 1; the loss is smoothed, and the test stops once the smoothed loss passes
+4x its minimum. The rate chosen is one tenth of the rate at the smoothed minimum, clamped to 1e-6..1e-2.
+Then the weights (LoRA adapters and new heads too), the random state and train/eval mode are put back
+exactly, so the run starts as it would with that rate written in the config.
+
+    RUN/lr_find.json        the curve (rates, losses, smoothed losses) and the choice
+    RUN/plots/lr_find.png   the curve, drawn again by the report
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from ftune import plots
+from ftune.config import Config
+from ftune.data import Encoded, collate
+from ftune.data.tokenize import IGNORE
+from ftune.distributed import on_main_then_share
+from ftune.errors import RunError
+from ftune.progress import TrainProgress
+from ftune.run import read_json, update_manifest, write_json
+
+FILE = "lr_find.json"
+START, END = 1e-7, 1.0
+MAX_STEPS = 100
+MIN_STEPS = 20      # fewer points cannot show a minimum; a split smaller than that many steps is reused
+DIVERGED = 4.0      # stop once the smoothed loss is this many times its minimum
+LOWEST, HIGHEST = 1e-6, 1e-2  # below: a few epochs learn next to nothing; above: AdamW on transformers is unstable
+RULE = "one tenth of the rate at the smoothed loss minimum"
+
+
+def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded, batch_size: int,
+                         class_weight: torch.Tensor | None, shift: bool, pad_id: int, param_groups: list[dict],
+                         accelerator: Accelerator, run_dir: Path, resume: bool, progress: TrainProgress) -> Config:
+    """The config with `train.learning_rate: auto` replaced by the rate the range test chooses (or chose, before an
+    interruption: --resume reuses it). Every process runs the same test and takes the main process's choice, so no
+    process waits in a collective meanwhile and all train with one rate; only the main process writes."""
+    saved = on_main_then_share(accelerator, lambda: saved_choice(run_dir) if resume else None)
+    if saved is not None:
+        rate = saved
+        line = f"learning rate {rate:.1e}: chosen by this run's range test before it was interrupted ({FILE})"
+    else:
+        micro = accelerator.num_processes * config.train.gradient_accumulation_steps  # the run's step, on one process
+        steps = planned_steps(len(train), batch_size * micro)
+        curve = range_test(model, _batches(train, batch_size, micro, config.train.seed, pad_id), steps, param_groups,
+                           accelerator, config.train.max_grad_norm, class_weight, shift)
+        curve["examples_per_step"] = batch_size * micro
+        rate = on_main_then_share(accelerator, lambda: _save(run_dir, curve))
+        line = (f"learning rate {rate:.1e}: chosen by a range test over {len(curve['rates'])} steps "
+                f"({curve['seconds']:.1f} s), lr_find.png in the run")
+    progress.note(line)
+    return config.model_copy(update={"train": config.train.model_copy(update={"learning_rate": rate})})
+
+
+def planned_steps(examples: int, per_step: int) -> int:
+    """Up to MAX_STEPS, but no more than one pass over a small training split (at least MIN_STEPS). A shorter
+    test costs less but gives each rate fewer steps to act, so its minimum sits at somewhat higher rates."""
+    return max(MIN_STEPS, min(MAX_STEPS, examples // per_step))
+
+
+def range_test(model: torch.nn.Module, batches: Iterator[list[dict[str, torch.Tensor]]], steps: int,
+               param_groups: list[dict], accelerator: Accelerator, max_grad_norm: float | None,
+               class_weight: torch.Tensor | None = None, shift: bool = False) -> dict:
+    """Train `steps` AdamW steps at exponentially growing rates and return the curve and the chosen rate; the
+    model, its mode and the random state are as before afterwards. Each item of `batches` is one step's
+    micro-batches."""
+    rates = [START * (END / START) ** (i / max(steps - 1, 1)) for i in range(steps)]
+    beta = 0.98 ** (MAX_STEPS / steps)  # fastai's 0.98 over 100 steps: the same smoothing per decade of rate
+    losses, smoothed, average, stopped = [], [], 0.0, False
+    device = accelerator.device
+    start = time.perf_counter()
+    with restored(model):
+        if not getattr(model, "hf_device_map", None):  # placed at load (4-bit): prepare() leaves it there too
+            model.to(device)  # where prepare() would put it
+        model.train()
+        optimizer = torch.optim.AdamW(param_groups, lr=START)
+        scaler = torch.amp.GradScaler(device.type, enabled=accelerator.mixed_precision == "fp16")
+        for i, rate in enumerate(rates):
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            micro = next(batches)
+            loss = 0.0
+            for batch in micro:
+                with accelerator.autocast():
+                    part = _loss(model, {k: v.to(device) for k, v in batch.items()}, class_weight, shift) / len(micro)
+                scaler.scale(part).backward()
+                loss += part.item()
+            if max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in param_groups for p in g["params"]], max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(loss):
+                stopped = True
+                break
+            average = beta * average + (1 - beta) * loss
+            losses.append(loss)
+            smoothed.append(average / (1 - beta ** (i + 1)))  # without the bias toward the 0 it started from
+            if smoothed[-1] > DIVERGED * min(smoothed):
+                stopped = True
+                break
+    rates = rates[:len(losses)]
+    chosen, at_minimum = suggest(rates, smoothed)
+    return {"chosen": chosen, "rule": RULE, "minimum_at": at_minimum, "clamped_to": [LOWEST, HIGHEST],
+            "start": START, "end": END, "planned_steps": steps, "stopped_early": stopped,
+            "seconds": time.perf_counter() - start, "rates": rates, "losses": losses, "smoothed": smoothed}
+
+
+def suggest(rates: list[float], smoothed: list[float]) -> tuple[float, float]:
+    """The chosen rate and the rate at the smoothed minimum.
+
+    One tenth of the rate at the minimum (fastai v1's rule), not the steepest descent: the minimum of a
+    smoothed curve is one clear point even on a short or noisy curve, where the slope between neighbouring
+    points is mostly noise. The smoothing lags, so the minimum sits a little past the best rate; a tenth of it
+    lands inside the stretch where the loss was still falling fast, a safe peak for warm-up and decay."""
+    if not smoothed:  # the very first step's loss was not finite
+        return LOWEST, START
+    at_minimum = rates[int(np.argmin(smoothed))]
+    return float(min(HIGHEST, max(LOWEST, at_minimum / 10))), at_minimum
+
+
+@contextmanager
+def restored(model: torch.nn.Module) -> Iterator[None]:
+    """Put back the trainable weights, buffers, gradients, train/eval mode and every random state on leaving:
+    what a range test changes. Copies are kept in CPU memory, and written back into the same tensors, so
+    parameter groups built before still point at the model's weights."""
+    saved = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach().to("cpu", copy=True) for n, b in model.named_buffers()}
+    modes, rng = {m: m.training for m in model.modules()}, _random_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+                    p.grad = None
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        for module, training in modes.items():
+            module.training = training
+        _set_random_state(rng)
+
+
+def saved_choice(run_dir: Path) -> float | None:
+    """The rate this run's range test chose, when it has one (an interrupted run being resumed)."""
+    path = run_dir / FILE
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    chosen = saved.get("chosen") if isinstance(saved, dict) else None
+    if not isinstance(chosen, (int, float)) or not math.isfinite(chosen) or chosen <= 0:
+        raise RunError(f"{path} holds no usable learning rate ('chosen'); restore it from a whole copy of the run, "
+                       f"or start a new run")
+    return float(chosen)
+
+
+def _save(run_dir: Path, curve: dict) -> float:
+    """lr_find.json, plots/lr_find.png and run.json's learning_rate entry (main process); the chosen rate."""
+    write_json(run_dir / FILE, curve)
+    plots.lr_range_test(curve, run_dir / "plots" / "lr_find.png")
+    update_manifest(run_dir, learning_rate={"value": curve["chosen"], "source": describe(curve)})
+    return curve["chosen"]
+
+
+def describe(curve: dict) -> str:
+    """run.json's `source` of an automatic rate, in one line."""
+    clamped = " (clamped)" if curve["chosen"] != curve["minimum_at"] / 10 else ""
+    return (f"auto (range test: {len(curve['rates'])} steps of {curve['examples_per_step']} examples from "
+            f"{curve['start']:g} to {curve['end']:g}, {curve['seconds']:.1f} s; {RULE} {curve['minimum_at']:.1e}"
+            f"{clamped}; {FILE})")
+
+
+def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], class_weight: torch.Tensor | None,
+          shift: bool) -> torch.Tensor:
+    """The training loop's loss for one batch: cross-entropy over the labels taken, weighted as configured."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    if shift:  # causal LM: the logits at token t predict token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    labels = labels.flatten()
+    total = F.cross_entropy(logits.float().flatten(0, -2), labels, weight=class_weight, ignore_index=IGNORE,
+                            reduction="sum")
+    taken = labels[labels != IGNORE]
+    count = class_weight[taken].sum() if class_weight is not None else taken.numel()
+    return total / max(float(count), 1e-9)  # a batch with no label taken adds nothing (not NaN)
+
+
+def _batches(train: Encoded, batch_size: int, per_step: int, seed: int, pad_id: int
+             ) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Each step's `per_step` random micro-batches, from successive shuffles of the split on a stream of their own."""
+    rng = np.random.default_rng([seed, 1033])  # not the run's shuffles: those stay a function of (seed, epoch)
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        step = []
+        for _ in range(per_step):
+            while len(pending) < batch_size:
+                pending = np.concatenate([pending, rng.permutation(len(train))])
+            step.append(collate(train, pending[:batch_size].tolist(), pad_id))
+            pending = pending[batch_size:]
+        yield step
+
+
+def _random_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
