@@ -12,7 +12,6 @@ import os
 import sys
 import time
 import zipfile
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd

@@ -148,6 +148,6 @@ def test_lora_without_a_learning_rate_gets_the_lora_default_and_says_so(tiny_con
     assert run.config.train.learning_rate == 1e-3  # config.yaml holds the number the run used
     explicit = tiny_config(**{"method.name": "lora", "train.learning_rate": 3e-3})
     assert explicit.train.learning_rate == 3e-3 and not explicit._learning_rate_is_default
-    assert load_config(overrides={"method.name": "freeze"}).train.learning_rate == 1e-4
+    assert load_config(overrides={"method.name": "freeze"}).train.learning_rate == 1e-3
     assert load_config(overrides={"method.name": "full"}).train.learning_rate == 5e-5
     assert math.isclose(load_config(overrides={"task": "causal-lm", "method.name": "lora"}).train.learning_rate, 2e-4)

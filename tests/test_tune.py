@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from ftune.cli import main
+from test_cli import ftune_cli
 from ftune.config import DEFAULT_LEARNING_RATES, load_config, to_yaml
 from ftune.errors import ConfigError
 from ftune.runs import compare_runs, run_row
@@ -27,17 +27,6 @@ def tune_files(tiny_config, tmp_path):
     config.write_text(to_yaml(tiny_config(**{"train.epochs": 1, "data.max_train_samples": 96, "output_dir": None})))
     space.write_text(yaml.safe_dump(SPACE))
     return config, space
-
-
-def ftune_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftune", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_study_writes_trial_runs_table_plot_and_a_best_config_without_reading_test(tune_files, tmp_path, monkeypatch,

@@ -94,7 +94,7 @@ Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discrimina
 # Learning rates when the config sets none, by method (and by task where it differs). Measured on built-in
 # data: `bench/lr_grid.py` (the README shows the grid). Adapters and frozen bodies want larger steps than
 # full fine-tuning: LoRA at full fine-tuning's 5e-5 learned nothing in 2 epochs on a real corpus.
-DEFAULT_LEARNING_RATES = {"full": 5e-5, "freeze": 1e-4, "lora": 1e-3}
+DEFAULT_LEARNING_RATES = {"full": 5e-5, "freeze": 1e-3, "lora": 1e-3}
 TASK_LEARNING_RATES = {("causal-lm", "lora"): 2e-4}  # the QLoRA paper's rate for decoders; not measurable offline here
 
 
@@ -102,7 +102,7 @@ class TrainConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
     learning_rate: float | Literal["auto"] | None = Field(
         None, description="peak learning rate; auto: chosen by a range test before the run (lr_find.json); unset: the "
-                          "method's default (full 5e-5, freeze 1e-4, lora 1e-3; causal-lm with lora 2e-4)")
+                          "method's default (full 5e-5, freeze 1e-3, lora 1e-3; causal-lm with lora 2e-4)")
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
                         "two whose estimated peak memory fits in 40% of what the device has free")

@@ -71,7 +71,7 @@ def _causes(metrics: dict, losses: list[float], config: dict) -> tuple[list[str]
         if values[0] == best and values[-1] != best:
             causes.append(f"validation {metric} was best at the first evaluation and worse after: overfitting "
                           f"(fewer epochs, more data, or a smaller learning rate)")
-            fixes.append(f"--set train.early_stopping_patience=1")
+            fixes.append("--set train.early_stopping_patience=1")
     if not causes:
         causes.append("the task may be hard for this model, or the labels noisy: compare with the baseline's mistakes "
                       "in the report, and try `ftune data validate`")
