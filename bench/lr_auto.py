@@ -17,26 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ftune.config import default_learning_rate
+from lr_grid import train_command  # the same cell command as the grid: bench/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def run_cell(args, method: str, rate: str, root: Path) -> dict:
     out = root / f"{method}-{rate}"
-    command = [sys.executable, "-m", "ftune", "train", "--data", args.data, "--method", method,
-               "--output-dir", str(out), "--tracking", "none", "--quiet", "--learning-rate", rate,
-               "--set", f"train.epochs={args.epochs}", "--set", "train.baselines=false",
-               "--set", f"data.max_length={args.max_length}", "--set", "train.seed=0"]
-    if args.train_samples:
-        command += ["--set", f"data.max_train_samples={args.train_samples}"]
-    if method == "freeze":
-        command += ["--set", "method.layers=4"]
+    command = train_command(args, method, rate, out)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start

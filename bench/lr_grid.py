@@ -24,16 +24,23 @@ RESULTS = Path(__file__).parent / "results"
 GRID = {"lora": [1e-4, 1e-3, 3e-3], "freeze": [1e-4, 1e-3], "full": [5e-5, 2e-4]}
 
 
-def run_cell(args, method: str, lr: float, root: Path) -> dict:
-    out = root / f"{method}-{lr:g}"
+def train_command(args, method: str, rate: float | str, out: Path) -> list[str]:
+    """One grid cell as an `ftune train` command line (bench/lr_auto.py runs its cells with it too)."""
     command = [sys.executable, "-m", "ftune", "train", "--data", args.data, "--method", method,
                "--output-dir", str(out), "--tracking", "none", "--quiet",
-               "--set", f"task={args.task}", "--set", f"train.learning_rate={lr}", "--set", f"train.epochs={args.epochs}",
-               "--set", "train.baselines=false", "--set", f"data.max_length={args.max_length}", "--set", "train.seed=0"]
+               "--set", f"task={getattr(args, 'task', 'classification')}", "--set", f"train.learning_rate={rate}",
+               "--set", f"train.epochs={args.epochs}", "--set", "train.baselines=false",
+               "--set", f"data.max_length={args.max_length}", "--set", "train.seed=0"]
     if args.train_samples:
         command += ["--set", f"data.max_train_samples={args.train_samples}"]
     if method == "freeze":
         command += ["--set", "method.layers=4"]
+    return command
+
+
+def run_cell(args, method: str, lr: float, root: Path) -> dict:
+    out = root / f"{method}-{lr:g}"
+    command = train_command(args, method, lr, out)
     start = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
