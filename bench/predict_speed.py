@@ -37,8 +37,8 @@ def main() -> None:
     import ftune
     from ftune.config import DataConfig
     from ftune.data import load_splits
-    from ftune.onnx_model import OnnxPredictor
-    from ftune.predict import Predictor
+    from ftune.predictors.onnx import OnnxPredictor
+    from ftune.predictors import Predictor
     from transformers import pipeline
 
     run_dir = args.run

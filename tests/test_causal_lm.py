@@ -111,5 +111,5 @@ def test_qlora_on_cpu_and_wrong_task_settings_are_config_errors(tiny_decoder, in
     with pytest.raises(ftune.ConfigError, match="QLoRA.*needs a CUDA GPU"):
         ftune.train(cfg, quiet=True)
     assert not (tmp_path / "q").exists()
-    with pytest.raises(ftune.ConfigError, match="causal-lm picks checkpoints by validation loss"):
+    with pytest.raises(ftune.ConfigError, match="train.metric=accuracy is not a score of task causal-lm"):
         ftune.load_config(overrides={"task": "causal-lm", "train.metric": "accuracy"})

@@ -8,8 +8,8 @@ import pytest
 
 import ftune
 from ftune.export import export_onnx
-from ftune.onnx_model import OnnxPredictor
-from ftune.predict import Predictor, load_predictor
+from ftune.predictors.onnx import OnnxPredictor
+from ftune.predictors import Predictor, load_predictor
 from tests.test_cli import ftune_cli
 
 TEXTS = ["a superb film", "dull", "the acting was really quite excellent and the story was long but wonderful",

@@ -18,7 +18,7 @@ from ftune import integrity
 from ftune.errors import ModelError, RunError
 from ftune.export import export_onnx
 from ftune.models import ALIASES, HUB_IDS
-from ftune.predict import Predictor, load_predictor
+from ftune.predictors import Predictor, load_predictor
 from ftune.run import write_json
 from tests.test_cli import ftune_cli
 
@@ -214,7 +214,7 @@ def test_labels_out_of_order_or_of_the_wrong_count_are_refused(runs, tmp_path, m
     (swapped / "labels.json").write_text('["pos", "neg"]')
     one_line_error(*predict(swapped)[::2], "labels.json is not the file that was written")
     (export / "labels.json").write_text('["pos"]')
-    one_line_error(*predict(export)[::2], "names 1 label(s); a classifier has at least two")
+    one_line_error(*predict(export)[::2], "names 1 labels but model.onnx gives 2 logits per text")
     (export / "labels.json").write_text('["neg", "pos", "meh"]')
     one_line_error(*predict(export)[::2], "names 3 labels but model.onnx gives 2 logits per text")
 

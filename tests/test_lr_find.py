@@ -41,6 +41,8 @@ def test_the_range_test_puts_back_lora_weights_head_mode_and_random_state(tiny_m
     from ftune.config import LoraMethod
     from ftune.methods import METHODS
     from ftune.models import load_classifier, load_tokenizer
+    from ftune.config import load_config
+    from ftune.tasks import task_for
     from ftune.training import _param_groups
 
     model = METHODS["lora"](load_classifier(tiny_model, ["neg", "pos"]), LoraMethod(r=4), "SEQ_CLS").eval()
@@ -50,8 +52,9 @@ def test_the_range_test_puts_back_lora_weights_head_mode_and_random_state(tiny_m
     texts = ["a great film", "an awful plot", "superb acting", "dull and boring"]
     batch = dict(tokenizer(texts, padding=True, return_tensors="pt"), labels=torch.tensor([1, 0, 1, 0]))
     batches = iter(lambda: [dict(batch)], None)  # the same batch every step, forever
+    task = task_for(load_config(overrides={"data.train": str(reviews_csv)}))
     curve = lr_find.range_test(model, batches, lr_find.MIN_STEPS, _param_groups(model, 0.01), Accelerator(cpu=True),
-                               max_grad_norm=1.0)
+                               max_grad_norm=1.0, task=task)
     assert len(set(curve["losses"])) > 1  # the weights did move during the test
     after = model.state_dict()
     assert before.keys() == after.keys()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ftune
+import ftune.tasks.base
 import ftune.training
 from ftune.errors import ConfigError, RunError
 from ftune.memory import AUTO_BUDGET, auto_batch_size, estimate
@@ -58,7 +59,7 @@ def test_out_of_memory_mid_run_names_the_step_and_the_knobs(tiny_config, monkeyp
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ftune.training.F, "cross_entropy", run_out_at_the_third_batch)
+    monkeypatch.setattr(ftune.tasks.base.F, "cross_entropy", run_out_at_the_third_batch)  # the tasks' loss
     with pytest.raises(RunError, match=r"out of memory at step \d+ \(CUDA out of memory. Tried to allocate 2.00 GiB\); "
                                        r"try a smaller train.batch_size.*--resume continues"):
         ftune.train(tiny_config(**{"train.log_steps": 1}), quiet=True)

@@ -13,8 +13,9 @@ import pytest
 
 import ftune
 from ftune.batching_queue import MicroBatcher, Overloaded
-from ftune.predict import Predictor
+from ftune.predictors import Predictor
 from ftune.serve import ServeSettings, build_server, create_app
+from ftune.tasks.classification import Classification
 
 KEY = "test-key"
 
@@ -55,6 +56,7 @@ class SlowLabeler:
     """A stand-in model that takes `seconds` per forward pass, to overload and time out the service."""
 
     kind = "slow"
+    task = Classification  # its answers have classification's shape
 
     def __init__(self, seconds: float):
         self.seconds = seconds

@@ -16,6 +16,7 @@ import pytest
 
 from ftune.errors import ConfigError
 from ftune.serve import LOOPBACK_HOSTS, ServeSettings, build_server, connection_limit
+from ftune.tasks.classification import Classification
 from test_cli import ftune_cli
 from test_serve import KEY, _rss_mb, running
 
@@ -26,6 +27,7 @@ class MarkerLabeler:
     """A stand-in model: the label is the text's length; a text containing POISON breaks the whole forward pass."""
 
     kind = "marker"
+    task = Classification  # its answers have classification's shape
 
     def __init__(self):
         self.calls: list[list[str]] = []
@@ -278,10 +280,18 @@ def test_the_connection_limit_leaves_room_under_the_open_file_limit():
 IDLE_FLOOD_SERVER = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from pydantic import BaseModel
 from ftune.serve import ServeSettings, serve
+
+class Answer(BaseModel):
+    label: str
+    score: float
+    scores: dict
 
 class Lengths:
     kind = "lengths"
+    class task:  # what the service needs of a task: its name and the shape of an answer
+        name, Prediction = "lengths", Answer
     def predict(self, texts):
         return [{"label": str(len(text)), "score": 1.0, "scores": {}} for text in texts]
     def describe(self):

@@ -122,7 +122,7 @@ def test_a_tagger_trains_with_every_method_and_tags_words(tiny_config, tagged_js
 def test_the_service_returns_tags_per_word(tiny_config, tagged_jsonl, tmp_path):
     from fastapi.testclient import TestClient
 
-    from ftune.predict import load_predictor
+    from ftune.predictors import load_predictor
     from ftune.serve import create_app
 
     cfg = tiny_config(**{"task": "token-classification", "data.train": str(tagged_jsonl), "data.text_column": None,

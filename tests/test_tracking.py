@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 import ftune
 from ftune.config import TrackingConfig
 from ftune.errors import ConfigError
-from ftune.tracking import connect
+from ftune.trackers import connect
 
 
 @pytest.fixture(scope="module")

@@ -34,17 +34,17 @@ def test_study_writes_trial_runs_table_plot_and_a_best_config_without_reading_te
     from ftune.tasks import classification
 
     scored = []  # the size of every split the model is scored on
-    evaluate = classification.evaluate
+    score = classification.Classification.score
 
-    def counting(accelerator, model, data, *args, **kwargs):
+    def counting(self, rows, data, *args, **kwargs):
         scored.append(len(data))
-        return evaluate(accelerator, model, data, *args, **kwargs)
+        return score(self, rows, data, *args, **kwargs)
 
     def no_baselines(*args, **kwargs):
         raise AssertionError("a trial scored a baseline on the test split")
 
-    monkeypatch.setattr(classification, "evaluate", counting)
-    monkeypatch.setattr(classification, "baselines", no_baselines)
+    monkeypatch.setattr(classification.Classification, "score", counting)
+    monkeypatch.setattr(classification.Classification, "baselines", no_baselines)
     config, space = tune_files
     study = tmp_path / "study"
     code, out, err = ftune_cli(monkeypatch, capsys, "tune", str(config), "--trials", "3", "--space", str(space),
@@ -77,7 +77,7 @@ def test_study_writes_trial_runs_table_plot_and_a_best_config_without_reading_te
     assert best.train.epochs == 1 and best.model.name == load_config(config).model.name
     assert "output_dir" not in yaml.safe_load((study / "best.yaml").read_text())
 
-    assert [run_row(t)["test accuracy"] for t in trials] == ["not evaluated"] * 3
+    assert [run_row(t)["test score"] for t in trials] == ["not evaluated"] * 3
     header, rows, _ = compare_runs(trials[:2], tmp_path / "compare")
     assert "best validation metric" in [r[0] for r in rows] and "test accuracy" not in [r[0] for r in rows]
 

@@ -7,7 +7,7 @@
 
 from ftune.config import Config, load_config
 from ftune.errors import ConfigError, DataError, FtuneError, ModelError, RunError
-from ftune.run import Run
+from ftune.predictors import Run
 
 __version__ = "0.1.0"
 
@@ -22,7 +22,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
 def evaluate(run: str | Run, data: str, trust_remote_code: bool = False, **columns: str) -> dict:
     """Score a finished run on another labeled file; columns as in data.text_column etc. `trust_remote_code` lets a
     run whose config asks for it run model code from its folder."""
-    from ftune.predict import evaluate_run
+    from ftune.predictors import evaluate_run
 
     return evaluate_run(run if isinstance(run, Run) else Run(run), data, trust_remote_code, **columns)
 

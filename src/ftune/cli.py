@@ -88,7 +88,7 @@ def train(
     run = run_training(cfg, resume=resume, quiet=quiet)
     if not _main_process():
         return
-    header, rows = before_after_table(run.metrics["test"])
+    header, rows = before_after_table(run.metrics["test"], run.metrics.get("scores"))
     table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples" if rows else None)
     for col in header:
         table.add_column(col)
@@ -147,7 +147,7 @@ def evaluate(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Score a finished run on another labeled file."""
-    from ftune.predict import evaluate_run
+    from ftune.predictors import evaluate_run
     from ftune.run import Run
 
     metrics = evaluate_run(Run(run), data, trust_remote_code, text_column=text_column,
@@ -155,9 +155,10 @@ def evaluate(
     if json_out:
         print(json.dumps(metrics, indent=2))
         return
-    lo, hi = metrics["accuracy_ci95"]
-    out.print(f"{data}: {metrics['n']} examples, accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}–{hi:.3f}), "
-              f"macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}", highlight=False)
+    scores = ", ".join(f"{name} {value:.4f}" + (" (95% CI {:.3f}–{:.3f})".format(*metrics[f"{name}_ci95"])
+                                                  if f"{name}_ci95" in metrics else "")
+                       for name, value in metrics.items() if isinstance(value, float))
+    out.print(f"{data}: {metrics['n']} examples, {scores}", highlight=False)
 
 
 @app.command()
@@ -173,7 +174,7 @@ def predict(
     """Label texts with a fine-tuned run or its ONNX export."""
     import pandas as pd
 
-    from ftune.predict import load_predictor
+    from ftune.predictors import load_predictor
 
     predictor = load_predictor(source, variant, trust_remote_code)
     if text:
@@ -212,14 +213,15 @@ def export(
     with out.status("exporting, then checking the export against PyTorch on held-out texts"):
         folder = export_onnx(run, output, quantize, data, trust_remote_code=trust_remote_code)
     parity = read_json(folder / "export.json")["parity"]
+    metric = parity["metric"]
     table = Table(title=f"parity on {parity['texts']} held-out texts")
-    for col in ("model", "accuracy", "max |logit diff|", "same label as PyTorch", "size MB"):
+    for col in ("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"):
         table.add_column(col)
-    table.add_row("pytorch", _pct(parity["pytorch"]["accuracy"]), "", "", "")
+    table.add_row("pytorch", _score(parity["pytorch"][metric]), "", "", "")
     for name in ("onnx-fp32", "onnx-int8"):
         if name in parity:
             row = parity[name]
-            table.add_row(name, _pct(row["accuracy"]), f"{row['max_abs_diff']:.2g}", _pct(row["same_label_as_pytorch"]),
+            table.add_row(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row["same_label_as_pytorch"]),
                           f"{row['bytes'] / 1e6:.1f}")
     out.print(table)
     out.print(f"export folder: {folder}")
@@ -250,7 +252,7 @@ def serve(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
-    from ftune.predict import load_predictor
+    from ftune.predictors import load_predictor
     from ftune.serve import ServeSettings, is_loopback
     from ftune.serve import serve as run_server
 
@@ -286,6 +288,29 @@ def generate(
     for text in prompt:
         answer = generator.generate(text, max_new_tokens, temperature, seed, system)
         print(json.dumps({"prompt": text, "response": answer}, ensure_ascii=False))
+
+
+@app.command("config")
+def config_keys(
+    task: Annotated[str, typer.Option(help="the task whose keys to list")] = "classification",
+    method: Annotated[str, typer.Option(help="the method whose keys to list: full, freeze or lora")] = "full",
+    markdown: Annotated[bool, typer.Option(help="print the README's tables for every task and method instead")] = False,
+) -> None:
+    """Every config key of a task and method, with its type, default and description (from the schema itself)."""
+    from ftune.config import METHOD_NAMES, TASKS, config_markdown, describe_keys
+
+    if markdown:
+        print(config_markdown(), end="")
+        return
+    if task not in TASKS or method not in METHOD_NAMES:
+        raise FtuneError(f"--task must be one of {', '.join(TASKS)} and --method one of {', '.join(METHOD_NAMES)} "
+                         f"(got {task}, {method})")
+    table = Table(title=f"config keys: task {task}, method {method} (set in YAML, or --set key=value)")
+    for col in ("key", "type", "default", "description"):
+        table.add_column(col, overflow="fold")
+    for key, kind, default, text in describe_keys(task, method):
+        table.add_row(key, kind.replace("\\|", "|"), default.strip("`"), text)
+    out.print(table)
 
 
 @app.command()
@@ -357,7 +382,7 @@ def tune(
 
 @runs_app.command("list")
 def runs_list(root: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
-    """One line per run: name, model, method, data, test accuracy, best validation, time, status."""
+    """One line per run: name, model, method, data, test score (the task's headline), best validation, time, status."""
     from ftune.runs import find_runs, run_row
 
     rows = [run_row(path) for path in find_runs(root)]
@@ -422,6 +447,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 @data_app.command("validate")
 def data_validate(
     config: ConfigArg = None,
@@ -437,17 +466,17 @@ def data_validate(
 ) -> None:
     """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
     from ftune.models import load_tokenizer, resolve_model
-    from ftune.tasks import task_module
+    from ftune.tasks import task_for
 
     cfg = _config(config, set_, {
         "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
         "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column})
-    task = task_module(cfg.task)
-    splits = task.load_splits(cfg, cfg.train.seed)
+    task = task_for(cfg)
+    splits = task.load_splits(cfg.train.seed)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
-    summary, found = task.summarize(splits, task.encode_splits(splits, tokenizer, cfg), cfg)
+    summary, found = task.summarize(splits, task.encode_splits(splits, tokenizer))
     shown = list(summary.get("classes", {}).get("train", {}))[:8]  # class (or tag) counts, where the task has them
-    table = Table(title=f"{cfg.data.train}: {cfg.task}" + (f", {len(splits.labels)} classes" if splits.labels else ""))
+    table = Table(title=f"{cfg.data.train}: {task.name}" + (f", {len(splits.labels)} classes" if splits.labels else ""))
     for col in ("split", "rows", *shown):
         table.add_column(col, justify="right")
     for name in ("train", "validation", "test"):

@@ -8,6 +8,19 @@ from __future__ import annotations
 
 FLAT = 0.05  # the training loss fell by less than 5% from its first logged value: it did not move
 ROSE = 1.5   # it ended 50% above where it started: the steps were too large
+BASELINE_NAMES = {"tfidf": "TF-IDF baseline", "most_frequent_tag": "most-frequent-tag baseline",
+                  "most_frequent_labels": "most-frequent-labels baseline", "mean": "training-mean baseline",
+                  "tfidf_ridge": "TF-IDF ridge baseline"}
+
+
+def headline(metrics: dict) -> tuple[str, bool]:
+    """The run's headline score and whether lower is better, as its task recorded them in metrics.json (runs
+    written before that: accuracy, or loss for a decoder)."""
+    scores = metrics.get("scores")
+    if scores:
+        return scores["metrics"][0], scores["metrics"][0] in scores["lower_is_better"]
+    accuracy = "accuracy" in (metrics["test"].get("finetuned") or {})
+    return ("accuracy", False) if accuracy else ("loss", True)
 
 
 def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> dict | None:
@@ -15,20 +28,22 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
     test = metrics["test"]
     finetuned, base = test["finetuned"], test.get("base_model") or {}
     findings = []
-    lower_is_better = "accuracy" not in finetuned  # causal-lm: loss and perplexity only
-    if lower_is_better:
-        if base.get("loss") is not None and finetuned["loss"] >= base["loss"]:
-            findings.append(f"test loss {finetuned['loss']:.4f} is not below the base model's {base['loss']:.4f}")
-    else:
-        low, high = finetuned.get("accuracy_ci95") or (finetuned["accuracy"], finetuned["accuracy"])
-        if base.get("accuracy") is not None and low <= base["accuracy"]:
-            findings.append(f"test accuracy {finetuned['accuracy']:.1%} is not clearly above the untrained base "
-                            f"model's {base['accuracy']:.1%} (95% CI {low:.1%}–{high:.1%})")
-        for name, label in (("tfidf", "TF-IDF baseline"), ("most_frequent_tag", "most-frequent-tag baseline")):
-            simple = (test.get(name) or {}).get("accuracy")
-            if simple is not None and high < simple:
-                findings.append(f"test accuracy {finetuned['accuracy']:.1%} is below the {label}'s {simple:.1%}, "
-                                f"beyond the 95% interval ({low:.1%}–{high:.1%})")
+    name, lower = headline(metrics)
+    value = finetuned[name]
+    low, high = finetuned.get(f"{name}_ci95") or (value, value)
+    worst, best = (high, low) if lower else (low, high)  # the interval's ends nearest to failing and to passing
+    beats = (lambda a, b: a < b) if lower else (lambda a, b: a > b)  # noqa: E731
+    show = (lambda v: f"{v:.4f}") if lower else (lambda v: f"{v:.1%}")  # noqa: E731
+    interval = f" (95% CI {show(low)}–{show(high)})" if f"{name}_ci95" in finetuned else ""
+    if base.get(name) is not None and not beats(worst, base[name]):
+        findings.append(f"test {name} {show(value)} is not clearly {'below' if lower else 'above'} the untrained base "
+                        f"model's {show(base[name])}{interval}")
+    for model, scores in test.items():
+        simple = (scores or {}).get(name) if model not in ("finetuned", "base_model") else None
+        if simple is not None and beats(simple, best):
+            findings.append(f"test {name} {show(value)} is {'above' if lower else 'below'} the "
+                            f"{BASELINE_NAMES.get(model, model.replace('_', ' ') + ' baseline')}'s {show(simple)}, "
+                            f"beyond the 95% interval ({show(low)}–{show(high)})")
     losses = _losses(metrics, history)
     flat = len(losses) >= 2 and losses[-1] > (1 - FLAT) * losses[0]
     if flat:
@@ -67,7 +82,7 @@ def _causes(metrics: dict, losses: list[float], config: dict) -> tuple[list[str]
     if len(history) >= 3:
         metric = metrics["validation"]["metric"]
         values = [h["validation"].get(metric) for h in history]
-        best = min(values) if metric == "loss" else max(values)
+        best = min(values) if metric in (metrics.get("scores") or {}).get("lower_is_better", ["loss"]) else max(values)
         if values[0] == best and values[-1] != best:
             causes.append(f"validation {metric} was best at the first evaluation and worse after: overfitting "
                           f"(fewer epochs, more data, or a smaller learning rate)")

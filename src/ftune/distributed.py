@@ -17,11 +17,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
-from ftune.config import DistributedConfig
+from ftune.schema import DistributedConfig
 from ftune.data.batching import eval_batches
 from ftune.data.tokenize import Encoded
 from ftune.errors import ConfigError, FtuneError
-from ftune.inference import PerRow, logit_rows, predict_outputs
+from ftune.inference import PerRow, logit_rows, predict_outputs, without_labels
 
 T = TypeVar("T")
 
@@ -123,25 +123,19 @@ def on_main_then_share(accelerator: Accelerator, make: Callable[[], T]) -> T:
 
 
 def gathered_outputs(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
-                     per_row: PerRow = logit_rows) -> list:
+                     per_row: PerRow = logit_rows, inputs: Callable[[dict], dict] = without_labels) -> list:
     """`per_row`'s result for every example of `data`, in input order, each computed by exactly one process."""
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different numbers of batches
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
-        return predict_outputs(model, data, batch_size, pad_id, accelerator.device, per_row)
+        return predict_outputs(model, data, batch_size, pad_id, accelerator.device, per_row, inputs)
     mine = np.asarray([i for batch in eval_batches(data.lengths, batch_size)[rank::world] for i in batch], dtype=np.int64)
-    local = predict_outputs(model, data.subset(mine), batch_size, pad_id, accelerator.device, per_row)
+    local = predict_outputs(model, data.subset(mine), batch_size, pad_id, accelerator.device, per_row, inputs)
     out: list = [None] * len(data)
     for indices, rows in gather_object([(mine, local)]):
         for i, row in zip(indices, rows):
             out[i] = row
     return out
-
-
-def gathered_logits(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int,
-                    pad_id: int) -> np.ndarray:
-    """Classification logits for every example of `data`, in input order."""
-    return np.stack(gathered_outputs(accelerator, model, data, batch_size, pad_id))
 
 
 def gathered(accelerator: Accelerator, value: T) -> list[T]:

@@ -21,7 +21,9 @@ import torch
 
 from ftune.errors import ConfigError, RunError
 from ftune.integrity import MANIFEST_KEY, TMP_SUFFIX, manifest, remove_stale, staged_dir, write_json
-from ftune.predict import EXPORT_FILE, Predictor
+from ftune.data import Encoded
+from ftune.predictors import EXPORT_FILE, Predictor
+from ftune.tasks import TASKS, task_for
 from ftune.run import Run
 
 FP32_FILE = "model.onnx"
@@ -43,14 +45,16 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r} is not supported; use --quantize int8 or leave it out")
     run = Run(run_dir)
-    if run.config.task != "classification":
-        raise ConfigError(f"{run.path} is a {run.config.task} run; ONNX export covers classification runs so far "
-                          f"(use `ftune predict` / `ftune serve` on the run directory)")
+    task = task_for(run.config, run.task_state)
+    if not task.exportable:
+        raise ConfigError(f"{run.path} is a {task.name} run; ONNX export covers tasks with one output row per text "
+                          f"({', '.join(n for n, t in TASKS.items() if t.exportable)}); use `ftune predict` / "
+                          f"`ftune serve` on the run directory")
     out = Path(output_dir) if output_dir else run.path / "onnx"
     _check_output(out)  # before the minutes of work, so a refusal comes at once
-    texts, pairs, labels = _parity_texts(run, data, parity_samples)
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code)
-    reference = predictor.logits(texts, pairs)  # before any LoRA merge, so parity also checks the merge
+    held_out = _parity_data(task, run, data, parity_samples, predictor.tokenizer)
+    reference = predictor.outputs(held_out, task.rows)  # before any LoRA merge, so parity also checks the merge
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
@@ -65,11 +69,12 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
         info = {"format": "onnx", "files": files, "inputs": inputs, "outputs": ["logits"], "opset": opset,
                 "source_run": str(run.path.resolve()), "base_model": run.config.model.name,
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
-                "text_column": run.config.data.text_column, "long_text": run.config.data.long_text.model_dump(),
+                "text_column": run.config.data.text_column, "task": run.config.task.model_dump(),
+                "task_state": task.state,
                 "created_at": datetime.now(timezone.utc).isoformat(), "versions": _versions(),
                 MANIFEST_KEY: manifest(staging, (p.name for p in staging.iterdir() if p.name != EXPORT_FILE))}
         write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
-        info["parity"] = _parity(staging, files, reference, labels, texts, pairs)
+        info["parity"] = _parity(staging, files, task, held_out, run.labels, reference)
         write_json(staging / EXPORT_FILE, info)
         _check_output(out, also=[p.name for p in staging.iterdir()])  # nothing of the user's appeared meanwhile
     return out
@@ -106,19 +111,15 @@ def _foreign(folder: Path, also: list[str] = ()) -> list[str]:
                   if p.is_dir() or p.is_symlink() or not (p.name in ours or p.name.endswith(TMP_SUFFIX)))
 
 
-def _parity_texts(run: Run, data: str | None, limit: int) -> tuple[list[str], list[str] | None, np.ndarray]:
-    """Held-out texts with labels: the run's own test split, or a labeled file given with --data."""
+def _parity_data(task, run: Run, data: str | None, limit: int, tokenizer) -> Encoded:
+    """Held-out examples with labels, encoded as the task encodes them: the first `limit` of the run's own test
+    split, or of a labeled file given with --data."""
     if data:
-        from ftune.data import load_eval_frame
-
-        frame = load_eval_frame(data, run.config.data, run.labels)
+        encoded = task.encode_source(data, run.config.data, run.labels, tokenizer)
     else:
-        from ftune.data import load_splits
-
-        frame = load_splits(run.config.data, run.config.train.seed).test
-    frame = frame.head(limit)
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    return frame["text"].tolist(), pairs, frame["label"].to_numpy()
+        encoded = task.encode_splits(task.load_splits(run.config.train.seed), tokenizer)["test"]
+    documents = np.arange(len(encoded)) if encoded.groups is None else encoded.groups  # chunked: whole documents
+    return encoded.subset(np.flatnonzero(documents < limit))
 
 
 def _export_graph(predictor: Predictor, path: Path, opset: int) -> list[str]:
@@ -163,14 +164,14 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(f"{tmp}/model.onnx", str(target), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def _parity(folder: Path, files: dict, reference: np.ndarray, labels: np.ndarray, texts, pairs) -> dict:
-    """Each ONNX model's logits against PyTorch's, and every model's accuracy on the same texts."""
-    from ftune.onnx_model import OnnxPredictor
+def _parity(folder: Path, files: dict, task, data: Encoded, labels: list[str], reference: list) -> dict:
+    """Each ONNX model's outputs against PyTorch's, and every model's headline score on the same examples."""
+    from ftune.predictors.onnx import OnnxPredictor
 
-    report = {"texts": len(texts), "pytorch": _scores(reference, labels, None)}
+    report = {"texts": len(data), "metric": task.headline(), "pytorch": _scores(task, data, labels, reference, None)}
     for variant, name in files.items():
-        logits = OnnxPredictor(folder, variant).logits(texts, pairs)
-        report[f"onnx-{variant}"] = _scores(logits, labels, reference) | {"bytes": (folder / name).stat().st_size}
+        rows = OnnxPredictor(folder, variant).outputs(data, task.rows)
+        report[f"onnx-{variant}"] = _scores(task, data, labels, rows, reference) | {"bytes": (folder / name).stat().st_size}
     fp32_diff = report["onnx-fp32"]["max_abs_diff"]
     if not fp32_diff <= PARITY_TOLERANCE:
         raise RunError(f"the ONNX graph disagrees with PyTorch (max |logit diff| {fp32_diff:.3g} > {PARITY_TOLERANCE}); "
@@ -178,11 +179,14 @@ def _parity(folder: Path, files: dict, reference: np.ndarray, labels: np.ndarray
     return report
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
-    scores = {"accuracy": float((logits.argmax(1) == labels).mean()) if len(labels) else None}
+def _scores(task, data: Encoded, labels: list[str], rows: list, reference: list | None) -> dict:
+    """The task's headline score of these outputs; against the reference, the largest logit difference and how often
+    the top output agrees."""
+    scores = {task.headline(): task.score(rows, data, labels)[0][task.headline()] if len(data) else None}
     if reference is not None:
-        scores["max_abs_diff"] = float(np.abs(logits - reference).max()) if len(labels) else 0.0
-        scores["same_label_as_pytorch"] = float((logits.argmax(1) == reference.argmax(1)).mean()) if len(labels) else None
+        logits, expected = np.stack(rows), np.stack(reference)
+        scores["max_abs_diff"] = float(np.abs(logits - expected).max()) if len(data) else 0.0
+        scores["same_label_as_pytorch"] = float((logits.argmax(1) == expected.argmax(1)).mean()) if len(data) else None
     return scores
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ftune.errors import RunError
-from ftune.predict import load_run_model
+from ftune.predictors import load_run_model
 from ftune.run import Run
 from ftune.tasks.causal_lm import prompt_ids
 
@@ -16,8 +16,8 @@ class Generator:
     def __init__(self, run_dir: str | Path, trust_remote_code: bool = False):
         """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code)."""
         run = Run(run_dir)
-        if run.config.task != "causal-lm":
-            raise RunError(f"{run.path} is a {run.config.task} run; `ftune generate` needs a causal-lm run "
+        if run.config.task.name != "causal-lm":
+            raise RunError(f"{run.path} is a {run.config.task.name} run; `ftune generate` needs a causal-lm run "
                            f"(use `ftune predict` for labels)")
         # The merged model, or the base model + adapter, after the same checks as a classifier's.
         self.tokenizer, self.model, _ = load_run_model(run, trust_remote_code)

@@ -37,17 +37,21 @@ def logit_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> np.ndarr
     return logits.float().cpu().numpy()
 
 
+def without_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 @torch.inference_mode()
 def predict_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
-                    device: torch.device | str = "cpu", per_row: PerRow = logit_rows) -> list:
-    """`batched_outputs` through a PyTorch model, left in the train/eval mode it came in."""
+                    device: torch.device | str = "cpu", per_row: PerRow = logit_rows,
+                    inputs: Callable[[dict], dict] = without_labels) -> list:
+    """`batched_outputs` through a PyTorch model (given `inputs(batch)`), left in the train/eval mode it came in."""
     was_training = model.training
     model.eval()
 
     def forward(batch: dict[str, torch.Tensor]) -> list:
         batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return per_row(model(**inputs).logits, batch)
+        return per_row(model(**inputs(batch)).logits, batch)
 
     try:
         return batched_outputs(forward, data, batch_size, pad_id)

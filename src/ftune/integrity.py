@@ -143,8 +143,9 @@ def files_under(folder: Path, *subdirs: str) -> list[str]:
 
 
 def run_manifest(run_dir: Path) -> dict[str, str]:
-    """The sha256 of everything a run's predictor loads: model/, adapter/ and labels.json."""
-    return manifest(run_dir, [*files_under(run_dir, "model", "adapter"), "labels.json"])
+    """The sha256 of everything a run's predictor loads: model/, adapter/, labels.json and task.json (if any)."""
+    task_state = ["task.json"] if (run_dir / "task.json").is_file() else []
+    return manifest(run_dir, [*files_under(run_dir, "model", "adapter"), "labels.json", *task_state])
 
 
 def member(folder: Path, name: Any, listed_in: Path, fix: str) -> Path:

@@ -22,17 +22,16 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 
 from ftune import plots
 from ftune.config import Config, default_learning_rate
 from ftune.data import Encoded, collate
-from ftune.data.tokenize import IGNORE
 from ftune.distributed import on_main_then_share
 from ftune.errors import RunError
 from ftune.progress import TrainProgress
 from ftune.run import read_json, update_manifest, write_json
+from ftune.tasks import Task
 
 FILE = "lr_find.json"
 START, END = 1e-7, 1.0
@@ -43,8 +42,8 @@ LOWEST, HIGHEST = 1e-6, 1e-2  # below: a few epochs learn next to nothing; above
 RULE = "one tenth of the rate at the smoothed loss minimum"
 
 
-def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded, batch_size: int,
-                         class_weight: torch.Tensor | None, shift: bool, pad_id: int, param_groups: list[dict],
+def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded, batch_size: int, task: Task,
+                         pad_id: int, param_groups: list[dict],
                          accelerator: Accelerator, run_dir: Path, resume: bool, progress: TrainProgress) -> Config:
     """The config with `train.learning_rate: auto` replaced by the rate the range test chooses (or chose, before an
     interruption: --resume reuses it). Every process runs the same test and takes the main process's choice, so no
@@ -57,11 +56,11 @@ def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded,
         micro = accelerator.num_processes * config.train.gradient_accumulation_steps  # the run's step, on one process
         steps = planned_steps(len(train), batch_size * micro)
         curve = range_test(model, _batches(train, batch_size, micro, config.train.seed, pad_id), steps, param_groups,
-                           accelerator, config.train.max_grad_norm, class_weight, shift)
+                           accelerator, config.train.max_grad_norm, task)
         curve["examples_per_step"] = batch_size * micro
         found = curve["chosen"] is not None
         if not found:
-            curve["chosen"] = default_learning_rate(config.task, config.method.name)
+            curve["chosen"] = default_learning_rate(config.task.name, config.method.name)
             curve["rule"] = f"no clear descent in the range test: the default for {config.method.name}"
         rate = on_main_then_share(accelerator, lambda: _save(run_dir, curve))
         how = "chosen by" if found else f"the default for {config.method.name}: no clear descent in"
@@ -78,8 +77,7 @@ def planned_steps(examples: int, per_step: int) -> int:
 
 
 def range_test(model: torch.nn.Module, batches: Iterator[list[dict[str, torch.Tensor]]], steps: int,
-               param_groups: list[dict], accelerator: Accelerator, max_grad_norm: float | None,
-               class_weight: torch.Tensor | None = None, shift: bool = False) -> dict:
+               param_groups: list[dict], accelerator: Accelerator, max_grad_norm: float | None, task: Task) -> dict:
     """Train `steps` AdamW steps at exponentially growing rates and return the curve and the chosen rate; the
     model, its mode and the random state are as before afterwards. Each item of `batches` is one step's
     micro-batches."""
@@ -101,7 +99,7 @@ def range_test(model: torch.nn.Module, batches: Iterator[list[dict[str, torch.Te
             loss = 0.0
             for batch in micro:
                 with accelerator.autocast():
-                    part = _loss(model, {k: v.to(device) for k, v in batch.items()}, class_weight, shift) / len(micro)
+                    part = _loss(model, {k: v.to(device) for k, v in batch.items()}, task) / len(micro)
                 scaler.scale(part).backward()
                 loss += part.item()
             if max_grad_norm is not None:
@@ -199,18 +197,9 @@ def describe(curve: dict) -> str:
             f"{clamped}; {FILE})")
 
 
-def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], class_weight: torch.Tensor | None,
-          shift: bool) -> torch.Tensor:
-    """The training loop's loss for one batch: cross-entropy over the labels taken, weighted as configured."""
-    labels = batch.pop("labels")
-    logits = model(**batch).logits
-    if shift:  # causal LM: the logits at token t predict token t + 1
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    labels = labels.flatten()
-    total = F.cross_entropy(logits.float().flatten(0, -2), labels, weight=class_weight, ignore_index=IGNORE,
-                            reduction="sum")
-    taken = labels[labels != IGNORE]
-    count = class_weight[taken].sum() if class_weight is not None else taken.numel()
+def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
+    """The training loop's loss for one batch: the task's, as the mean over what it counts."""
+    total, count = task.loss(model(**task.inputs(batch)).logits, batch)
     return total / max(float(count), 1e-9)  # a batch with no label taken adds nothing (not NaN)
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from torch import nn
 
-from ftune.config import FreezeMethod, FullMethod, LoraMethod
+from ftune.schema import FreezeMethod, FullMethod, LoraMethod
 from ftune.errors import ConfigError
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-HEADLINE = ("loss", "accuracy", "macro_f1", "entity_f1", "perplexity")  # what evaluations record and trackers log
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -52,9 +51,3 @@ def bootstrap_accuracy(correct: np.ndarray, resamples: int = 1000, seed: int = 0
     draws = rng.integers(0, len(correct), size=(resamples, len(correct)))
     means = correct[draws].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best

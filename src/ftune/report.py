@@ -19,7 +19,9 @@ from ftune.integrity import own_dir, write_text
 from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
-        ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
+        ("most_frequent_tag", "most frequent tag per word"), ("most_frequent_labels", "always the most frequent labels"),
+        ("mean", "the training mean"), ("tfidf_ridge", "TF-IDF + ridge regression"), ("finetuned", "fine-tuned"))
+ROW_ORDER = {"base_model": 0, "finetuned": 2}  # baselines between the two
 MISTAKES_SHOWN = 8
 
 
@@ -33,23 +35,29 @@ class Section:
     code: str | None = None
 
 
-def before_after_table(test: dict) -> tuple[list[str], list[tuple]]:
-    """The header and a row per model scored: accuracy, its 95% interval and macro-F1 (tagging: of words, and
-    entity F1 for BIO tags); loss and perplexity for a language model."""
+TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "entity_f1": "entity F1",
+          "subset_accuracy": "subset accuracy", "rmse": "RMSE", "mae": "MAE"}
+
+
+def before_after_table(test: dict, scores: dict | None = None) -> tuple[list[str], list[tuple]]:
+    """The header and a row per model scored (base model, each baseline, fine-tuned): the task's scores as
+    metrics.json names them (`scores`), the headline first with its 95% interval; the loss only where it is the
+    headline (a language model)."""
     finetuned = test.get("finetuned") or {}  # none when train.evaluate_test was false: no rows
-    if "perplexity" in finetuned:
-        columns = [("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")]
-    else:
-        columns = [("accuracy", "accuracy", "{:.4f}"), ("accuracy_ci95", "95% CI", "{0[0]:.3f}–{0[1]:.3f}"),
-                   ("macro_f1", "macro-F1", "{:.4f}")]
-        if "entity_f1" in finetuned:
-            columns.append(("entity_f1", "entity F1", "{:.4f}"))
+    names = (scores or {}).get("metrics") or (["loss", "perplexity"] if "perplexity" in finetuned else
+                                              ["accuracy", "macro_f1", "entity_f1"])  # runs before `scores`
+    names = [n for i, n in enumerate(names) if n in finetuned and (n != "loss" or i == 0)]
+    columns = []
+    for i, name in enumerate(names):
+        columns.append((name, TITLES.get(name, name), "{:.2f}" if name == "perplexity" else "{:.4f}"))
+        if i == 0 and f"{name}_ci95" in finetuned:
+            columns.append((f"{name}_ci95", "95% CI", "{0[0]:.3f}–{0[1]:.3f}"))
     rows = []
-    for key, title in ROWS:
-        if test.get(key) is None:
+    for key, m in sorted(test.items(), key=lambda item: ROW_ORDER.get(item[0], 1)):
+        if not isinstance(m, dict):
             continue
-        title = "base model, before fine-tuning" if key == "base_model" and "perplexity" in finetuned else title
-        m = test[key]
+        title = "base model, before fine-tuning" if key == "base_model" and "perplexity" in finetuned else \
+            dict(ROWS).get(key, key.replace("_", " "))
         rows.append((title, *(form.format(m[k]) if m.get(k) is not None else "" for k, _, form in columns)))
     return ["model", *(name for _, name, _ in columns)], rows
 
@@ -84,8 +92,9 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     plot_dir = run_dir / "plots"
     title = f"ftune run {run_dir.name}: {config['data']['train']}, {config['method']['name']}, {config['model']['name']}"
 
-    header, rows = before_after_table(test)
-    unit = {"token-classification": "sentences", "causal-lm": "examples"}.get(metrics.get("task"), "examples")
+    header, rows = before_after_table(test, metrics.get("scores"))
+    unit = (metrics.get("scores") or {}).get("unit") or \
+        {"token-classification": "sentences"}.get(metrics.get("task"), "examples")  # runs before `scores`
     sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
                         _before_after_note(metrics), header, rows) if finetuned else Section("Test split", test["note"])]
     if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine
@@ -121,21 +130,20 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
 
 
 def _before_after_note(metrics: dict) -> str:
-    task = metrics.get("task", "classification")
-    if task == "causal-lm":
-        base = metrics["validation"].get("base_model") or {}
-        before = f" Validation loss before fine-tuning: {base['loss']:.4f}." if "loss" in base else ""
-        return f"Mean loss per response token and its perplexity (exp of the loss).{before}"
-    if task == "token-classification":
-        return ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as "
-                "wrong), with the 95% bootstrap interval for the fine-tuned model.")
-    return "Accuracy with the 95% bootstrap interval for the fine-tuned model."
+    """What the scores measure, in the task's words (metrics.json); a language model's loss before fine-tuning."""
+    note = (metrics.get("scores") or {}).get("note") or "Accuracy with the 95% bootstrap interval for the fine-tuned model."
+    base = metrics["validation"].get("base_model") or {}
+    if metrics["validation"].get("metric") == "loss" and "loss" in base:
+        note += f" Validation loss before fine-tuning: {base['loss']:.4f}."
+    return note
 
 
 def _mistakes(path: Path) -> list[Section]:
     if not path.is_file() or path.is_symlink():  # a link could lead to any file of the reader's: not shown
         return []
     frame = pd.read_csv(path, keep_default_na=False)
+    if not {"label", "predicted", "score"} <= set(frame.columns):  # a number per text (regression): no "mistakes"
+        return []
     wrong = frame[frame["label"] != frame["predicted"]].sort_values("score", ascending=False).head(MISTAKES_SHOWN)
     text = (f"The {len(wrong)} test texts the fine-tuned model got wrong with the most confidence (of "
             f"{int((frame['label'] != frame['predicted']).sum())} mistakes in {len(frame)}); all predictions are in "

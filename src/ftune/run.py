@@ -4,6 +4,7 @@
                     sha256 of every file a predictor loads (checked when it loads; see ftune.integrity)
     config.yaml     the resolved config
     labels.json     label names, index = class id
+    task.json       what the task fixed after training for prediction (multi-label: thresholds), when it has any
     metrics.jsonl   one line per logging step and per evaluation
     metrics.json    final metrics: fine-tuned, base model and baseline on the test split; data summary
     test_predictions.csv   the fine-tuned model's label and score for every test text (tagging: every test word)
@@ -34,6 +35,7 @@ from ftune.errors import RunError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
+TASK_FILE = "task.json"
 
 
 def damaged_run_fix(path: Path) -> str:
@@ -209,7 +211,7 @@ def _git_commit() -> str | None:
 
 
 class Run:
-    """A finished run directory: its config, labels, metrics, and a predictor on demand."""
+    """A finished run directory: its config, labels, metrics and task state (ftune.Run adds `predict`)."""
 
     def __init__(self, path: str | Path, trust_remote_code: bool = False):
         """`trust_remote_code`: let `predict` run model code from the run's folder when its config asks to."""
@@ -227,16 +229,16 @@ class Run:
         self.config = validate(integrity.read_yaml_file(self.path / "config.yaml", fix), str(self.path))
         self.labels: list[str] = integrity.read_labels(self.path / "labels.json", fix)
         self.metrics: dict = integrity.read_json_file(self.path / "metrics.json", fix)
-        self._predictor = None
+        state = self.path / TASK_FILE  # what the task calibrated after training (e.g. thresholds), if anything
+        self.task_state: dict = integrity.read_json_file(state, fix) if state.is_file() else {}
+        if not isinstance(self.task_state, dict):
+            raise RunError(f"{state} is not what ftune writes; {fix}")
 
-    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-        """Label, score and all class scores for each text."""
-        if self._predictor is None:
-            from ftune.predict import Predictor
-
-            self._predictor = Predictor(self.path, trust_remote_code=self.trust_remote_code)
-        return self._predictor.predict(texts, pairs)
+    def headline(self) -> tuple[str, float | None]:
+        """The run's headline score on test, as its task named it (metrics.json): (name, value or None)."""
+        name = (self.metrics.get("scores") or {}).get("metrics", ["accuracy"])[0]  # runs before tasks named theirs
+        return name, (self.metrics["test"].get("finetuned") or {}).get(name)
 
     def __repr__(self) -> str:
-        accuracy = (self.metrics["test"].get("finetuned") or {}).get("accuracy")  # none: not evaluated, or causal-lm
-        return f"Run({str(self.path)!r}, test_accuracy={'n/a' if accuracy is None else f'{accuracy:.4f}'})"
+        name, value = self.headline()
+        return f"Run({str(self.path)!r}, test_{name}={'n/a' if value is None else f'{value:.4f}'})"

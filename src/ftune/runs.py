@@ -9,7 +9,8 @@ import yaml
 
 from ftune import plots
 from ftune.errors import RunError
-from ftune.report import Section, to_html, to_markdown
+from ftune.diagnosis import headline
+from ftune.report import TITLES, Section, to_html, to_markdown
 from ftune.run import RUN_FILE, Run, read_history, read_json
 from ftune.seeds import compared_entry
 
@@ -18,18 +19,11 @@ def _finetuned(metrics: dict) -> dict:
     return metrics["test"].get("finetuned") or {}
 
 
+LEGACY_SCORES = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # runs before metrics.json named theirs
+SHORT = {"base_model": "base model", "tfidf": "TF-IDF", "most_frequent_tag": "most-frequent-tag",
+         "most_frequent_labels": "most-frequent-labels", "mean": "training-mean", "tfidf_ridge": "TF-IDF ridge"}
 # (label, how to read it from metrics.json, format); differences are shown for numbers
-COMPARED = (
-    ("test accuracy", lambda m: _finetuned(m).get("accuracy"), "{:.4f}"),
-    ("test macro-F1", lambda m: _finetuned(m).get("macro_f1"), "{:.4f}"),
-    ("test entity F1", lambda m: _finetuned(m).get("entity_f1"), "{:.4f}"),
-    ("test loss", lambda m: _finetuned(m).get("loss"), "{:.4f}"),
-    ("test perplexity", lambda m: _finetuned(m).get("perplexity"), "{:.2f}"),
-    ("test accuracy 95% CI low", lambda m: (_finetuned(m).get("accuracy_ci95") or [None])[0], "{:.4f}"),
-    ("test accuracy 95% CI high", lambda m: (_finetuned(m).get("accuracy_ci95") or [None, None])[1], "{:.4f}"),
-    ("base model accuracy", lambda m: (m["test"].get("base_model") or {}).get("accuracy"), "{:.4f}"),
-    ("TF-IDF accuracy", lambda m: (m["test"].get("tfidf") or {}).get("accuracy"), "{:.4f}"),
-    ("most-frequent-tag accuracy", lambda m: (m["test"].get("most_frequent_tag") or {}).get("accuracy"), "{:.4f}"),
+TRAINING_ROWS = (
     ("best validation metric", lambda m: m["validation"]["best"], "{:.4f}"),
     ("epochs", lambda m: m["train"]["epochs"], "{:d}"),
     ("optimizer steps", lambda m: m["train"]["steps"], "{:d}"),
@@ -37,6 +31,23 @@ COMPARED = (
     ("samples/s", lambda m: m["train"]["samples_per_s"], "{:.1f}"),
     ("trainable parameters", lambda m: m["train"]["trainable_parameters"], "{:,d}"),
 )
+
+
+def compared_rows(metrics: list[dict]) -> list[tuple]:
+    """The rows to compare: each task score the runs recorded (the first run's headline with its interval, and the
+    baselines' headline), then the training figures."""
+    names: list[str] = []
+    for m in metrics:
+        names += [n for n in (m.get("scores") or {}).get("metrics") or LEGACY_SCORES if n not in names]
+    head, title = names[0], lambda n: TITLES.get(n, n)  # noqa: E731
+    rows = [(f"test {title(n)}", lambda m, n=n: _finetuned(m).get(n), "{:.2f}" if n == "perplexity" else "{:.4f}")
+            for n in names]
+    rows += [(f"test {title(head)} 95% CI {end}", lambda m, i=i: (_finetuned(m).get(f"{head}_ci95") or [None, None])[i],
+              "{:.4f}") for i, end in enumerate(("low", "high"))]
+    models = dict.fromkeys(k for m in metrics for k in m["test"] if k not in ("finetuned", "evaluated", "note"))
+    rows += [(f"{SHORT.get(k, k.replace('_', ' '))} {title(head)}", lambda m, k=k: (m["test"].get(k) or {}).get(head),
+              "{:.4f}") for k in models]
+    return rows + list(TRAINING_ROWS)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -62,7 +73,7 @@ def run_row(path: Path) -> dict:
     except Exception as e:  # one damaged run must not hide the others: its row names the problem instead
         problem = str(e).replace(f"{path}/", "").split(" (")[0].split(";")[0][:60] or type(e).__name__
         return {"name": path.name, "model": "?", "method": "?", "data": "?",
-                "status": f"unreadable: {problem}", "started": "", "test accuracy": "",
+                "status": f"unreadable: {problem}", "started": "", "test score": "",
                 "best validation": "", "train s": ""}
 
 
@@ -71,7 +82,7 @@ def _row(path: Path) -> dict:
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
     row = {"name": path.name, "model": _short((config.get("model") or {}).get("name", "?")),
            "method": manifest.get("method", "?"), "data": _short(manifest.get("data", "?")), "status": manifest.get("status", "?"),
-           "started": (manifest.get("started_at") or "")[:16].replace("T", " "), "test accuracy": "", "best validation": "",
+           "started": (manifest.get("started_at") or "")[:16].replace("T", " "), "test score": "", "best validation": "",
            "train s": ""}
     if (path / "metrics.json").is_file():
         metrics = read_json(path / "metrics.json")
@@ -79,8 +90,8 @@ def _row(path: Path) -> dict:
             row["status"] += f" ({metrics['diagnosis']['verdict']})"
         validation = metrics["validation"]
         finetuned = _finetuned(metrics)
-        row["test accuracy"] = f"{finetuned['accuracy']:.4f}" if "accuracy" in finetuned else \
-            f"perplexity {finetuned['perplexity']:.2f}" if finetuned else "not evaluated"
+        name = headline(metrics)[0]
+        row["test score"] = f"{name} {finetuned[name]:.4f}" if name in finetuned else "not evaluated"
         if validation["best"] is not None:
             row["best validation"] = f"{validation['metric']} {validation['best']:.4f}"
         row["train s"] = f"{metrics['train']['seconds']:.0f}"
@@ -96,7 +107,7 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
     names = _unique_names(runs)
     header = ["metric", *names, *(f"{n} − {names[0]}" for n in names[1:])]
     rows = []
-    for label, read, fmt in COMPARED:
+    for label, read, fmt in compared_rows([run.metrics for run in runs]):
         values = [read(run.metrics) for run in runs]
         if all(v is None for v in values):
             continue

@@ -62,7 +62,7 @@ class SeedSummary:
     def to_json(self) -> dict:
         first = self.runs[0]
         n = len(self.seeds)
-        return {"seeds": self.seeds, "split_seed": self.split_seed, "task": first.config.task,
+        return {"seeds": self.seeds, "split_seed": self.split_seed, "task": first.config.task.name,
                 "model": first.config.model.name, "method": first.config.method.name, "data": first.config.data.train,
                 "test_examples": first.metrics["test"]["finetuned"].get("n"),
                 "runs": {str(s): r.path.name for s, r in zip(self.seeds, self.runs)},

@@ -28,7 +28,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -37,8 +37,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ftune.batching_queue import MicroBatcher, Overloaded
 from ftune.errors import ConfigError
 
-if TYPE_CHECKING:  # ftune.predict imports torch, seconds that only these annotations would need
-    from ftune.predict import Labeler
+if TYPE_CHECKING:  # ftune.predictors imports torch, seconds that only these annotations would need
+    from ftune.predictors import Labeler
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]  # the Host names a server bound to loopback accepts by default
 PUBLIC_PATHS = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # no key needed
@@ -88,29 +88,6 @@ def check_api_key(key: str) -> None:
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(min_length=1, description="the texts to label")
-
-
-class Prediction(BaseModel):
-    label: str
-    score: float
-    scores: dict[str, float]
-
-
-class TaggedWord(BaseModel):
-    word: str
-    tag: str | None = Field(description="null for a word beyond the model's window")
-    score: float | None
-
-
-class TaggedText(BaseModel):
-    """A token-classification model's answer: the text's words (split at whitespace), each with its tag."""
-    tokens: list[TaggedWord]
-    tagged: str = Field(description="word/TAG pairs joined by spaces")
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction | TaggedText]
-    model: str
 
 
 class _Guard:
@@ -200,7 +177,7 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
         await batcher.stop()
 
     app = FastAPI(title="ftune", version="1", lifespan=lifespan,
-                  description="Labels texts with a fine-tuned classifier.")
+                  description=f"Answers texts with a fine-tuned model (task: {predictor.task.name}).")
     app.router.route_class = _StrictJSONRoute
     app.state.batcher = batcher
     app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit,
@@ -217,7 +194,10 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
         return predictor.describe() | {"limits": asdict(settings) | {"api_key": settings.api_key is not None,
                                                                      "max_body_bytes": settings.body_limit}}
 
-    @app.post("/v1/predict", response_model=PredictResponse,
+    # The answers have the shape of the served task's Prediction (a label, tags per word, a label set, a number).
+    response = create_model("PredictResponse", predictions=(list[predictor.task.Prediction], ...), model=(str, ...))
+
+    @app.post("/v1/predict", response_model=response,
               responses={401: {"description": "API key missing or wrong"}, 408: {"description": "body sent too slowly"},
                          413: {"description": "too many texts, a text too long, or a body too large"},
                          503: {"description": "too many texts waiting; retry after the Retry-After seconds"},

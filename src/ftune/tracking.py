@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ftune.config import Config, TrackingConfig
 from ftune.errors import ConfigError
-from ftune.metrics import HEADLINE
 from ftune.run import read_json, update_manifest
 
 LOCAL_STORE = Path("mlruns")  # the default store, in the project directory (where ftune runs)
@@ -80,19 +79,6 @@ class Tracker:
                           f"the run goes on and its directory has everything", stacklevel=3)
 
 
-def connect(cfg: TrackingConfig) -> Tracker:
-    """The configured tracker, its store checked now: a bad URI stops us before any run file is written."""
-    if cfg.backend == "mlflow":
-        return MlflowTracker(cfg)
-    if cfg.backend == "tensorboard":
-        return TensorBoardTracker(cfg)
-    if cfg.backend == "wandb":
-        from ftune.tracking_wandb import WandbTracker  # imports tracking: a circle if at the top
-
-        return WandbTracker(cfg)
-    return Tracker()
-
-
 def flat_params(config: Config) -> dict[str, str]:
     """The resolved config as MLflow params: model.name, train.learning_rate, ..."""
     def walk(node: dict, prefix: str) -> dict[str, str]:
@@ -113,16 +99,21 @@ def entry_metrics(entry: dict) -> dict[str, float]:
     return {**{f"validation/{k}": v for k, v in entry["validation"].items()}, "validation/epoch": entry["epoch"]}
 
 
+LEGACY_HEADLINE = ("loss", "accuracy", "macro_f1", "entity_f1", "perplexity")  # runs before metrics.json named them
+
+
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The headline numbers of metrics.json as flat metric names."""
     test, train = metrics["test"], metrics["train"]
     finetuned = test.get("finetuned") or {}  # none when train.evaluate_test was false
-    flat = {f"test/{k}": finetuned[k] for k in HEADLINE if k in finetuned}
-    if "accuracy_ci95" in finetuned:
-        flat["test/accuracy_ci95_low"], flat["test/accuracy_ci95_high"] = finetuned["accuracy_ci95"]
-    for model in ("base_model", "tfidf", "most_frequent_tag"):
-        if test.get(model):
-            flat.update({f"test/{model}_{k}": test[model][k] for k in HEADLINE if k != "loss" and k in test[model]})
+    names = (metrics.get("scores") or {}).get("metrics") or LEGACY_HEADLINE  # the task's, as metrics.json names them
+    flat = {f"test/{k}": finetuned[k] for k in names if k in finetuned}
+    for k in names:
+        if f"{k}_ci95" in finetuned:
+            flat[f"test/{k}_ci95_low"], flat[f"test/{k}_ci95_high"] = finetuned[f"{k}_ci95"]
+    for model, scores in test.items():
+        if model != "finetuned" and isinstance(scores, dict):
+            flat.update({f"test/{model}_{k}": scores[k] for k in names if k != "loss" and k in scores})
     flat.update({f"train/{k}_total": train[k] for k in ("seconds", "samples_per_s", "tokens_per_s") if k in train})
     if metrics["validation"]["best"] is not None:
         flat[f"validation/best_{metrics['validation']['metric']}"] = metrics["validation"]["best"]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import get_scheduler
@@ -30,23 +29,23 @@ from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, loa
 from ftune.config import Config
 from ftune.data import Encoded, collate
 from ftune.data.batching import train_batches
-from ftune.data.tokenize import IGNORE
 from ftune.diagnosis import diagnose
-from ftune.distributed import check_strategy, gathered, make_accelerator, on_main_then_share
+from ftune.distributed import check_strategy, gathered, gathered_outputs, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.integrity import remove_stale, run_manifest, staged_dir
 from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
-from ftune.metrics import HEADLINE, is_better
 from ftune.methods import METHODS, count_parameters
 from ftune.models import load_tokenizer, portable_name, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
-from ftune.run import (Run, check_run_dir, open_run_dir, read_history, read_json, release_run_dir, update_manifest,
+from ftune.predictors import Run
+from ftune.run import (TASK_FILE, check_run_dir, open_run_dir, read_history, read_json, release_run_dir, update_manifest,
                        write_json)
 from ftune.stopping import StopFlag, stop_on_signals
-from ftune.tasks import task_module
-from ftune.tracking import Tracker, connect
+from ftune.tasks import Task, task_for
+from ftune.trackers import connect
+from ftune.tracking import Tracker
 
 
 def train(config: Config, resume: bool = False, quiet: bool = False,
@@ -60,7 +59,8 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
     accelerator = make_accelerator(config.distributed, _mixed_precision(cfg.precision), cfg.batch_size,
                                    cfg.gradient_accumulation_steps, cfg.max_grad_norm)
     with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
-        splits = task_module(config.task).load_splits(config, cfg.seed)  # bad data or model: stop before any file
+        task = task_for(config)
+        splits = task.load_splits(cfg.seed)  # bad data or model: stop before any file
         source = resolve_model(config.model.name)
         tokenizer = load_tokenizer(source, config.model.trust_remote_code)
         check_max_length(config, source, tokenizer)
@@ -77,8 +77,11 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
     try:
         tracker.start(run_dir, config, resume)
         with stop_on_signals() as stop:
-            _fit(config, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main), tracker,
-                 accelerator, stop, on_evaluate)
+            fit = _Fit(config, task, splits, source, tokenizer, run_dir, resume, TrainProgress(quiet or not main),
+                       tracker, accelerator, stop, on_evaluate)
+            fit.setup()
+            fit.train()
+            fit.finish()
     except BaseException as e:  # never leave a crashed run looking complete
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, TrainingStopped)) else "failed"
         status = "pruned" if isinstance(e, RunPruned) else status
@@ -105,7 +108,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
     may already exist on shared storage by the time they check."""
     check_strategy(config.distributed)
     _mixed_precision(config.train.precision)
-    splits = task_module(config.task).load_splits(config, config.train.seed)  # also fetches built-in data
+    splits = task_for(config).load_splits(config.train.seed)  # also fetches built-in data
     source = resolve_model(config.model.name)
     check_max_length(config, source, load_tokenizer(source, config.model.trust_remote_code))
     if check_output:
@@ -122,7 +125,7 @@ def check_max_length(config: Config, source: str, tokenizer) -> None:
     limits = [n for n in (positions, tokenizer.model_max_length) if n and n < 1_000_000]
     limit = min(limits, default=None)
     if limit and config.data.max_length > limit:
-        hint = ", or data.long_text.strategy=chunk to read longer texts in windows" if config.task == "classification" else ""
+        hint = ", or task.long_text.strategy=chunk to read longer texts in windows" if hasattr(config.task, "long_text") else ""
         raise ConfigError(f"data.max_length={config.data.max_length} is more than {config.model.name} reads "
                           f"({limit} tokens); set data.max_length={limit} or less{hint}")
 
@@ -136,224 +139,278 @@ def _discard(run_dir: Path, keep_folder: bool) -> None:
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def _fit(config: Config, splits, source: str, tokenizer, run_dir: Path, resume: bool, progress: TrainProgress,
-         tracker: Tracker, accelerator: Accelerator, stop: StopFlag,
-         on_evaluate: Callable[[int, dict], None] | None = None) -> None:
-    cfg = config.train
-    task = task_module(config.task)
-    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
-    torch.manual_seed(cfg.seed)  # the new head's initial weights are part of the run's seed
-    model = task.load_model(source, splits.labels, config.model.trust_remote_code, config.method)
-    if cfg.gradient_checkpointing:
-        # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
-    model = METHODS[config.method.name](model, config.method, task.PEFT_TYPE)
-    data = task.encode_splits(splits, tokenizer, config)
-    pad_id = tokenizer.pad_token_id or 0
-    summary, warnings_found = task.summarize(splits, data, config)
-    for line in warnings_found:
-        progress.note(f"data warning: {line}")
+class _Fit:
+    """One run's training in named phases: setup -> train (step, log, evaluate, checkpoint) -> finish.
 
-    if resume:
-        if main:  # a kill during a save, or a damaged file: put back or set aside, before anything reads a checkpoint
-            for line in repair(run_dir):
-                progress.note(line)
-        accelerator.wait_for_everyone()
-    batch_size = _batch_size(config, model, data["train"], accelerator, run_dir if resume else None, progress)
-    global_batch = batch_size * world  # each process takes batch_size of it
-    full_batches, rest = divmod(len(data["train"]), global_batch)
-    batches_per_epoch = full_batches + (rest >= world)  # a last batch smaller than `world` is dropped (below)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.learning_rate == "auto":  # the optimizer below is built with the rate a range test chooses
-        weight = _class_weights(data["train"], len(splits.labels), accelerator.device) if cfg.class_weights else None
-        config = choose_learning_rate(config, model, data["train"], batch_size, weight, task.SHIFT, pad_id,
-                                      _param_groups(model, cfg.weight_decay), accelerator, run_dir, resume, progress)
-        cfg = config.train
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=round(total_steps * cfg.warmup_ratio),
-                              num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler we step ourselves, once per step
-    device = accelerator.device
+    The task supplies the model, the loss and the scores; everything here is the same for every task."""
 
-    state = TrainState(processes=world, batch_size=batch_size)
-    checkpoints = list_checkpoints(run_dir)
-    if resume and checkpoints:
-        _check_checkpoint_fits(checkpoints[-1], world, accelerator)
-        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank)
-        progress.note(f"resuming from {checkpoints[-1].name} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
-    elif main:
-        (run_dir / "metrics.jsonl").write_text("")
+    def __init__(self, config: Config, task: Task, splits, source: str, tokenizer, run_dir: Path, resume: bool,
+                 progress: TrainProgress, tracker: Tracker, accelerator: Accelerator, stop: StopFlag,
+                 on_evaluate: Callable[[int, dict], None] | None):
+        self.config, self.task, self.splits, self.source, self.tokenizer = config, task, splits, source, tokenizer
+        self.run_dir, self.resume, self.progress, self.tracker, self.stop = run_dir, resume, progress, tracker, stop
+        self.accelerator, self.on_evaluate = accelerator, on_evaluate
+        self.main, self.world, self.rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+        self.device = accelerator.device
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.log = None
 
-    def evaluate(split: str, interval_seed: int | None = None) -> tuple[dict, object]:
-        return task.evaluate(accelerator, model, data[split], config, pad_id, splits.labels, interval_seed)
+    # --- setup --------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        config, task, cfg = self.config, self.task, self.config.train
+        self._setup_model_and_data()
+        if self.resume:
+            if self.main:  # a kill during a save, or a damaged file: put back or set aside, before reading a checkpoint
+                for line in repair(self.run_dir):
+                    self.progress.note(line)
+            self.accelerator.wait_for_everyone()
+        self.batch_size = _batch_size(config, self.model, self.data["train"], self.accelerator,
+                                      self.run_dir if self.resume else None, self.progress)
+        self.global_batch = self.batch_size * self.world  # each process takes batch_size of it
+        full_batches, rest = divmod(len(self.data["train"]), self.global_batch)
+        self.batches_per_epoch = full_batches + (rest >= self.world)  # a last batch smaller than `world` is dropped
+        self.total_steps = math.ceil(self.batches_per_epoch / cfg.gradient_accumulation_steps) * cfg.epochs
+        task.prepare_loss(self.data["train"], self.splits.labels, self.device)
+        if cfg.learning_rate == "auto":  # the optimizer below is built with the rate a range test chooses
+            self.config = config = choose_learning_rate(
+                config, self.model, self.data["train"], self.batch_size, task, self.pad_id,
+                _param_groups(self.model, cfg.weight_decay), self.accelerator, self.run_dir, self.resume, self.progress)
+            cfg = config.train
+        optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=self.total_steps,
+                                       num_warmup_steps=round(self.total_steps * cfg.warmup_ratio))
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)  # the scheduler: stepped by us
+        self._setup_state()
+        self._describe()
 
-    if state.base_model_test is None and cfg.baselines and cfg.evaluate_test:
-        state.base_model_test = evaluate("test")[0]
-        state.base_model_validation = _headline(evaluate("validation")[0])
+    def _setup_model_and_data(self) -> None:
+        config, task = self.config, self.task
+        torch.manual_seed(config.train.seed)  # the new head's initial weights are part of the run's seed
+        model = task.load_model(self.source, self.splits.labels, config.model.trust_remote_code, config.method)
+        if config.train.gradient_checkpointing:
+            # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        self.model = METHODS[config.method.name](model, config.method, task.peft_type)
+        self.data = task.encode_splits(self.splits, self.tokenizer)
+        self.summary, self.warnings = task.summarize(self.splits, self.data)
+        for line in self.warnings:
+            self.progress.note(f"data warning: {line}")
 
-    trainable, total = count_parameters(model)
-    progress.note(f"{config.method.name}: {trainable:,} of {total:,} parameters train | train {len(data['train'])}, "
-                  f"validation {len(data['validation'])}, test {len(data['test'])} | batch {batch_size} x "
-                  f"{world} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
-                  f"{global_batch * cfg.gradient_accumulation_steps} per step | "
-                  f"{total_steps} steps on {device}{' ' + accelerator.mixed_precision if accelerator.mixed_precision != 'no' else ''}")
-    if config._learning_rate_is_default:
-        progress.note(f"learning rate {cfg.learning_rate:g}: the default for {config.method.name} "
-                      f"(train.learning_rate sets another; bench/lr_grid.py measured the defaults)")
-    class_weight = _class_weights(data["train"], len(splits.labels), device) if cfg.class_weights else None
-    shift = task.SHIFT
-    log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
+    def _setup_state(self) -> None:
+        cfg = self.config.train
+        self.state = TrainState(processes=self.world, batch_size=self.batch_size)
+        checkpoints = list_checkpoints(self.run_dir)
+        if self.resume and checkpoints:
+            _check_checkpoint_fits(checkpoints[-1], self.world, self.accelerator)
+            self.state = load_checkpoint(checkpoints[-1], self.accelerator.unwrap_model(self.model), self.optimizer,
+                                         self.scheduler, self.rank)
+            self.progress.note(f"resuming from {checkpoints[-1].name} (epoch {self.state.epoch + 1}, "
+                               f"batch {self.state.batch_in_epoch})")
+        elif self.main:
+            (self.run_dir / "metrics.jsonl").write_text("")
+        if self.state.base_model_test is None and cfg.baselines and cfg.evaluate_test:
+            self.state.base_model_test = self.evaluate("test")[0]
+            self.state.base_model_validation = self._headline(self.evaluate("validation")[0])
 
-    def record(entry: dict) -> None:
-        if main:
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-            tracker.log(entry)
+    def _describe(self) -> None:
+        cfg, data, accelerator = self.config.train, self.data, self.accelerator
+        trainable, total = count_parameters(self.model)
+        precision = f" {accelerator.mixed_precision}" if accelerator.mixed_precision != "no" else ""
+        self.progress.note(
+            f"{self.config.method.name}: {trainable:,} of {total:,} parameters train | train {len(data['train'])}, "
+            f"validation {len(data['validation'])}, test {len(data['test'])} | batch {self.batch_size} x {self.world} "
+            f"process(es) x {cfg.gradient_accumulation_steps} accumulation = "
+            f"{self.global_batch * cfg.gradient_accumulation_steps} per step | {self.total_steps} steps on "
+            f"{self.device}{precision}")
+        if self.config._learning_rate_is_default:
+            self.progress.note(f"learning rate {cfg.learning_rate:g}: the default for {self.config.method.name} "
+                               f"(train.learning_rate sets another; bench/lr_grid.py measured the defaults)")
 
-    def evaluate_and_checkpoint() -> None:
-        scores = evaluate("validation")[0]
+    # --- train --------------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, state = self.config.train, self.state
+        self.log = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") if self.main else None
+        self.model.train()
+        self.running_loss, self.running_batches = torch.zeros((), device=self.device), 0
+        self.progress.start(self.total_steps, state.global_step)
+        lengths = self.data["train"].lengths
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            batches = train_batches(lengths, self.global_batch, cfg.seed, state.epoch, cfg.group_by_length)
+            batches = [b for b in batches if len(b) >= self.world]  # every process needs a slice (drops < `world`)
+            self.tick = time.perf_counter()
+            for b in range(state.batch_in_epoch, len(batches)):
+                if self.step(batches, b):
+                    break
+            self._add_train_time()
+            if state.stopped_early:
+                break
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            last_eval = state.evaluations[-1]["step"] if state.evaluations else None
+            if not cfg.eval_steps or (state.epoch == cfg.epochs and last_eval != state.global_step):
+                self.evaluate_and_checkpoint()  # each epoch, or once at the very end when evaluating every N steps
+        self.progress.stop()
+        if self.log:
+            self.log.close()
+
+    def step(self, batches: list[np.ndarray], b: int) -> bool:
+        """Micro-batch b of the epoch: forward, the task's loss, backward; an optimizer step at the end of each
+        accumulation group, then logging, evaluation and checkpoints as due. True: stop the epoch (early stop)."""
+        cfg, state, accelerator = self.config.train, self.state, self.accelerator
+        mine = np.array_split(batches[b], self.world)[self.rank]
+        batch = {k: v.to(self.device) for k, v in collate(self.data["train"], mine, self.pad_id).items()}
+        group_start = b - b % cfg.gradient_accumulation_steps
+        group_size = min(cfg.gradient_accumulation_steps, len(batches) - group_start)
+        last_in_group = b == group_start + group_size - 1
+        # Gradients are averaged over processes at the group's last micro-batch only (no_sync before it).
+        with accelerator.no_sync(self.model) if not last_in_group else nullcontext():
+            with accelerator.autocast():
+                logits = self.model(**self.task.inputs(batch)).logits
+            total, count = self.task.loss(logits, batch)
+            if self.world > 1:  # slices differ in what they count (tokens): divide by the whole global batch's count
+                count = accelerator.reduce(count, "sum")  # a collective on the device; the host does not wait
+            loss = total * self.world / count.clamp(min=1e-9)  # DDP averages over processes: the global mean exactly
+            accelerator.backward(loss / group_size)  # mean over the whole accumulated group
+        self.running_loss += loss.detach()
+        self.running_batches += 1
+        state.samples_seen += len(batches[b])
+        state.tokens_seen += int(self.data["train"].lengths[batches[b]].sum())  # cached lengths: no device sync
+        state.batch_in_epoch = b + 1
+        if not last_in_group:
+            return False
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        self.log_step(b + 1, len(batches))
+        evaluating = bool(cfg.eval_steps) and state.global_step % cfg.eval_steps == 0
+        if evaluating:
+            self._add_train_time()  # evaluation time is not training time
+            self.evaluate_and_checkpoint()
+            self.tick = time.perf_counter()
+            if state.stopped_early:
+                return True
+        asked = _stop_asked(self.stop, accelerator)
+        if asked or (cfg.save_steps and state.global_step % cfg.save_steps == 0 and not evaluating):
+            self._add_train_time()
+            saved = self.checkpoint()
+            self.tick = time.perf_counter()
+            if asked:
+                self.progress.stop()
+                raise TrainingStopped(f"stopped by {self.stop.signal.name} at step {state.global_step}: checkpoint "
+                                      f"{saved} saved; continue with the same command plus --resume "
+                                      f"(--output-dir {self.run_dir})", 128 + self.stop.signal.value)
+        return False
+
+    def log_step(self, batches_done: int, batches: int) -> None:
+        """Every train.log_steps steps, the mean training loss since the last line: the loop's one routine host sync
+        (reading the loss back); in between only the progress bar moves."""
+        cfg, state = self.config.train, self.state
+        if state.global_step % cfg.log_steps:
+            self.progress.step(state.global_step)
+            return
+        elapsed = state.train_seconds + time.perf_counter() - self.tick
+        mean_loss = float(self.accelerator.reduce(self.running_loss, "mean")) / self.running_batches
+        _check_finite(mean_loss, "training loss", state.global_step, cfg.learning_rate)
+        entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + batches_done / batches,
+                 "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
+                 "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
+        self.record(entry)
+        self.progress.step(state.global_step, entry)
+        self.running_loss.zero_()
+        self.running_batches = 0
+
+    def _add_train_time(self) -> None:
+        self.state.train_seconds += time.perf_counter() - self.tick
+        self.tick = time.perf_counter()
+
+    def record(self, entry: dict) -> None:
+        if self.main:
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+            self.tracker.log(entry)
+
+    # --- evaluate and checkpoint --------------------------------------------------------------------------------
+    def evaluate(self, split: str, interval_seed: int | None = None) -> tuple[dict, object]:
+        """The task's scores of a split, from rows every process computes a share of (task-neutral gather)."""
+        rows = gathered_outputs(self.accelerator, self.model, self.data[split], self.config.train.eval_batch_size,
+                                self.pad_id, self.task.rows, self.task.inputs)
+        return self.task.score(rows, self.data[split], self.splits.labels, interval_seed)
+
+    def evaluate_and_checkpoint(self) -> None:
+        cfg, state = self.config.train, self.state
+        scores = self.evaluate("validation")[0]
         _check_finite(scores["loss"], "validation loss", state.global_step, cfg.learning_rate)
-        if cfg.metric not in scores:
-            raise ConfigError(f"train.metric={cfg.metric} is not measured for this data ({', '.join(_headline(scores))} "
-                              f"are); choose one of those")
-        value = scores[cfg.metric]
-        result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
-                  "validation": _headline(scores)}
+        result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch,
+                  "validation": self._headline(scores)}
         state.evaluations.append(result)
-        record({"type": "eval", **result})
-        weights = _trainable_weights(accelerator, model)  # every process joins: sharded weights are gathered
-        if is_better(cfg.metric, value, state.best_metric):
-            state.best_metric, state.best_step, state.evals_without_improvement = value, state.global_step, 0
-            if main:
-                save_weights(weights, run_dir / "checkpoints" / "best")
+        self.record({"type": "eval", **result})
+        weights = _trainable_weights(self.accelerator, self.model)  # every process joins: shards are gathered
+        if self.task.is_better(cfg.metric, scores[cfg.metric], state.best_metric):
+            state.best_metric, state.best_step, state.evals_without_improvement = scores[cfg.metric], state.global_step, 0
+            if self.main:
+                save_weights(weights, self.run_dir / "checkpoints" / "best")
         else:
             state.evals_without_improvement += 1
             state.stopped_early = cfg.early_stopping_patience is not None and \
                 state.evals_without_improvement >= cfg.early_stopping_patience
-        checkpoint(weights)
-        progress.evaluated(result, cfg.metric)
-        if on_evaluate:
-            on_evaluate(state.global_step, scores)
+        self.checkpoint(weights)
+        self.progress.evaluated(result, cfg.metric)
+        if self.on_evaluate:
+            self.on_evaluate(state.global_step, scores)
+        self.model.train()
 
-    def checkpoint(weights: dict | None = None) -> str:
+    def checkpoint(self, weights: dict | None = None) -> str:
         """checkpoints/step-N for --resume; every process joins (its random state is saved too)."""
         if weights is None:  # between evaluations: the training loss since the last log line must still be a number
-            _check_finite(float(accelerator.reduce(running_loss, "sum")), "training loss", state.global_step,
-                          cfg.learning_rate)
-        weights = weights if weights is not None else _trainable_weights(accelerator, model)
-        rng = gathered(accelerator, rng_state())  # each process's random state, for exact resume
-        folder = save_checkpoint(run_dir, weights, optimizer, scheduler, rng, state, cfg.save_total_limit) if main else None
-        accelerator.wait_for_everyone()
+            _check_finite(float(self.accelerator.reduce(self.running_loss, "sum")), "training loss",
+                          self.state.global_step, self.config.train.learning_rate)
+        weights = weights if weights is not None else _trainable_weights(self.accelerator, self.model)
+        rng = gathered(self.accelerator, rng_state())  # each process's random state, for exact resume
+        folder = save_checkpoint(self.run_dir, weights, self.optimizer, self.scheduler, rng, self.state,
+                                 self.config.train.save_total_limit) if self.main else None
+        self.accelerator.wait_for_everyone()
         return folder.name if folder else ""
 
-    model.train()
-    running_loss, running_batches = torch.zeros((), device=device), 0
-    progress.start(total_steps, state.global_step)
-    lengths = data["train"].lengths
-    while state.epoch < cfg.epochs and not state.stopped_early:
-        batches = train_batches(lengths, global_batch, cfg.seed, state.epoch, cfg.group_by_length)
-        batches = [b for b in batches if len(b) >= world]  # every process needs a slice (drops < `world` texts)
-        tick = time.perf_counter()
-        for b in range(state.batch_in_epoch, len(batches)):
-            mine = np.array_split(batches[b], world)[rank]
-            batch = {k: v.to(device) for k, v in collate(data["train"], mine, pad_id).items()}
-            labels = batch.pop("labels")
-            group_start = b - b % cfg.gradient_accumulation_steps
-            group_size = min(cfg.gradient_accumulation_steps, len(batches) - group_start)
-            last_in_group = b == group_start + group_size - 1
-            # Gradients are averaged over processes at the group's last micro-batch only (no_sync before it).
-            with accelerator.no_sync(model) if not last_in_group else nullcontext():
-                with accelerator.autocast():
-                    logits = model(**batch).logits
-                if shift:  # causal LM: the logits at token t predict token t + 1
-                    logits, labels = logits[:, :-1], labels[:, 1:]
-                # This slice's share of the global batch's mean loss: the process average is that mean exactly.
-                # Labels are one per text, or one per token with IGNORE where no loss is taken.
-                loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), weight=class_weight,
-                                       ignore_index=IGNORE, reduction="sum") * world / \
-                    _loss_denominator(data["train"].loss_terms(batches[b]), class_weight)
-                accelerator.backward(loss / group_size)  # mean over the whole accumulated group
-            running_loss += loss.detach()
-            running_batches += 1
-            state.samples_seen += len(batches[b])
-            state.tokens_seen += int(lengths[batches[b]].sum())  # from the cached lengths: no device sync
-            state.batch_in_epoch = b + 1
-            if not last_in_group:
-                continue
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
-            if state.global_step % cfg.log_steps == 0:  # the only host sync in the loop: every log_steps
-                elapsed = state.train_seconds + time.perf_counter() - tick
-                mean_loss = float(accelerator.reduce(running_loss, "mean")) / running_batches
-                _check_finite(mean_loss, "training loss", state.global_step, cfg.learning_rate)
-                entry = {"type": "train", "step": state.global_step, "epoch": state.epoch + (b + 1) / len(batches),
-                         "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                         "samples_per_s": state.samples_seen / max(elapsed, 1e-9)}
-                record(entry)
-                progress.step(state.global_step, entry)
-                running_loss.zero_()
-                running_batches = 0
-            else:
-                progress.step(state.global_step)
-            evaluating = cfg.eval_steps and state.global_step % cfg.eval_steps == 0
-            if evaluating:
-                state.train_seconds += time.perf_counter() - tick  # evaluation time is not training time
-                evaluate_and_checkpoint()
-                tick = time.perf_counter()
-                model.train()
-                if state.stopped_early:
-                    break
-            asked = _stop_asked(stop, accelerator)
-            if asked or (cfg.save_steps and state.global_step % cfg.save_steps == 0 and not evaluating):
-                state.train_seconds, tick = state.train_seconds + time.perf_counter() - tick, time.perf_counter()
-                saved = checkpoint()
-                if asked:
-                    progress.stop()
-                    raise TrainingStopped(f"stopped by {stop.signal.name} at step {state.global_step}: checkpoint "
-                                          f"{saved} saved; continue with the same command plus --resume "
-                                          f"(--output-dir {run_dir})", 128 + stop.signal.value)
-        state.train_seconds += time.perf_counter() - tick
-        if state.stopped_early:
-            break
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        last_eval = state.evaluations[-1]["step"] if state.evaluations else None
-        if not cfg.eval_steps or (state.epoch == cfg.epochs and last_eval != state.global_step):
-            evaluate_and_checkpoint()  # each epoch, or once at the very end when evaluating every N steps
-            model.train()
-    progress.stop()
-    if log:
-        log.close()
-    best = run_dir / "checkpoints" / "best"
-    if best.is_dir():
-        load_weights(accelerator.unwrap_model(model), best)
-    test_metrics, outputs = evaluate("test", interval_seed=cfg.seed) if cfg.evaluate_test else (None, None)
-    full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # gathered: every process joins
-    if main:
-        data_info = {**summary, "warnings": warnings_found}
-        _finish(config, splits, data, data_info, run_dir, accelerator.unwrap_model(model), full_state, tokenizer,
-                state, test_metrics, outputs, device, source)
-        progress.note(f"report: {run_dir / 'report.html'}")
+    def _headline(self, scores: dict) -> dict:
+        return {k: scores[k] for k in self.task.metrics if k in scores}
+
+    # --- finish -------------------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """The best weights back, the task's calibration on validation, the test scores; then the files (main)."""
+        cfg, accelerator = self.config.train, self.accelerator
+        best = self.run_dir / "checkpoints" / "best"
+        if best.is_dir():
+            load_weights(accelerator.unwrap_model(self.model), best)
+        if self.task.calibrates:  # e.g. decision thresholds, fixed on validation before test is read
+            rows = gathered_outputs(accelerator, self.model, self.data["validation"], cfg.eval_batch_size,
+                                    self.pad_id, self.task.rows, self.task.inputs)
+            self.task.state = self.task.calibrate(rows, self.data["validation"], self.splits.labels)
+        test_metrics, outputs = self.evaluate("test", interval_seed=cfg.seed) if cfg.evaluate_test else (None, None)
+        full_state = accelerator.get_state_dict(self.model) if _sharded(accelerator) else None  # every process joins
+        if self.main:
+            _finish(self.config, self.task, self.splits, self.data, {**self.summary, "warnings": self.warnings},
+                    self.run_dir, accelerator.unwrap_model(self.model), full_state, self.tokenizer, self.state,
+                    test_metrics, outputs, self.device, self.source)
+            self.progress.note(f"report: {self.run_dir / 'report.html'}")
 
 
-def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, run_dir: Path, model,
+def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_info: dict, run_dir: Path, model,
             full_state: dict | None, tokenizer, state: TrainState, test_metrics: dict, outputs, device,
             source: str) -> None:
     """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
     cfg = config.train
-    task = task_module(config.task)
     test = {"finetuned": test_metrics} if cfg.evaluate_test else dict(NOT_EVALUATED)
     if cfg.baselines and cfg.evaluate_test:
         test["base_model"] = state.base_model_test
         test.update(task.baselines(splits, cfg.seed))
     trainable, total = count_parameters(model)
     metrics = {
-        "task": config.task,
+        "task": task.name,
+        "scores": {"metrics": list(task.metrics), "lower_is_better": sorted(task.lower_is_better), "note": task.note,
+                   "unit": task.unit},
         "test": test,
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
                        "base_model": state.base_model_validation, "history": state.evaluations},
@@ -369,6 +426,8 @@ def _finish(config: Config, splits, data: dict[str, Encoded], data_info: dict, r
         if cfg.evaluate_test else None  # its findings are read from the test scores
     _save_model(model, full_state, tokenizer, run_dir, config, splits.labels)
     write_json(run_dir / "labels.json", splits.labels)
+    if task.state:  # what calibration fixed on validation (e.g. thresholds): prediction needs it too
+        write_json(run_dir / TASK_FILE, task.state)
     write_json(run_dir / "metrics.json", metrics)
     if cfg.evaluate_test:
         task.save_predictions(run_dir, splits, data, outputs, splits.labels)
@@ -483,13 +542,6 @@ def _stop_asked(stop: StopFlag, accelerator: Accelerator) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(bool(stop)), device=accelerator.device), "sum") > 0)
 
 
-def _loss_denominator(labels: np.ndarray, class_weight: torch.Tensor | None) -> float:
-    """What cross-entropy's mean divides by for the whole global batch: its size, or its summed class weights."""
-    if class_weight is None:
-        return float(len(labels))
-    return float(class_weight.cpu().numpy()[labels].sum())
-
-
 def _check_checkpoint_fits(checkpoint: Path, world: int, accelerator: Accelerator) -> None:
     saved = read_json(checkpoint / "state.json").get("processes", 1)
     if saved != world:
@@ -500,23 +552,11 @@ def _check_checkpoint_fits(checkpoint: Path, world: int, accelerator: Accelerato
                        "state is sharded); start a new run, or train with ddp")
 
 
-def _headline(scores: dict) -> dict:
-    return {k: scores[k] for k in HEADLINE if k in scores}
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases and norm weights (1-d tensors), as in BERT's recipe."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-
-
-def _class_weights(train: Encoded, num_labels: int, device) -> torch.Tensor:
-    """Inverse class frequency over what the loss averages: texts, or tagged tokens."""
-    labels = train.loss_terms(np.arange(len(train)))
-    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
-    weights = len(labels) / (num_labels * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def _mixed_precision(precision: str) -> str:

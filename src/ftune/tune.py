@@ -88,7 +88,7 @@ def default_space(config: Config) -> Space:
     """The keys that matter for the config's method: learning rate (log-uniform, a decade either side of the method's
     default), epochs (1 to twice the config's), batch size, warm-up and weight decay; LoRA's r, alpha and dropout;
     the frozen layers for freeze."""
-    lr = default_learning_rate(config.task, config.method.name)
+    lr = default_learning_rate(config.task.name, config.method.name)
     space: Space = {
         "train.learning_rate": Range(low=lr / 10, high=lr * 10, log=True),
         "train.epochs": Range(low=1, high=max(2, 2 * config.train.epochs)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftune.config import LongTextConfig
+from ftune.schema import LongTextConfig
 from ftune.errors import ConfigError
 
 HEAD_SHARE = 0.25  # head+tail: a quarter of the window from the start, the rest from the end (Sun et al. 2019)
@@ -25,7 +25,7 @@ def windows(texts: list[str], tokenizer, max_length: int, cfg: LongTextConfig):
     prefix, suffix = special_tokens(tokenizer)
     room = max_length - len(prefix) - len(suffix)
     if cfg.strategy == "chunk" and cfg.stride >= room:
-        raise ConfigError(f"data.long_text.stride={cfg.stride} must be below the {room} text tokens a "
+        raise ConfigError(f"task.long_text.stride={cfg.stride} must be below the {room} text tokens a "
                           f"{max_length}-token window holds; lower the stride or raise data.max_length")
     ids, groups = [], []
     full_lengths = []
@@ -59,7 +59,7 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if full[i:i + len(core)] == core:
             return full[:i], full[i + len(core):]
     raise ConfigError(f"cannot find where {type(tokenizer).__name__} puts the text among its special tokens; "
-                      f"use data.long_text.strategy=truncate with keep=head")
+                      f"use task.long_text.strategy=truncate with keep=head")
 
 
 def pool(logits: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ftune.config import DataConfig
+from ftune.schema import DataConfig
 from ftune.data.sources import Table, read_source
 from ftune.errors import DataError
 

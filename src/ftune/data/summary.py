@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftune.config import LongTextConfig
+from ftune.schema import LongTextConfig
 from ftune.data.long_text import is_long_text
 from ftune.data.prepare import Splits
 from ftune.data.tokenize import Encoded
@@ -15,7 +15,7 @@ SPLITS = ("train", "validation", "test")
 def data_summary(splits: Splits, encoded: dict[str, Encoded], max_length: int, long_text: LongTextConfig | None = None,
                  bins: int = 30) -> dict:
     """Sizes, per-split class counts and token-length statistics: lengths after truncation, or of whole documents
-    with data.long_text (then also how many exceeded the window and how many windows they made)."""
+    with task.long_text (then also how many exceeded the window and how many windows they made)."""
     lengths = {name: text_lengths(encoded[name]) for name in SPLITS}
     summary = {name: len(getattr(splits, name)) for name in SPLITS}
     summary["classes"] = {name: _class_counts(getattr(splits, name)["label"].to_numpy(), splits.labels)
@@ -29,7 +29,7 @@ def data_summary(splits: Splits, encoded: dict[str, Encoded], max_length: int, l
 
 
 def text_lengths(encoded: Encoded) -> np.ndarray:
-    """Tokens per text as the tokenizer saw it: whole documents under data.long_text, else after truncation."""
+    """Tokens per text as the tokenizer saw it: whole documents under task.long_text, else after truncation."""
     return encoded.full_lengths if encoded.full_lengths is not None else encoded.lengths
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ftune.config import DataConfig
+from ftune.schema import DataConfig
 from ftune.data.prepare import column
 from ftune.data.sources import Table, check_not_compressed, read_source
 from ftune.errors import DataError

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ftune.config import LongTextConfig
+from ftune.schema import LongTextConfig
 from ftune.data.builtin import cache_dir
 from ftune.data.long_text import is_long_text, pool, windows
 
@@ -27,7 +27,7 @@ class Encoded:
     """Token ids per example (ragged), optional segment ids, and labels: one per example (classification), or one
     per token (token classification, causal LM: ragged, -100 where no loss is taken).
 
-    With data.long_text chunking an example is a window of a document: `groups` names its document."""
+    With task.long_text chunking an example is a window of a document: `groups` names its document."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ftune.data.prepare import Splits
-from ftune.config import LongTextConfig
+from ftune.schema import LongTextConfig
 from ftune.data.long_text import is_long_text
 from ftune.data.summary import SPLITS, text_lengths
 from ftune.data.tokenize import Encoded
@@ -18,25 +18,7 @@ IMBALANCE_RATIO = 10.0  # largest class over smallest in train, from which we wa
 def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int,
                   long_text: LongTextConfig | None = None) -> list[str]:
     """One line per problem found, naming the split, the count, an example and what to do."""
-    found = []
-    for name in SPLITS:
-        frame = getattr(splits, name)
-        keys = _keys(frame)
-        dupes = int(pd.concat([keys, frame["label"]], axis=1).duplicated().sum())
-        if dupes:
-            found.append(f"{name}: {dupes} duplicate rows (same text and label) count those texts more than once; "
-                         f"drop them unless that is intended")
-        conflicting = frame.groupby(keys)["label"].nunique()
-        conflicting = conflicting[conflicting > 1]
-        if len(conflicting):
-            found.append(f"{name}: {len(conflicting)} texts appear with different labels, e.g. "
-                         f"{_example(conflicting.index[0])}; no model can get both right, so fix or drop them")
-    train_texts = set(_keys(splits.train))
-    for name in ("validation", "test"):
-        shared = [t for t in _keys(getattr(splits, name)) if t in train_texts]
-        if shared:
-            found.append(f"{name}: {len(shared)} texts also occur in train (e.g. {_example(shared[0])}); "
-                         f"{name} scores overstate how the model does on new text; remove them from one side")
+    found = repeated_text_warnings(splits, lambda frame: frame["label"], "label")
     counts = np.bincount(splits.train["label"].to_numpy(), minlength=len(splits.labels))
     if counts.min() == 0 or counts.max() / counts.min() >= IMBALANCE_RATIO:
         small, large = int(counts.argmin()), int(counts.argmax())
@@ -48,8 +30,34 @@ def data_warnings(splits: Splits, encoded: dict[str, Encoded], max_length: int,
     if not (long_text and long_text.strategy == "chunk"):  # chunked texts are read whole
         kept = "their first and last tokens" if is_long_text(long_text) else "it"
         found += window_warning(cut, f"{{total}} texts fill the {max_length}-token window and are cut to {kept} "
-                                     f"({{per_split}}); raise data.max_length, or set data.long_text.strategy=chunk "
+                                     f"({{per_split}}); raise data.max_length, or set task.long_text.strategy=chunk "
                                      f"to read them whole")
+    return found
+
+
+def repeated_text_warnings(splits: Splits, answers, noun: str) -> list[str]:
+    """Duplicate rows, one text with different answers, and held-out texts that train has too: what any task with
+    one answer per text (a label, a label set, a number) should hear about. `answers(frame)` is a Series of
+    hashable answers, `noun` what one is called."""
+    found = []
+    for name in SPLITS:
+        frame = getattr(splits, name)
+        keys, answer = _keys(frame), answers(frame).rename("answer")
+        dupes = int(pd.concat([keys, answer], axis=1).duplicated().sum())
+        if dupes:
+            found.append(f"{name}: {dupes} duplicate rows (same text and {noun}) count those texts more than once; "
+                         f"drop them unless that is intended")
+        conflicting = answer.groupby(keys).nunique()
+        conflicting = conflicting[conflicting > 1]
+        if len(conflicting):
+            found.append(f"{name}: {len(conflicting)} texts appear with different {noun}s, e.g. "
+                         f"{_example(conflicting.index[0])}; no model can get both right, so fix or drop them")
+    train_texts = set(_keys(splits.train))
+    for name in ("validation", "test"):
+        shared = [t for t in _keys(getattr(splits, name)) if t in train_texts]
+        if shared:
+            found.append(f"{name}: {len(shared)} texts also occur in train (e.g. {_example(shared[0])}); "
+                         f"{name} scores overstate how the model does on new text; remove them from one side")
     return found
 
 

@@ -1,27 +1,29 @@
-"""What changes from one task to another, as one module per task with the same few functions:
+"""The task registry: a task is one module with a `Task` subclass (see ftune.tasks.base) plus its entry here.
 
-    PEFT_TYPE, SHIFT           peft's task type; whether token t's logits predict label t+1 (causal LM)
-    load_splits(config, seed)  -> Splits (train/validation/test frames and the label names)
-    encode_splits(splits, tokenizer, config) -> {split: Encoded}
-    load_model(source, labels, trust_remote_code, method)
-    evaluate(accelerator, model, data, config, pad_id, labels, interval_seed=None) -> (metrics, outputs)
-    baselines(splits, seed)    -> {name: metrics} for the simple models scored on the same test split
-    summarize(splits, data, config) -> (data summary, warnings)
-    save_predictions(run_dir, splits, data, outputs, labels)
-
-The training loop (training.py) and prediction (predict.py) call only these; a module, not a class
-tree, as with the fine-tuning methods.
+The config's `task:` section is the tagged union of the tasks' Options classes, built from this registry, so the
+loop, prediction, reports and the config all reach a task through `TASKS` and nothing else names one.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING
+
+from ftune.tasks.base import Task, TaskOptions
+from ftune.tasks.causal_lm import CausalLM
+from ftune.tasks.classification import Classification
+from ftune.tasks.multi_label import MultiLabel
+from ftune.tasks.regression import Regression
+from ftune.tasks.tagging import Tagging
+
+if TYPE_CHECKING:
+    from ftune.config import Config
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Tagging, CausalLM, Regression, MultiLabel)}
 
 
-MODULES = {"classification": "classification", "token-classification": "tagging", "causal-lm": "causal_lm"}
+def task_for(config: Config, state: dict | None = None) -> Task:
+    """The task of a config (`state`: what its `calibrate` saved in a run's task.json)."""
+    return TASKS[config.task.name](config, state)
 
 
-def task_module(name: str) -> ModuleType:
-    """The module of a config's `task` (imported on first use: a task's libraries load only when it runs)."""
-    return importlib.import_module(f"ftune.tasks.{MODULES[name]}")
+__all__ = ["TASKS", "Task", "TaskOptions", "task_for"]

@@ -4,7 +4,7 @@ An example is a prompt and a response, or a chat (a list of {role, content} mess
 laid out with the tokenizer's chat template when it has one, else as PLAIN_PROMPT + response +
 end-of-text. Each response starts where the template's prompt for that turn ends, so every
 assistant turn is learned and nothing the user wrote is. Short examples can be packed into
-full windows (data.packing): less padding, at the price of examples attending to their
+full windows (task.packing): less padding, at the price of examples attending to their
 neighbours in the same window (the simple packing of TRL's first versions).
 """
 
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ftune.config import Config
+from pydantic import BaseModel, Field
+
 from ftune.data import Encoded
 from ftune.data.builtin import check_builtin_task
 from ftune.data.prepare import column, complete_splits, given_splits
@@ -25,29 +27,81 @@ from ftune.data.sources import read_source
 from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tokenize import IGNORE
 from ftune.data.validate import window_warning
-from ftune.distributed import gathered_outputs
-from ftune.errors import DataError
-from ftune.models import load_causal_lm
+from ftune.errors import DataError, RunError
+from ftune.tasks.base import Task, TaskOptions, cross_entropy_sum
 
-PEFT_TYPE = "CAUSAL_LM"
-SHIFT = True  # the logits at token t predict token t + 1
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
 ROLES = ("system", "user", "assistant")
 
 
-def load_splits(config: Config, seed: int):
-    check_builtin_task(config.data.train, "causal-lm")
-    given = given_splits(config.data, read_source, select_chats)
-    return complete_splits(given, config.data, seed, [])
+class CausalLMOptions(TaskOptions):
+    name: Literal["causal-lm"] = "causal-lm"
+    prompt_column: str = Field("prompt", description="column with the instruction")
+    response_column: str = Field("response", description="column with the answer to learn")
+    messages_column: str = Field("messages", description="column with chat messages (role, content), used instead "
+                                                         "of prompt/response when present")
+    packing: bool = Field(False, description="join short training examples into sequences of data.max_length tokens")
 
 
-def select_chats(frame: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
+class Generated(BaseModel):
+    text: str
+
+
+class CausalLM(Task):
+    name = "causal-lm"
+    description = "instruction tuning of a decoder: the loss on the responses only (`ftune generate` answers)"
+    Options = CausalLMOptions
+    Prediction = Generated
+    peft_type = "CAUSAL_LM"
+    metrics = ("loss", "perplexity")
+    note = "Mean loss per response token and its perplexity (exp of the loss)."
+    lower_is_better = frozenset({"loss", "perplexity"})
+    labeled = False
+
+    def load_splits(self, seed: int):
+        check_builtin_task(self.config.data.train, self.name)
+        given = given_splits(self.config.data, read_source, lambda frame, cfg, where: select_chats(frame, self.options,
+                                                                                                    where))
+        return complete_splits(given, self.config.data, seed, [])
+
+    def encode_splits(self, splits, tokenizer) -> dict[str, Encoded]:
+        max_length = self.config.data.max_length
+        data = {name: encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer, max_length) for name in SPLITS}
+        if self.options.packing:
+            data["train"] = pack(data["train"], max_length)
+        return data
+
+    def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
+        return summarize(splits, data, self.config.data.max_length, self.options.packing)
+
+    def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
+        from ftune.models import load_causal_lm
+
+        return load_causal_lm(source, trust_remote_code, method)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return cross_entropy_sum(logits[:, :-1], batch["labels"][:, 1:])  # the logits at token t predict token t + 1
+
+    def rows(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        return loss_rows(logits, batch)
+
+    def score(self, rows: list, data: Encoded, labels: list[str], interval_seed: int | None = None) -> tuple[dict, list]:
+        """Mean loss per response token and its perplexity."""
+        nll, count = np.sum(rows, axis=0) if rows else (0.0, 0)
+        loss = float(nll / max(count, 1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n": len(data), "tokens": int(count)}, rows
+
+    def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        raise RunError("a causal-lm run writes text rather than labels; use `ftune generate RUN --prompt TEXT`")
+
+
+def select_chats(frame: pd.DataFrame, options: CausalLMOptions, where: str) -> pd.DataFrame:
     """Every example as a chat: its messages column, or a user prompt and an assistant response."""
-    if cfg.messages_column in frame.columns:
-        chats = [_checked_chat(m, where, row) for row, m in enumerate(frame[cfg.messages_column])]
+    if options.messages_column in frame.columns:
+        chats = [_checked_chat(m, where, row) for row, m in enumerate(frame[options.messages_column])]
     else:
-        prompts = column(frame, cfg.prompt_column, "prompt_column", where)
-        responses = column(frame, cfg.response_column, "response_column", where)
+        prompts = column(frame, options.prompt_column, "prompt_column", where)
+        responses = column(frame, options.response_column, "response_column", where)
         chats = [_checked_chat([{"role": "user", "content": p}, {"role": "assistant", "content": r}], where, row)
                  for row, (p, r) in enumerate(zip(prompts, responses))]
     return pd.DataFrame({"messages": chats})
@@ -61,14 +115,6 @@ def _checked_chat(messages, where: str, row: int) -> list[dict]:
         raise DataError(f"{where} row {row + 1}: expected a non-empty prompt and response, or messages as a list of "
                         f"{{role: system|user|assistant, content: text}} with at least one assistant turn; fix that row")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def encode_splits(splits, tokenizer, config: Config) -> dict[str, Encoded]:
-    data = {name: encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer, config.data.max_length)
-            for name in SPLITS}
-    if config.data.packing:
-        data["train"] = pack(data["train"], config.data.max_length)
-    return data
 
 
 def encode_chats(chats: list[list[dict]], tokenizer, max_length: int) -> Encoded:
@@ -133,10 +179,6 @@ def pack(data: Encoded, max_length: int) -> Encoded:
     return Encoded(ids, None, labels)
 
 
-def load_model(source: str, labels: list[str], trust_remote_code: bool, method=None):
-    return load_causal_lm(source, trust_remote_code, method)
-
-
 def loss_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """Each example's summed negative log-likelihood of its response tokens, and how many there are."""
     logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
@@ -145,31 +187,14 @@ def loss_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.n
     return [np.array([float(s), int(c)]) for s, c in zip(nll.sum(1).cpu(), counts.cpu())]
 
 
-def evaluate(accelerator, model, data: Encoded, config: Config, pad_id: int, labels: list[str],
-             interval_seed: int | None = None) -> tuple[dict, list]:
-    """Mean loss per response token and its perplexity."""
-    rows = gathered_outputs(accelerator, model, data, config.train.eval_batch_size, pad_id, loss_rows)
-    nll, count = np.sum(rows, axis=0) if rows else (0.0, 0)
-    loss = float(nll / max(count, 1))
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n": len(data), "tokens": int(count)}, rows
-
-
-def baselines(splits, seed: int) -> dict:
-    return {}  # the base model before fine-tuning is the reference
-
-
-def summarize(splits, data: dict[str, Encoded], config: Config) -> tuple[dict, list[str]]:
-    max_length = config.data.max_length
+def summarize(splits, data: dict[str, Encoded], max_length: int, packing: bool) -> tuple[dict, list[str]]:
     summary = {name: len(getattr(splits, name)) for name in SPLITS}
     summary["tokens"] = token_lengths({name: data[name].lengths for name in SPLITS}, max_length)
     summary["response_tokens"] = {name: int(sum((y != IGNORE).sum() for y in data[name].labels)) for name in SPLITS}
-    if config.data.packing:
+    if packing:
         summary["packed_train_sequences"] = len(data["train"])
     cut = {name: int((data[name].lengths >= max_length).sum()) for name in SPLITS if not
-           (name == "train" and config.data.packing)}
+           (name == "train" and packing)}
     return summary, window_warning(cut, f"{{total}} examples fill the {max_length}-token window and are cut to it "
                                         f"({{per_split}}): their responses lose their ends; raise data.max_length")
 
-
-def save_predictions(run_dir: Path, splits, data: dict[str, Encoded], rows: list, labels: list[str]) -> None:
-    """No labels to compare: `ftune generate RUN` writes from the model instead."""

@@ -1,67 +1,110 @@
-"""Classification: a label per text (or text pair); texts longer than the window cut or chunked (data.long_text)."""
+"""Classification: a label per text (or text pair); texts longer than the window cut or chunked (task.long_text)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, Field
 
-from ftune.baseline import tfidf_predictions
-from ftune.config import Config
-from ftune.data import Encoded, encode, load_splits as _load_splits
+from ftune.data import Encoded, encode, load_eval_frame, load_splits
 from ftune.data.builtin import check_builtin_task
 from ftune.data.summary import SPLITS, data_summary
 from ftune.data.validate import data_warnings
-from ftune.distributed import gathered_logits
 from ftune.integrity import atomic_path
 from ftune.metrics import classification_metrics, logits_metrics, metrics_with_interval, softmax
-from ftune.models import load_classifier
-
-PEFT_TYPE = "SEQ_CLS"  # peft keeps the new classification head trainable and saved
-SHIFT = False
+from ftune.schema import LongTextConfig
+from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
 
 
-def load_splits(config: Config, seed: int):
-    check_builtin_task(config.data.train, "classification")
-    return _load_splits(config.data, seed)
+class ClassificationOptions(TaskOptions):
+    name: Literal["classification"] = "classification"
+    long_text: LongTextConfig = Field(LongTextConfig(), description="texts longer than data.max_length tokens")
 
 
-def encode_splits(splits, tokenizer, config: Config) -> dict[str, Encoded]:
-    return {name: encode(getattr(splits, name), tokenizer, config.data.max_length, long_text=config.data.long_text)
-            for name in SPLITS}
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="the label's probability")
+    scores: dict[str, float] = Field(description="every label's probability")
 
 
-def load_model(source: str, labels: list[str], trust_remote_code: bool, method=None):
-    return load_classifier(source, labels, trust_remote_code, method)
+class Classification(Task):
+    name = "classification"
+    description = "a label per text (or text pair): reviews, tickets, topics"
+    Options = ClassificationOptions
+    Prediction = Prediction
+    peft_type = "SEQ_CLS"
+    metrics = ("accuracy", "macro_f1", "loss")
+    note = "Accuracy with the 95% bootstrap interval for the fine-tuned model."
+    exportable = True
 
+    def load_splits(self, seed: int):
+        check_builtin_task(self.config.data.train, self.name)
+        return load_splits(self.config.data, seed)
 
-def evaluate(accelerator, model, data: Encoded, config: Config, pad_id: int, labels: list[str],
-             interval_seed: int | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics per text (chunked documents: their windows' logits pooled), and those logits."""
-    logits = gathered_logits(accelerator, model, data, config.train.eval_batch_size, pad_id)
-    logits = data.per_document(logits, config.data.long_text.pool)
-    if interval_seed is None:
-        return logits_metrics(logits, data.document_labels, labels), logits
-    return metrics_with_interval(logits, data.document_labels, labels, seed=interval_seed), logits
+    def encode_splits(self, splits, tokenizer) -> dict[str, Encoded]:
+        return {name: encode(getattr(splits, name), tokenizer, self.config.data.max_length,
+                             long_text=self.options.long_text) for name in SPLITS}
 
+    def encode_source(self, source: str, data_cfg, labels: list[str], tokenizer) -> Encoded:
+        """A labeled file for `ftune eval` and export parity, in the run's columns and label ids."""
+        return encode(load_eval_frame(source, data_cfg, labels), tokenizer, self.config.data.max_length,
+                      use_cache=False, long_text=self.options.long_text)
 
-def baselines(splits, seed: int) -> dict:
-    predicted = tfidf_predictions(splits.train, splits.test, seed)
-    return {"tfidf": classification_metrics(splits.test["label"].to_numpy(), predicted, splits.labels)}
+    def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
+        max_length, long_text = self.config.data.max_length, self.options.long_text
+        return (data_summary(splits, data, max_length, long_text), data_warnings(splits, data, max_length, long_text))
 
+    def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
+        from ftune.models import load_classifier
 
-def summarize(splits, data: dict[str, Encoded], config: Config) -> tuple[dict, list[str]]:
-    return (data_summary(splits, data, config.data.max_length, config.data.long_text),
-            data_warnings(splits, data, config.data.max_length, config.data.long_text))
+        return load_classifier(source, labels, trust_remote_code, method)
 
+    weight: torch.Tensor | None = None  # class weights (train.class_weights)
 
-def save_predictions(run_dir: Path, splits, data: dict[str, Encoded], logits: np.ndarray, labels: list[str]) -> None:
-    """Every test text with its true label, the predicted one and the model's probability for each."""
-    probs = softmax(logits.astype(np.float64))
-    names = np.asarray(labels, dtype=object)
-    truth = splits.test["label"].to_numpy()
-    columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
-    frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
-                                        true_label_score=probs[np.arange(len(truth)), truth])
-    with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
-        frame.to_csv(tmp, index=False)
+    def prepare_loss(self, train: Encoded, labels: list[str], device) -> None:
+        self.weight = class_weights(train.labels, len(labels), device) if self.config.train.class_weights else None
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return cross_entropy_sum(logits, batch["labels"], self.weight)
+
+    def score(self, rows: list, data: Encoded, labels: list[str], interval_seed: int | None = None
+              ) -> tuple[dict, np.ndarray]:
+        """Metrics per text (chunked documents: their windows' logits pooled), and those logits."""
+        logits = data.per_document(np.stack(rows), self.options.long_text.pool)
+        if interval_seed is None:
+            return logits_metrics(logits, data.document_labels, labels), logits
+        return metrics_with_interval(logits, data.document_labels, labels, seed=interval_seed), logits
+
+    def baselines(self, splits, seed: int) -> dict:
+        from ftune.baseline import tfidf_predictions
+
+        predicted = tfidf_predictions(splits.train, splits.test, seed)
+        return {"tfidf": classification_metrics(splits.test["label"].to_numpy(), predicted, splits.labels)}
+
+    def save_predictions(self, run_dir: Path, splits, data: dict[str, Encoded], logits: np.ndarray,
+                         labels: list[str]) -> None:
+        """Every test text with its true label, the predicted one and the model's probability for each."""
+        probs = softmax(logits.astype(np.float64))
+        names = np.asarray(labels, dtype=object)
+        truth = splits.test["label"].to_numpy()
+        columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
+        frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
+                                            true_label_score=probs[np.arange(len(truth)), truth])
+        with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
+            frame.to_csv(tmp, index=False)
+
+    def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Logits per text; a chunked long text gets its windows' logits pooled as in training."""
+        frame = pd.DataFrame({"text": texts} | ({"text_pair": pairs} if pairs is not None else {}))
+        data = encode(frame, predictor.tokenizer, predictor.max_length, use_cache=False, long_text=self.options.long_text)
+        return data.per_document(np.stack(predictor.outputs(data, self.rows)), self.options.long_text.pool)
+
+    def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        probs = softmax(self.logits(predictor, texts, pairs).astype(np.float64))
+        return [{"label": predictor.labels[int(p.argmax())], "score": float(p.max()),
+                 "scores": {name: float(p[i]) for i, name in enumerate(predictor.labels)}} for p in probs]
+

@@ -1,7 +1,7 @@
 """Token classification: a tag per word (part of speech, named entities), scored per word.
 
 Words are tokenized into sub-word tokens; a word's tag sits on its first token, and the other
-tokens either repeat it (data.label_all_subtokens) or take no part in the loss. Predictions
+tokens either repeat it (task.label_all_subtokens) or take no part in the loss. Predictions
 read each word's tag from its first token, so what is scored is exactly one tag per word.
 A word with no token (beyond the window, or one the tokenizer drops whole, such as a zero-width
 space) gets no tag and counts as wrong; so does a word whose tag is absent from train.
@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ftune.config import Config
+from pydantic import BaseModel, Field
+
 from ftune.data import Encoded
 from ftune.data.builtin import check_builtin_task
 from ftune.data.prepare import complete_splits, given_splits
@@ -25,14 +27,11 @@ from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tagged import read_tagged, select_tagged
 from ftune.data.tokenize import IGNORE
 from ftune.data.validate import window_warning
-from ftune.distributed import gathered_outputs
 from ftune.errors import ConfigError
 from ftune.integrity import atomic_path
 from ftune.metrics import bootstrap_accuracy, softmax
-from ftune.models import load_token_classifier
+from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
 
-PEFT_TYPE = "TOKEN_CLS"  # peft keeps the new tagging head trainable and saved
-SHIFT = False
 CONFUSION_TAGS = 10  # the report's confusion matrix: the most frequent tags
 ENTITY_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
 BEYOND_WINDOW, NO_TOKENS = -1, -2  # predicted "tags" of words the model never saw: both are wrong
@@ -48,7 +47,80 @@ class TaggedEncoded(Encoded):
     unseen_tags: list[str] = field(default_factory=list)  # names of the tag ids from len(labels): not in train
 
 
-def load_splits(config: Config, seed: int):
+class TaggingOptions(TaskOptions):
+    name: Literal["token-classification"] = "token-classification"
+    label_all_subtokens: bool = Field(False, description="every sub-token of a word carries its tag in the loss "
+                                                         "(default: the first only; the rest are ignored)")
+
+
+class TaggedWord(BaseModel):
+    word: str
+    tag: str | None = Field(description="null for a word beyond the model's window")
+    score: float | None
+
+
+class TaggedText(BaseModel):
+    """A token-classification model's answer: the text's words (split at whitespace), each with its tag."""
+    tokens: list[TaggedWord]
+    tagged: str = Field(description="word/TAG pairs joined by spaces")
+
+
+class Tagging(Task):
+    name = "token-classification"
+    description = "a tag per word: parts of speech, named entities (BIO tags)"
+    Options = TaggingOptions
+    Prediction = TaggedText
+    peft_type = "TOKEN_CLS"  # peft keeps the new tagging head trainable and saved
+    metrics = ("accuracy", "macro_f1", "entity_f1", "loss")  # entity_f1: only with BIO/BIOES tags
+    note = ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as wrong), "
+            "with the 95% bootstrap interval for the fine-tuned model.")
+    unit = "sentences"
+    default_label_column = "tags"
+    weight: torch.Tensor | None = None
+
+    def load_splits(self, seed: int):
+        splits = load_splits(self.config, seed)
+        if self.config.train.metric == "entity_f1" and not is_entity_scheme(splits.labels):
+            raise ConfigError(f"train.metric=entity_f1 needs BIO/BIOES tags (B-PER, I-PER, O, ...); the tags of "
+                              f"{self.config.data.train} ({', '.join(splits.labels[:6])}, ...) are not: choose "
+                              f"train.metric=accuracy or macro_f1")
+        return splits
+
+    def encode_splits(self, splits, tokenizer) -> dict[str, Encoded]:
+        return encode_splits(splits, tokenizer, self.config.data.max_length, self.options.label_all_subtokens)
+
+    def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
+        return summarize(splits, data, self.config.data.max_length)
+
+    def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
+        from ftune.models import load_token_classifier
+
+        return load_token_classifier(source, labels, trust_remote_code, method)
+
+    def prepare_loss(self, train: Encoded, labels: list[str], device) -> None:
+        if self.config.train.class_weights:
+            self.weight = class_weights(np.concatenate(train.labels), len(labels), device)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return cross_entropy_sum(logits, batch["labels"], self.weight)
+
+    def rows(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        return token_rows(logits, batch)
+
+    def score(self, rows: list, data: TaggedEncoded, labels: list[str], interval_seed: int | None = None):
+        return score(rows, data, labels, interval_seed)
+
+    def baselines(self, splits, seed: int) -> dict:
+        return baselines(splits)
+
+    def save_predictions(self, run_dir: Path, splits, data: dict[str, Encoded], outputs, labels: list[str]) -> None:
+        save_predictions(run_dir, splits, outputs, labels)
+
+    def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        return tag_texts(predictor, texts)
+
+
+def load_splits(config, seed: int):
     check_builtin_task(config.data.train, "token-classification")
     given = given_splits(config.data, read_tagged, select_tagged)
     labels = sorted({tag for tags in given["train"]["tags"] for tag in tags})
@@ -63,9 +135,9 @@ def load_splits(config: Config, seed: int):
     return splits
 
 
-def encode_splits(splits, tokenizer, config: Config) -> dict[str, Encoded]:
-    encoded = {name: encode_words(getattr(splits, name), tokenizer, config.data.max_length,
-                                  config.data.label_all_subtokens, n_tags=len(splits.labels)) for name in SPLITS}
+def encode_splits(splits, tokenizer, max_length: int, label_all_subtokens: bool) -> dict[str, Encoded]:
+    encoded = {name: encode_words(getattr(splits, name), tokenizer, max_length, label_all_subtokens,
+                                  n_tags=len(splits.labels)) for name in SPLITS}
     for data in encoded.values():
         data.unseen_tags = splits.unseen_labels
     return encoded
@@ -103,10 +175,6 @@ def encode_words(frame: pd.DataFrame, tokenizer, max_length: int, label_all_subt
                          no_tokens=[np.asarray([w in empty for w in words], dtype=bool) for words in frame["tokens"]])
 
 
-def load_model(source: str, labels: list[str], trust_remote_code: bool, method=None):
-    return load_token_classifier(source, labels, trust_remote_code, method)
-
-
 def token_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """Each sentence's token logits, without its padding."""
     lengths = batch["attention_mask"].sum(1).tolist()
@@ -114,10 +182,9 @@ def token_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.
     return [logits[row, :n] for row, n in enumerate(lengths)]
 
 
-def evaluate(accelerator, model, data: TaggedEncoded, config: Config, pad_id: int, labels: list[str],
-             interval_seed: int | None = None) -> tuple[dict, list[np.ndarray]]:
+def score(token_logits: list[np.ndarray], data: TaggedEncoded, labels: list[str], interval_seed: int | None = None
+          ) -> tuple[dict, list[np.ndarray]]:
     """Per-word metrics (and the loss over the tokens that carry a tag), and each sentence's word logits."""
-    token_logits = gathered_outputs(accelerator, model, data, config.train.eval_batch_size, pad_id, token_rows)
     nll, count = 0.0, 0
     for logits, token_tags in zip(token_logits, data.labels):
         tagged = token_tags[:len(logits)] != IGNORE
@@ -170,7 +237,7 @@ def is_entity_scheme(names: list[str]) -> bool:
                                                                       for n in names)
 
 
-def baselines(splits, seed: int) -> dict:
+def baselines(splits) -> dict:
     """The classic tagging baseline: each word's most frequent tag in train; unseen words get the commonest tag."""
     counts: dict[str, Counter] = {}
     for words, tags in zip(splits.train["tokens"], splits.train["tags"]):
@@ -183,9 +250,8 @@ def baselines(splits, seed: int) -> dict:
     return {"most_frequent_tag": tagging_metrics(truth, predicted, splits.labels, unseen=splits.unseen_labels)}
 
 
-def summarize(splits, data: dict[str, Encoded], config: Config) -> tuple[dict, list[str]]:
+def summarize(splits, data: dict[str, Encoded], max_length: int) -> tuple[dict, list[str]]:
     """Sentences and words per split, words per tag, sub-word tokens per sentence, and words cut at the window."""
-    max_length = config.data.max_length
     summary = {name: len(getattr(splits, name)) for name in SPLITS}
     summary["classes"] = {name: _tag_counts(getattr(splits, name), splits.labels) for name in SPLITS}
     summary["tokens"] = token_lengths({name: data[name].lengths for name in SPLITS}, max_length)
@@ -213,8 +279,7 @@ def summarize(splits, data: dict[str, Encoded], config: Config) -> tuple[dict, l
     return summary, found
 
 
-def save_predictions(run_dir: Path, splits, data: dict[str, Encoded], word_logits: list[np.ndarray],
-                     labels: list[str]) -> None:
+def save_predictions(run_dir: Path, splits, word_logits: list[np.ndarray], labels: list[str]) -> None:
     """A row per test word: the word in its context, its true tag, the predicted one and that tag's probability."""
     rows = []
     names = labels + splits.unseen_labels

@@ -1,18 +1,21 @@
-"""Run an ONNX export of a fine-tuned classifier through onnxruntime, with the run's tokenizer."""
+"""An ONNX export of a fine-tuned model run through onnxruntime, with the run's tokenizer and task."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
-from ftune.config import LongTextConfig
-from ftune.errors import RunError
-from ftune.inference import batched_logits
+import torch
+
+from ftune.config import validate
+from ftune.errors import FtuneError, RunError
+from ftune.inference import PerRow, batched_outputs
 from ftune.integrity import MANIFEST_KEY, check_tokenizer, member, read_json_file, read_labels, verify
 from ftune.models import load_tokenizer
-from ftune.predict import EXPORT_FILE, Labeler
+from ftune.predictors.base import EXPORT_FILE, Labeler
+from ftune.schema import LongTextConfig
+from ftune.tasks import task_for
 
 VARIANTS = ("fp32", "int8")
 
@@ -45,7 +48,19 @@ def read_export_info(export_dir: Path, fix: str) -> dict:
         LongTextConfig(**info.get("long_text", {}))
     except (TypeError, ValidationError):
         raise RunError(f"{path}: 'long_text' is not a long-text setting ftune writes; {fix}") from None
+    if not isinstance(info.get("task", {}), dict) or not isinstance(info.get("task_state", {}), dict):
+        raise RunError(f"{path}: 'task' or 'task_state' is not what ftune writes; {fix}")
     return info
+
+
+def export_config(info: dict, path: Path, fix: str):
+    """The run's settings an export keeps (its task section and window), as a Config; an export written before
+    tasks had sections is a classification export with its long_text setting."""
+    task = info.get("task") or {"name": "classification", "long_text": info.get("long_text", {})}
+    try:
+        return validate({"task": task, "data": {"max_length": info["max_length"]}}, str(path))
+    except FtuneError as e:
+        raise RunError(f"{e}; {fix}") from None
 
 
 class OnnxPredictor(Labeler):
@@ -69,12 +84,9 @@ class OnnxPredictor(Labeler):
             raise RunError(f"{self.file} is missing; {fix}")
         self.batch_size = batch_size
         self.labels = read_labels(self.export_dir / "labels.json", fix)
-        if len(self.labels) < 2:  # one label would be answered with probability 1 whatever the text
-            raise RunError(f"{self.export_dir / 'labels.json'} names {len(self.labels)} label(s); a classifier "
-                           f"has at least two; {fix}")
         self.max_length = self.info["max_length"]
         self.text_column = self.info.get("text_column")
-        self.long_text = LongTextConfig(**self.info.get("long_text", {}))
+        self.task = task_for(export_config(self.info, self.export_dir / EXPORT_FILE, fix), self.info.get("task_state"))
         self.tokenizer = load_tokenizer(str(self.export_dir))  # never remote code: an export holds none
         check_tokenizer(self.tokenizer, self.export_dir, fix)
         options = ort.SessionOptions()
@@ -95,16 +107,18 @@ class OnnxPredictor(Labeler):
             raise RunError(f"{self.file.name} takes inputs the tokenizer in {self.export_dir} does not make "
                            f"({', '.join(unknown)}); {fix}")
 
-    def _logits(self, data) -> np.ndarray:
+    def outputs(self, data, per_row: PerRow) -> list:
         def forward(batch):
-            return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
+            logits = self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
+            return per_row(torch.from_numpy(logits), batch)
 
-        return batched_logits(forward, data, self.batch_size, self.tokenizer.pad_token_id or 0)
+        return batched_outputs(forward, data, self.batch_size, self.tokenizer.pad_token_id or 0)
 
     def describe(self) -> dict:
         parity = self.info.get("parity", {})
-        accuracy = parity.get(self.kind, {}).get("accuracy")
-        return {"kind": self.kind, "labels": self.labels, "base_model": self.info["base_model"],
+        metric = parity.get("metric", "accuracy")  # the task's headline; exports before it was named: accuracy
+        score = parity.get(self.kind, {}).get(metric)
+        return {"kind": self.kind, "task": self.task.name, "labels": self.labels, "base_model": self.info["base_model"],
                 "method": self.info["method"], "max_length": self.max_length, "source": str(self.export_dir),
                 "file_bytes": self.file.stat().st_size,
-                "metrics": {"test_accuracy": accuracy, "pytorch_test_accuracy": parity.get("pytorch", {}).get("accuracy")}}
+                "metrics": {f"test_{metric}": score, f"pytorch_test_{metric}": parity.get("pytorch", {}).get(metric)}}

@@ -1,0 +1,63 @@
+"""Predictors: a run's PyTorch model or an ONNX export, behind one interface (base.Labeler), and the factory.
+
+    base.py      Labeler: what every predictor shares (the task turns outputs into answers)
+    pytorch.py   Predictor: a finished run's model (full weights, or base model + LoRA adapter)
+    onnx.py      OnnxPredictor: an `ftune export` folder through onnxruntime
+
+Imports go one way: tasks and the run directory (ftune.run) below, predictors above them, commands on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftune import run as run_dir
+from ftune.errors import ConfigError, RunError
+from ftune.predictors.base import EXPORT_FILE, Labeler
+from ftune.predictors.pytorch import Predictor, load_run_model
+from ftune.tasks import task_for
+
+
+class Run(run_dir.Run):
+    """ftune.Run: a finished run directory (ftune.run.Run) that also labels texts with its model."""
+
+    _predictor: Predictor | None = None
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        """The task's answer for each text (classification: label, score and every class's score)."""
+        if self._predictor is None:
+            self._predictor = Predictor(self.path, trust_remote_code=self.trust_remote_code)
+        return self._predictor.predict(texts, pairs)
+
+
+def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False) -> Labeler:
+    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one).
+    `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export)."""
+    path = Path(path)
+    if (path / EXPORT_FILE).is_file():
+        from ftune.predictors.onnx import OnnxPredictor
+
+        return OnnxPredictor(path, variant)
+    if variant is not None:
+        raise RunError(f"{path} is a run directory, which has only its PyTorch model; "
+                       f"--variant applies to an export made by `ftune export`")
+    run = run_dir.Run(path)  # refuses a folder that is not a finished run, with the fix in the message
+    if not task_for(run.config).labeled:
+        raise RunError(f"{path} is a {run.config.task.name} run: it writes text rather than labels; use "
+                       f"`ftune generate {path} --prompt TEXT`")
+    return Predictor(path, trust_remote_code=trust_remote_code)
+
+
+def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, **columns: str | None) -> dict:
+    """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
+    task = task_for(run.config, run.task_state)
+    if not hasattr(task, "encode_source"):
+        raise ConfigError(f"`ftune eval` scores classification-like runs; {run.path} is a {task.name} run "
+                          f"(its test scores are in {run.path / 'metrics.json'})")
+    predictor = Predictor(run.path, trust_remote_code=trust_remote_code)  # a damaged or untrusted run: before the data
+    data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
+    data = task.encode_source(source, data_cfg, run.labels, predictor.tokenizer)
+    return task.score(predictor.outputs(data, task.rows), data, run.labels, interval_seed=0)[0]
+
+
+__all__ = ["EXPORT_FILE", "Labeler", "Predictor", "Run", "evaluate_run", "load_predictor", "load_run_model"]

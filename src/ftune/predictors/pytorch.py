@@ -1,0 +1,91 @@
+"""A finished run's PyTorch model as a predictor: its files checked, its model loaded as the task loads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from ftune.errors import RunError
+from ftune.inference import PerRow, predict_outputs
+from ftune.integrity import (MANIFEST_KEY, check_label_order, check_tokenizer, check_trust, check_weights_format,
+                             config_labels, read_labels, verify)
+from ftune.models import load_tokenizer, resolve_model
+from ftune.predictors.base import Labeler
+from ftune.run import RUN_FILE, Run, damaged_run_fix
+from ftune.tasks import task_for
+
+
+class Predictor(Labeler):
+    """The fine-tuned model of a run: merged/full weights from model/, else base model + adapter/."""
+
+    kind = "pytorch"
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 128, trust_remote_code: bool = False):
+        """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code)."""
+        run = Run(run_dir)  # a missing, unfinished or damaged run folder is refused here, in one line
+        self.run_dir = run.path
+        self.batch_size = batch_size
+        self.labels: list[str] = run.labels
+        self.manifest = run.manifest
+        self.config = run.config
+        self.metrics = run.metrics
+        self.max_length = run.config.data.max_length
+        self.text_column = run.config.data.text_column
+        self.task = task_for(run.config, run.task_state)
+        self.tokenizer, self.model, self.is_adapter = load_run_model(run, trust_remote_code)
+
+    def outputs(self, data, per_row: PerRow) -> list:
+        return predict_outputs(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0, per_row=per_row,
+                               inputs=self.task.inputs)
+
+    def plain_model(self):
+        """The model with any LoRA adapter merged into its weights: what an exporter can trace."""
+        return self.model.merge_and_unload() if self.is_adapter else self.model
+
+    def describe(self) -> dict:
+        metrics = self.metrics["test"].get("finetuned") or {}  # none when train.evaluate_test was false
+        return {"kind": self.kind, "task": self.task.name, "labels": self.labels, "base_model": self.config.model.name,
+                "method": self.config.method.name, "max_length": self.max_length, "source": str(self.run_dir),
+                "metrics": {f"test_{name}": metrics.get(name) for name in self.task.metrics}}
+
+
+def load_run_model(run, trust_remote_code: bool = False) -> tuple:
+    """(tokenizer, model in eval mode, whether it is base model + adapter) of a finished run, after checking that
+    its files are the ones training wrote, that labels.json is in the order the model was trained with, and
+    that the run may run code from its folder."""
+    fix = damaged_run_fix(run.path)
+    trust = check_trust(run.config.model.trust_remote_code, trust_remote_code, run.path / "config.yaml")
+    verify(run.path, run.manifest.get(MANIFEST_KEY), run.path / RUN_FILE, fix)  # each file hashed once, at load
+    is_adapter = not (run.path / "model").is_dir()
+    folder = run.path / ("adapter" if is_adapter else "model")
+    if not folder.is_dir():
+        raise RunError(f"{run.path} has neither model/ nor adapter/; {fix}")
+    check_weights_format(folder, fix)
+    task = task_for(run.config)
+    if task.labeled:  # the order the head was trained with, against labels.json
+        source_file = folder / ("labels.json" if is_adapter else "config.json")
+        if is_adapter:  # the adapter's own copy; adapters written before it existed have none
+            trained = read_labels(source_file, fix) if source_file.is_file() else None
+        else:
+            trained = config_labels(source_file, fix)
+        check_label_order(run.labels, run.path / "labels.json", trained, source_file, fix)
+    tokenizer = load_tokenizer(str(folder), trust)
+    check_tokenizer(tokenizer, folder, fix)
+    load_model = task.load_model
+    if not is_adapter:
+        model = load_model(str(folder), run.labels, trust)
+    else:
+        from peft import PeftModel
+
+        # The base model as found on this machine at training; a run copied from elsewhere finds it by name.
+        source = run.manifest.get("model_source")
+        if not (isinstance(source, str) and Path(source).is_dir()):
+            source = resolve_model(run.config.model.name)
+        base = load_model(source, run.labels, trust)
+        try:
+            model = PeftModel.from_pretrained(base, str(folder))
+        except (OSError, ValueError, SafetensorError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise RunError(f"cannot load the adapter in {folder} ({first}); {fix}") from None
+    return tokenizer, model.eval(), is_adapter

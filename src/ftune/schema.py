@@ -1,0 +1,154 @@
+"""The config's sections as pydantic models: the schema is the documentation (`ftune config` prints it).
+
+Everything here is plain data; the tasks' own sections live with each task (ftune.tasks), and
+ftune.config puts the sections together into `Config` and reads YAML files.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("minilm", description="'minilm' (bundled default), a local directory, or a hub id")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the weights")
+
+
+class LongTextConfig(Section):
+    strategy: Literal["truncate", "chunk"] = Field(
+        "truncate", description="texts longer than max_length: cut to one window, or split into overlapping windows")
+    keep: Literal["head", "head+tail"] = Field(
+        "head", description="truncate: the first tokens, or the first quarter of the window plus the last three "
+                            "quarters of the text (Sun et al. 2019)")
+    stride: int = Field(64, ge=0, description="chunk: tokens each window repeats from the one before")
+    pool: Literal["mean", "max"] = Field("mean", description="chunk: a document's logits from its windows' logits")
+
+
+class DataConfig(Section):
+    train: str = Field("mr", description="built-in dataset name or path to the training data")
+    validation: str | None = Field(None, description="path to validation data; else split off train")
+    test: str | None = Field(None, description="path to test data; else split off train")
+    text_column: str | None = Field(None, description="column with the text (default: 'text'; token-classification: "
+                                                     "'tokens', a list of words)")
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks")
+    label_column: str | None = Field(None, description="column with the label (default: 'label'; token-classification: "
+                                                      "'tags', a tag per word)")
+    split_column: str | None = Field(None, description="column naming each row's split: train/validation/test")
+    test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test when no test set is given")
+    validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the rest held out for validation")
+    split_seed: int | None = Field(None, ge=0, description="seed of the held-out splits and subsampling; unset: "
+                                   "train.seed (ftune train --seeds holds it at the config's seed)")
+    max_length: int = Field(128, ge=8, description="tokens per text (classification: longer texts follow task.long_text)")
+    max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
+    max_eval_samples: int | None = Field(None, ge=1, description="subsample validation and test splits")
+
+
+class FullMethod(Section):
+    name: Literal["full"] = Field("full", description="full fine-tuning: every weight trains")
+
+
+class FreezeMethod(Section):
+    name: Literal["freeze"] = Field("freeze", description="layer freezing: the embeddings and lower layers stay fixed")
+    layers: int | None = Field(None, ge=0, description="freeze embeddings and the first N layers; None: all (head only)")
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = Field("lora", description="LoRA adapters (peft); the base model stays fixed")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: Union[list[str], Literal["all-linear"], None] = Field(
+        None, description="module names to adapt, or all-linear; None: peft's default for the model")
+    merge: bool = Field(False, description="also write merged full weights to model/")
+    load_in_4bit: bool = Field(False, description="QLoRA: keep the frozen base weights in 4 bits (bitsandbytes NF4); "
+                                                  "needs a CUDA GPU")
+
+
+METHODS = (FullMethod, FreezeMethod, LoraMethod)
+METHOD_NAMES = tuple(m.model_fields["name"].default for m in METHODS)
+Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
+
+
+# Learning rates when the config sets none, by method (and by task where it differs). Measured on built-in
+# data: `bench/lr_grid.py` (the README shows the grid). Adapters and frozen bodies want larger steps than
+# full fine-tuning: LoRA at full fine-tuning's 5e-5 learned nothing in 2 epochs on a real corpus.
+DEFAULT_LEARNING_RATES = {"full": 5e-5, "freeze": 1e-3, "lora": 1e-3}
+TASK_LEARNING_RATES = {("causal-lm", "lora"): 2e-4}  # the QLoRA paper's rate for decoders; not measurable offline here
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
+    learning_rate: float | Literal["auto"] | None = Field(
+        None, description="peak learning rate; auto: chosen by a range test before the run (lr_find.json); unset: the "
+                          "method's default (full 5e-5, freeze 1e-3, lora 1e-3; causal-lm with lora 2e-4)")
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
+                        "two whose estimated peak memory fits in 40% of what the device has free")
+    eval_batch_size: int = Field(128, ge=1, description="examples per forward pass when evaluating")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches whose gradients add up to one optimizer step")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and norm weights)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of the steps over which the learning rate rises from 0")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None turns it off")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on a GPU that has it, fp32 on CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% slower")
+    seed: int = Field(0, description="seed of the new head, the shuffles and (unless data.split_seed) the splits")
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N optimizer steps; None: each epoch")
+    save_steps: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps, between "
+                                                           "evaluations; None: at each evaluation only")
+    save_total_limit: int = Field(2, ge=1, description="periodic checkpoints kept (the best model is kept apart)")
+    metric: str | None = Field(None, description="the validation score that picks the best checkpoint: one the task "
+                               "measures (`ftune config --task T` lists them); unset: the task's headline")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    class_weights: bool = Field(False, description="classification, token-classification, multi-label: weight the "
+                                                   "loss by inverse class (label) frequency")
+    group_by_length: bool = Field(True, description="batch texts of similar length together (shuffled buckets)")
+    log_steps: int = Field(10, ge=1, description="log the training loss every N optimizer steps")
+    baselines: bool = Field(True, description="also score the base model and the task's simple baselines on the test split")
+    evaluate_test: bool = Field(True, description="score the final model (and baselines) on the test split; false "
+                                "leaves it unread, as `ftune tune` trials do, so choosing settings never sees it")
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate_or_auto(cls, value: Any) -> Any:
+        """A positive number, auto or unset, with one plain message (a union's would name its members)."""
+        if value is None or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise PydanticCustomError("float_parsing", "Input should be a valid number or auto") from None
+        if not rate > 0:  # NaN too
+            raise PydanticCustomError("greater_than", "Input should be greater than 0")
+        return rate
+
+
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="with several processes: ddp (gloo on CPU, NCCL on GPUs), or fsdp / deepspeed on CUDA GPUs")
+    zero_stage: Literal[2, 3] = Field(2, description="deepspeed: ZeRO stage (2 shards optimizer state and gradients, 3 also weights)")
+    cpu_offload: bool = Field(False, description="fsdp / deepspeed: keep parameters / optimizer state in CPU memory")
+
+
+class TrackingConfig(Section):
+    backend: Literal["mlflow", "tensorboard", "wandb", "none"] = Field(
+        "mlflow", description="where metrics and artifacts also go; the run directory always has them")
+    uri: str | None = Field(None, description="mlflow: a tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
+                                              "store in ./mlruns); tensorboard: a log directory (default: RUN/tensorboard)"
+                                              "; wandb: the W&B directory, as WANDB_DIR (runs go in URI/wandb; "
+                                              "default: RUN, so RUN/wandb)")
+    experiment: str = Field("ftune", description="MLflow experiment name; wandb: the W&B project")
+    log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow or W&B artifact")
+
+
+def default_learning_rate(task: str, method: str) -> float:
+    """The learning rate a run gets when its config sets none (see DEFAULT_LEARNING_RATES)."""
+    return TASK_LEARNING_RATES.get((task, method), DEFAULT_LEARNING_RATES[method])
+

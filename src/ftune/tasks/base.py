@@ -1,0 +1,155 @@
+"""The Task interface: what changes from one task to another, as one class per task.
+
+A run asks its task, in this order (ftune.training):
+
+    task = task_for(config)                         # the registry in ftune.tasks maps `task.name` to the class
+    splits = task.load_splits(seed)                 # read, check, split; labels as ids into splits.labels
+    data = task.encode_splits(splits, tokenizer)    # {split: Encoded}
+    summary, warnings = task.summarize(splits, data)
+    model = task.load_model(source, labels, trust_remote_code, method)
+    task.prepare_loss(data["train"], labels, device)  # e.g. class weights, once
+    loss_sum, count = task.loss(logits, batch)      # each step; the loop divides once (over all processes)
+    rows = <task-neutral gather of task.rows(logits, batch) over a split>
+    metrics, outputs = task.score(rows, data[split], labels, interval_seed)
+    state = task.calibrate(rows, data["validation"], labels)  # after training: e.g. decision thresholds
+    task.baselines(splits, seed); task.save_predictions(run_dir, splits, data, outputs, labels)
+
+and prediction (ftune.predictors, ftune serve) asks `task.predict(predictor, texts, pairs)`, whose answers have
+the shape of `task.Prediction`. A task never sees the Accelerator, the optimizer or the run directory's other files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from ftune.data.tokenize import IGNORE
+from ftune.schema import Section
+
+if TYPE_CHECKING:
+    from ftune.config import Config
+    from ftune.data import Encoded
+    from ftune.data.prepare import Splits
+
+
+class TaskOptions(Section):
+    """A task's section of the config, `task: {name: ..., its options}` (or just `task: NAME`)."""
+
+    name: str
+
+
+class Task:
+    name: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]]
+    Prediction: ClassVar[type[BaseModel]]  # one text's answer from predict and serve
+    description: ClassVar[str]  # one line for `ftune config` and the docs
+    peft_type: ClassVar[str]  # peft's task type: keeps a new head trainable and saved
+    # The scores every evaluation records; the first is the headline (reports, `ftune runs`) and the default
+    # train.metric. A task may measure more (per-class tables), but train.metric must be one of these.
+    metrics: ClassVar[tuple[str, ...]]
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    note: ClassVar[str] = ""  # what the scores measure, one or two sentences for the report
+    unit: ClassVar[str] = "examples"  # what the test split counts (the report's "n")
+    labeled: ClassVar[bool] = True  # the run has label names (labels.json); a decoder writes text instead
+    exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
+    calibrates: ClassVar[bool] = False  # has a `calibrate` step after training (an extra pass over validation)
+    default_label_column: ClassVar[str] = "label"
+
+    def __init__(self, config: Config, state: dict | None = None):
+        """`state`: what `calibrate` learned after training (task.json in a run), for prediction."""
+        self.config, self.options = config, config.task
+        self.state: dict = state or {}
+
+    # --- data -------------------------------------------------------------------------------------------------
+    def load_splits(self, seed: int) -> Splits:
+        raise NotImplementedError
+
+    def encode_splits(self, splits: Splits, tokenizer) -> dict[str, Encoded]:
+        raise NotImplementedError
+
+    def summarize(self, splits: Splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
+        """The data summary for metrics.json and the report, and warnings a user should read before trusting it."""
+        raise NotImplementedError
+
+    # --- model and loss -----------------------------------------------------------------------------------------
+    def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
+        raise NotImplementedError
+
+    def prepare_loss(self, train: Encoded, labels: list[str], device: torch.device) -> None:
+        """Anything the loss needs from the whole training split, computed once (class weights)."""
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the model's forward pass gets: the batch without its labels, so the model computes no loss of its own
+        (an encoder-decoder task would keep what its decoder needs)."""
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the loss terms, their count or summed weight) over a batch, both on the device: the loop
+        divides the sum by the count over every process's slice of the global batch, once."""
+        raise NotImplementedError
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+    def rows(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
+        """What evaluation keeps of a batch's logits, one item per example (moved to the host here)."""
+        return list(logits.float().cpu().numpy())
+
+    def score(self, rows: list, data: Encoded, labels: list[str], interval_seed: int | None = None
+              ) -> tuple[dict, Any]:
+        """(metrics, outputs) of a split from its rows; `interval_seed` asks for the 95% bootstrap interval of the
+        headline (final test scores). Metrics hold the names in `metrics` this data has, plus `n`."""
+        raise NotImplementedError
+
+    def calibrate(self, rows: list, data: Encoded, labels: list[str]) -> dict:
+        """After training, with the best weights (only when `calibrates`): what to fix from the validation split
+        (e.g. thresholds). `self.state` is saved as the run's task.json and given back to the task for scoring test
+        and predicting."""
+        return self.state
+
+    def baselines(self, splits: Splits, seed: int) -> dict:
+        """{name: metrics} of the task's simple models, fitted on train and scored on the same test split."""
+        return {}
+
+    def save_predictions(self, run_dir: Path, splits: Splits, data: dict[str, Encoded], outputs: Any,
+                         labels: list[str]) -> None:
+        """test_predictions.csv: every test example with its truth and the prediction."""
+
+    # --- prediction ---------------------------------------------------------------------------------------------
+    def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        """For each text, an answer of the shape of `Prediction`, from `predictor.outputs(data, self.rows)`."""
+        raise NotImplementedError
+
+    # --- scores -------------------------------------------------------------------------------------------------
+    @classmethod
+    def is_better(cls, metric: str, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best if metric in cls.lower_is_better else value > best
+
+    @classmethod
+    def headline(cls) -> str:
+        return cls.metrics[0]
+
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over the labels that are not IGNORE, their count or summed class weight): a label per
+    text or per token alike. No boolean indexing, so nothing here waits for the device."""
+    labels = labels.flatten()
+    total = F.cross_entropy(logits.float().flatten(0, -2), labels, weight=weight, ignore_index=IGNORE, reduction="sum")
+    taken = labels != IGNORE
+    count = (weight[labels.clamp(min=0)] * taken).sum() if weight is not None else taken.sum().float()
+    return total, count
+
+
+def class_weights(labels: np.ndarray, num_labels: int, device) -> torch.Tensor:
+    """Inverse class frequency over what the loss averages: texts, or the tokens that carry a tag (not IGNORE)."""
+    labels = labels[labels != IGNORE]
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = len(labels) / (num_labels * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
