@@ -221,7 +221,7 @@ def export(
     for name in ("onnx-fp32", "onnx-int8"):
         if name in parity:
             row = parity[name]
-            table.add_row(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row["same_label_as_pytorch"]),
+            table.add_row(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row.get("same_label_as_pytorch")),
                           f"{row['bytes'] / 1e6:.1f}")
     out.print(table)
     out.print(f"export folder: {folder}")
@@ -530,10 +530,11 @@ def _write_predictions(frame, texts: list[str], results: list[dict], path: Path)
             for text, result in zip(texts, results):
                 f.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
     else:
-        if results and "tagged" in results[0]:  # token classification: the word/TAG pairs of each text
-            frame.assign(tagged=[r["tagged"] for r in results]).to_csv(path, index=False)
-            return
-        frame.assign(label=[r["label"] for r in results], score=[r["score"] for r in results]).to_csv(path, index=False)
+        # A column per field of the task's answer that fits a cell: label and score, the word/TAG pairs of a tagged
+        # text, a label set, a value; per-class scores and word lists stay in the .jsonl output.
+        simple = [k for k in (results[0] if results else {}) if k not in ("scores", "tokens")]
+        columns = {k: ["|".join(r[k]) if isinstance(r[k], list) else r[k] for r in results] for k in simple}
+        frame.assign(**columns).to_csv(path, index=False)
 
 
 def main() -> None:

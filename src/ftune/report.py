@@ -36,7 +36,7 @@ class Section:
 
 
 TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "entity_f1": "entity F1",
-          "subset_accuracy": "subset accuracy", "rmse": "RMSE", "mae": "MAE"}
+          "subset_accuracy": "subset accuracy", "rmse": "RMSE", "mae": "MAE", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 def before_after_table(test: dict, scores: dict | None = None) -> tuple[list[str], list[tuple]]:

@@ -20,16 +20,16 @@ from ftune.config import Config, validate
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.integrity import read_yaml_file, write_text
 from ftune.progress import TrainProgress
-from ftune.report import ROWS, Section, to_html, to_markdown
+from ftune.report import ROWS, TITLES, Section, to_html, to_markdown
 from ftune.run import RUN_FILE, Run, check_run_dir, default_output_dir, read_json, write_json
 
 SUMMARY = "summary.json"
-ORDER = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # the rest of a task's scores follow these
-NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "entity_f1": "entity F1", "loss": "loss",
-         "perplexity": "perplexity"}
+ORDER = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # runs before metrics.json named the task's
+NAMES = TITLES
 # Where each score can lie: a t-interval over a few scattered seeds can reach past it (accuracy 1.2), and is cut there.
-RANGES = {"accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "entity_f1": (0.0, 1.0), "loss": (0.0, math.inf),
-          "perplexity": (1.0, math.inf)}
+RANGES = {**dict.fromkeys(("accuracy", "macro_f1", "entity_f1", "micro_f1", "subset_accuracy"), (0.0, 1.0)),
+          **dict.fromkeys(("loss", "rmse", "mae"), (0.0, math.inf)), "perplexity": (1.0, math.inf),
+          **dict.fromkeys(("pearson", "spearman"), (-1.0, 1.0))}
 
 
 @dataclass
@@ -203,10 +203,11 @@ def stats(values: dict[int, float], bounds: tuple[float, float] = (-math.inf, ma
 def summarize(root: Path, seeds: list[int], runs: list[Run], split_seed: int) -> SeedSummary:
     """Every score (a float) the fine-tuned model and each baseline got on the test split, across the seeds."""
     tests = [run.metrics["test"] for run in runs]
+    order = (runs[0].metrics.get("scores") or {}).get("metrics") or ORDER  # the task's scores first, in its order
 
     def across(model: str) -> dict[str, Stats]:
         keys = [k for k, v in tests[0][model].items() if isinstance(v, float)]  # counts (n, words) are ints
-        keys = sorted(keys, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))
+        keys = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
         return {k: stats({s: t[model][k] for s, t in zip(seeds, tests)}, RANGES.get(k, (-math.inf, math.inf)))
                 for k in keys
                 if all(isinstance((t.get(model) or {}).get(k), float) for t in tests)}

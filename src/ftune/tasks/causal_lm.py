@@ -11,7 +11,6 @@ neighbours in the same window (the simple packing of TRL's first versions).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import numpy as np

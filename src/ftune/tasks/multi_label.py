@@ -442,10 +442,10 @@ def tfidf_one_vs_rest(train: pd.DataFrame, truth: np.ndarray, seed: int = 0):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from ftune.baseline import _joined
+    from ftune.baseline import joined_texts
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    features = vectorizer.fit_transform(_joined(train))
+    features = vectorizer.fit_transform(joined_texts(train))
     truth = np.asarray(truth, bool)
     models: list[Any] = []
     for j in range(truth.shape[1]):
@@ -458,7 +458,7 @@ def tfidf_one_vs_rest(train: pd.DataFrame, truth: np.ndarray, seed: int = 0):
             models.append(LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(features, column_))
 
     def probabilities(frame: pd.DataFrame) -> np.ndarray:
-        x = vectorizer.transform(_joined(frame))
+        x = vectorizer.transform(joined_texts(frame))
         return np.stack([np.full(x.shape[0], m) if isinstance(m, float) else m.predict_proba(x)[:, 1]
                          for m in models], axis=1)
     return probabilities
