@@ -53,8 +53,9 @@ class Config(Section):
         elif train.metric not in task.metrics:
             raise ValueError(f"train.metric={train.metric} is not a score of task {task.name}; choose one of "
                              f"{', '.join(task.metrics)}")
-        if train.class_weights and task.name not in ("classification", "token-classification", "multi-label"):
-            raise ValueError(f"train.class_weights applies to classification tasks; drop it for {task.name}")
+        if train.class_weights and not task.weighs_classes:
+            raise ValueError(f"train.class_weights applies to tasks with classes "
+                             f"({', '.join(n for n, t in TASKS.items() if t.weighs_classes)}); drop it for {task.name}")
         if getattr(self.task, "long_text", LongTextConfig()) != LongTextConfig() and data.text_pair_column:
             raise ValueError("task.long_text applies to single texts; drop data.text_pair_column or task.long_text")
         if train.learning_rate == "auto" and self.distributed.strategy != "ddp":

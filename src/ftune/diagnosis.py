@@ -8,9 +8,13 @@ from __future__ import annotations
 
 FLAT = 0.05  # the training loss fell by less than 5% from its first logged value: it did not move
 ROSE = 1.5   # it ended 50% above where it started: the steps were too large
-BASELINE_NAMES = {"tfidf": "TF-IDF baseline", "most_frequent_tag": "most-frequent-tag baseline",
-                  "most_frequent_labels": "most-frequent-labels baseline", "mean": "training-mean baseline",
-                  "tfidf_ridge": "TF-IDF ridge baseline"}
+BASELINE_NAMES = {"tfidf": "TF-IDF baseline", "most_frequent_tag": "most-frequent-tag baseline"}
+
+
+def baseline_name(model: str, metrics: dict) -> str:
+    """A baseline as its task named it in metrics.json, e.g. "the training mean" baseline."""
+    named = ((metrics.get("scores") or {}).get("titles") or {}).get(model, model.replace("_", " "))
+    return f"{named} baseline"
 
 
 def headline(metrics: dict) -> tuple[str, bool]:
@@ -42,7 +46,7 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
         simple = (scores or {}).get(name) if model not in ("finetuned", "base_model") else None
         if simple is not None and beats(simple, best):
             findings.append(f"test {name} {show(value)} is {'above' if lower else 'below'} the "
-                            f"{BASELINE_NAMES.get(model, model.replace('_', ' ') + ' baseline')}'s {show(simple)}, "
+                            f"{BASELINE_NAMES.get(model) or baseline_name(model, metrics)}'s {show(simple)}, "
                             f"beyond the 95% interval ({show(low)}–{show(high)})")
     losses = _losses(metrics, history)
     flat = len(losses) >= 2 and losses[-1] > (1 - FLAT) * losses[0]

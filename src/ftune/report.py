@@ -19,8 +19,7 @@ from ftune.integrity import own_dir, write_text
 from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
-        ("most_frequent_tag", "most frequent tag per word"), ("most_frequent_labels", "always the most frequent labels"),
-        ("mean", "the training mean"), ("tfidf_ridge", "TF-IDF + ridge regression"), ("finetuned", "fine-tuned"))
+        ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
 ROW_ORDER = {"base_model": 0, "finetuned": 2}  # baselines between the two
 MISTAKES_SHOWN = 8
 
@@ -35,8 +34,13 @@ class Section:
     code: str | None = None
 
 
-TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "entity_f1": "entity F1",
-          "subset_accuracy": "subset accuracy", "rmse": "RMSE", "mae": "MAE", "pearson": "Pearson", "spearman": "Spearman"}
+TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "entity_f1": "entity F1", **dict(ROWS)}
+
+
+def title(key: str, scores: dict | None = None) -> str:
+    """How tables name a score or a model: as the run's task named it (metrics.json `scores.titles`), else the
+    names of the tasks that came before titles were recorded, else the key itself."""
+    return ((scores or {}).get("titles") or {}).get(key) or TITLES.get(key) or key.replace("_", " ")
 
 
 def before_after_table(test: dict, scores: dict | None = None) -> tuple[list[str], list[tuple]]:
@@ -49,16 +53,16 @@ def before_after_table(test: dict, scores: dict | None = None) -> tuple[list[str
     names = [n for i, n in enumerate(names) if n in finetuned and (n != "loss" or i == 0)]
     columns = []
     for i, name in enumerate(names):
-        columns.append((name, TITLES.get(name, name), "{:.2f}" if name == "perplexity" else "{:.4f}"))
+        columns.append((name, title(name, scores), "{:.2f}" if name == "perplexity" else "{:.4f}"))
         if i == 0 and f"{name}_ci95" in finetuned:
             columns.append((f"{name}_ci95", "95% CI", "{0[0]:.3f}–{0[1]:.3f}"))
     rows = []
     for key, m in sorted(test.items(), key=lambda item: ROW_ORDER.get(item[0], 1)):
         if not isinstance(m, dict):
             continue
-        title = "base model, before fine-tuning" if key == "base_model" and "perplexity" in finetuned else \
-            dict(ROWS).get(key, key.replace("_", " "))
-        rows.append((title, *(form.format(m[k]) if m.get(k) is not None else "" for k, _, form in columns)))
+        name = "base model, before fine-tuning" if key == "base_model" and "perplexity" in finetuned else \
+            title(key, scores)
+        rows.append((name, *(form.format(m[k]) if m.get(k) is not None else "" for k, _, form in columns)))
     return ["model", *(name for _, name, _ in columns)], rows
 
 

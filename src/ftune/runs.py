@@ -10,7 +10,7 @@ import yaml
 from ftune import plots
 from ftune.errors import RunError
 from ftune.diagnosis import headline
-from ftune.report import TITLES, Section, to_html, to_markdown
+from ftune.report import Section, title, to_html, to_markdown
 from ftune.run import RUN_FILE, Run, read_history, read_json
 from ftune.seeds import compared_entry
 
@@ -20,8 +20,7 @@ def _finetuned(metrics: dict) -> dict:
 
 
 LEGACY_SCORES = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # runs before metrics.json named theirs
-SHORT = {"base_model": "base model", "tfidf": "TF-IDF", "most_frequent_tag": "most-frequent-tag",
-         "most_frequent_labels": "most-frequent-labels", "mean": "training-mean", "tfidf_ridge": "TF-IDF ridge"}
+SHORT = {"base_model": "base model", "tfidf": "TF-IDF", "most_frequent_tag": "most-frequent-tag"}
 # (label, how to read it from metrics.json, format); differences are shown for numbers
 TRAINING_ROWS = (
     ("best validation metric", lambda m: m["validation"]["best"], "{:.4f}"),
@@ -39,13 +38,14 @@ def compared_rows(metrics: list[dict]) -> list[tuple]:
     names: list[str] = []
     for m in metrics:
         names += [n for n in (m.get("scores") or {}).get("metrics") or LEGACY_SCORES if n not in names]
-    head, title = names[0], lambda n: TITLES.get(n, n)  # noqa: E731
-    rows = [(f"test {title(n)}", lambda m, n=n: _finetuned(m).get(n), "{:.2f}" if n == "perplexity" else "{:.4f}")
+    head, scores = names[0], metrics[0].get("scores")
+    name = lambda key: title(key, scores)  # noqa: E731
+    rows = [(f"test {name(n)}", lambda m, n=n: _finetuned(m).get(n), "{:.2f}" if n == "perplexity" else "{:.4f}")
             for n in names]
-    rows += [(f"test {title(head)} 95% CI {end}", lambda m, i=i: (_finetuned(m).get(f"{head}_ci95") or [None, None])[i],
+    rows += [(f"test {name(head)} 95% CI {end}", lambda m, i=i: (_finetuned(m).get(f"{head}_ci95") or [None, None])[i],
               "{:.4f}") for i, end in enumerate(("low", "high"))]
     models = dict.fromkeys(k for m in metrics for k in m["test"] if k not in ("finetuned", "evaluated", "note"))
-    rows += [(f"{SHORT.get(k, k.replace('_', ' '))} {title(head)}", lambda m, k=k: (m["test"].get(k) or {}).get(head),
+    rows += [(f"{SHORT.get(k) or name(k)} {name(head)}", lambda m, k=k: (m["test"].get(k) or {}).get(head),
               "{:.4f}") for k in models]
     return rows + list(TRAINING_ROWS)
 

@@ -20,16 +20,16 @@ from ftune.config import Config, validate
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.integrity import read_yaml_file, write_text
 from ftune.progress import TrainProgress
-from ftune.report import ROWS, TITLES, Section, to_html, to_markdown
+from ftune.report import ROWS, Section, to_html, to_markdown
 from ftune.run import RUN_FILE, Run, check_run_dir, default_output_dir, read_json, write_json
 
 SUMMARY = "summary.json"
 ORDER = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # runs before metrics.json named the task's
-NAMES = TITLES
+NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "entity_f1": "entity F1", "loss": "loss",
+         "perplexity": "perplexity"}
 # Where each score can lie: a t-interval over a few scattered seeds can reach past it (accuracy 1.2), and is cut there.
-RANGES = {**dict.fromkeys(("accuracy", "macro_f1", "entity_f1", "micro_f1", "subset_accuracy"), (0.0, 1.0)),
-          **dict.fromkeys(("loss", "rmse", "mae"), (0.0, math.inf)), "perplexity": (1.0, math.inf),
-          **dict.fromkeys(("pearson", "spearman"), (-1.0, 1.0))}
+RANGES = {"accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "entity_f1": (0.0, 1.0), "loss": (0.0, math.inf),
+          "perplexity": (1.0, math.inf)}
 
 
 @dataclass

@@ -410,7 +410,7 @@ def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_i
     metrics = {
         "task": task.name,
         "scores": {"metrics": list(task.metrics), "lower_is_better": sorted(task.lower_is_better), "note": task.note,
-                   "unit": task.unit},
+                   "unit": task.unit, "titles": task.titles},
         "test": test,
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
                        "base_model": state.base_model_validation, "history": state.evaluations},

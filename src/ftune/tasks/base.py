@@ -55,6 +55,8 @@ class Task:
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     note: ClassVar[str] = ""  # what the scores measure, one or two sentences for the report
     unit: ClassVar[str] = "examples"  # what the test split counts (the report's "n")
+    titles: ClassVar[dict[str, str]] = {}  # how tables name its scores and baselines (else by key): metrics.json
+    weighs_classes: ClassVar[bool] = False  # train.class_weights applies (prepare_loss reads it)
     labeled: ClassVar[bool] = True  # the run has label names (labels.json); a decoder writes text instead
     exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
     calibrates: ClassVar[bool] = False  # has a `calibrate` step after training (an extra pass over validation)

@@ -37,6 +37,7 @@ class Classification(Task):
     Options = ClassificationOptions
     Prediction = Prediction
     peft_type = "SEQ_CLS"
+    weighs_classes = True
     metrics = ("accuracy", "macro_f1", "loss")
     note = "Accuracy with the 95% bootstrap interval for the fine-tuned model."
     exportable = True

@@ -66,6 +66,9 @@ class MultiLabel(Task):
     Options = MultiLabelOptions
     Prediction = Prediction
     peft_type = "SEQ_CLS"
+    weighs_classes = True
+    titles = {"micro_f1": "micro-F1", "subset_accuracy": "subset accuracy", "tfidf": "TF-IDF one-vs-rest",
+              "most_frequent_labels": "always the most frequent labels"}
     metrics = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
     note = ("Micro-F1 over every (text, label) decision with the 95% bootstrap interval for the fine-tuned model, at the "
             "decision threshold tuned on validation (task.json); subset accuracy counts texts whose whole label set "

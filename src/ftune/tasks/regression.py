@@ -59,6 +59,8 @@ class Regression(Task):
     Options = RegressionOptions
     Prediction = Prediction
     peft_type = "SEQ_CLS"  # peft keeps the new one-output head trainable and saved
+    titles = {"rmse": "RMSE", "mae": "MAE", "pearson": "Pearson", "spearman": "Spearman",
+              "mean": "the training mean", "tfidf_ridge": "TF-IDF + ridge regression"}
     metrics = ("rmse", "mae", "pearson", "spearman", "loss")
     note = ("Root-mean-square error in the target's units with the 95% bootstrap interval for the fine-tuned model; "
             "MAE, and the Pearson and Spearman correlations of the predicted values with the true ones.")

@@ -71,6 +71,7 @@ class Tagging(Task):
     Options = TaggingOptions
     Prediction = TaggedText
     peft_type = "TOKEN_CLS"  # peft keeps the new tagging head trainable and saved
+    weighs_classes = True
     metrics = ("accuracy", "macro_f1", "entity_f1", "loss")  # entity_f1: only with BIO/BIOES tags
     note = ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as wrong), "
             "with the 95% bootstrap interval for the fine-tuned model.")
