@@ -440,6 +440,16 @@ def test_train_predict_eval_and_export_through_the_cli(tiny_model, tmp_path, mon
     onnx_answers = load_predictor(folder).predict(["the laptop and the pasta", "news today"])
     assert [a["labels"] for a in onnx_answers] == [a["labels"] for a in answers]
 
+    from fastapi.testclient import TestClient
+
+    from ftune.serve import create_app
+
+    with TestClient(create_app(load_predictor(run_dir))) as client:  # the service answers in the task's shape
+        served = client.post("/v1/predict", json={"texts": ["the laptop and the pasta"]}).json()["predictions"]
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert served[0]["labels"] == answers[0]["labels"] and set(served[0]["scores"]) == {"food", "sport", "tech"}
+    assert "labels" in schema["Prediction"]["properties"]
+
 
 def test_bad_labels_through_the_cli_are_one_line_and_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
     from test_cli import ftune_cli

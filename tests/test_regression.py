@@ -294,6 +294,15 @@ def test_a_tiny_run_trains_saves_its_scale_and_predicts_numbers(tiny_model, star
     np.testing.assert_allclose([json.loads(line)["value"] for line in out.splitlines()],
                                predictions["predicted"].head(5), rtol=1e-4)
 
+    from fastapi.testclient import TestClient
+
+    from ftune.predictors import load_predictor
+    from ftune.serve import create_app
+
+    with TestClient(create_app(load_predictor(run_dir))) as client:  # the service answers {"value": ...}
+        served = client.post("/v1/predict", json={"texts": texts[:2]}).json()["predictions"]
+    np.testing.assert_allclose([a["value"] for a in served], predictions["predicted"].head(2), rtol=1e-4)
+
     code, out, err = ftune_cli(monkeypatch, capsys, "eval", str(run_dir), "--data", str(stars_csv), "--text-column",
                                "review", "--label-column", "stars", "--json")
     assert code == 0, err
