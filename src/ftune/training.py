@@ -335,9 +335,11 @@ class _Fit:
     # --- evaluate and checkpoint --------------------------------------------------------------------------------
     def evaluate(self, split: str, interval_seed: int | None = None) -> tuple[dict, object]:
         """The task's scores of a split, from rows every process computes a share of (task-neutral gather)."""
-        rows = gathered_outputs(self.accelerator, self.model, self.data[split], self.config.train.eval_batch_size,
+        return self.task.score(self._rows(split), self.data[split], self.splits.labels, interval_seed)
+
+    def _rows(self, split: str) -> list:
+        return gathered_outputs(self.accelerator, self.model, self.data[split], self.config.train.eval_batch_size,
                                 self.pad_id, self.task.rows, self.task.inputs)
-        return self.task.score(rows, self.data[split], self.splits.labels, interval_seed)
 
     def evaluate_and_checkpoint(self) -> None:
         cfg, state = self.config.train, self.state
@@ -385,9 +387,7 @@ class _Fit:
         if best.is_dir():
             load_weights(accelerator.unwrap_model(self.model), best)
         if self.task.calibrates:  # e.g. decision thresholds, fixed on validation before test is read
-            rows = gathered_outputs(accelerator, self.model, self.data["validation"], cfg.eval_batch_size,
-                                    self.pad_id, self.task.rows, self.task.inputs)
-            self.task.state = self.task.calibrate(rows, self.data["validation"], self.splits.labels)
+            self.task.state = self.task.calibrate(self._rows("validation"), self.data["validation"], self.splits.labels)
         test_metrics, outputs = self.evaluate("test", interval_seed=cfg.seed) if cfg.evaluate_test else (None, None)
         full_state = accelerator.get_state_dict(self.model) if _sharded(accelerator) else None  # every process joins
         if self.main:

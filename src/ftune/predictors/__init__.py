@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftune import run as run_dir
-from ftune.errors import ConfigError, RunError
+from ftune.errors import RunError
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.pytorch import Predictor, load_run_model
 from ftune.tasks import task_for
@@ -51,9 +51,6 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
 def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, **columns: str | None) -> dict:
     """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
     task = task_for(run.config, run.task_state)
-    if not hasattr(task, "encode_source"):
-        raise ConfigError(f"`ftune eval` scores classification-like runs; {run.path} is a {task.name} run "
-                          f"(its test scores are in {run.path / 'metrics.json'})")
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code)  # a damaged or untrusted run: before the data
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     data = task.encode_source(source, data_cfg, run.labels, predictor.tokenizer)

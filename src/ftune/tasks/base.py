@@ -20,15 +20,18 @@ the shape of `task.Prediction`. A task never sees the Accelerator, the optimizer
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
-from ftune.data.tokenize import IGNORE
+from ftune.data.tokenize import IGNORE, encode
+from ftune.errors import ConfigError
 from ftune.schema import Section
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ class TaskOptions(Section):
     name: str
 
 
-class Task:
+class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[TaskOptions]]
     Prediction: ClassVar[type[BaseModel]]  # one text's answer from predict and serve
@@ -68,19 +71,28 @@ class Task:
         self.state: dict = state or {}
 
     # --- data -------------------------------------------------------------------------------------------------
+    @abstractmethod
     def load_splits(self, seed: int) -> Splits:
-        raise NotImplementedError
+        """Read, check and split the configured data; labels as ids into `splits.labels`."""
 
+    @abstractmethod
     def encode_splits(self, splits: Splits, tokenizer) -> dict[str, Encoded]:
-        raise NotImplementedError
+        """Token ids and the labels the loss reads, per split."""
 
+    def encode_source(self, source: str, data_cfg, labels: list[str], tokenizer) -> Encoded:
+        """Another labeled file, in the run's columns and label ids: for `ftune eval` and export parity with --data.
+        Tasks that can score one override this."""
+        raise ConfigError(f"`ftune eval` scores classification-like runs; task {self.name} has no file to score "
+                          f"(its test scores are in the run's metrics.json)")
+
+    @abstractmethod
     def summarize(self, splits: Splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
         """The data summary for metrics.json and the report, and warnings a user should read before trusting it."""
-        raise NotImplementedError
 
     # --- model and loss -----------------------------------------------------------------------------------------
+    @abstractmethod
     def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
-        raise NotImplementedError
+        """The pretrained model with the task's head (labels sized), before the method wraps it."""
 
     def prepare_loss(self, train: Encoded, labels: list[str], device: torch.device) -> None:
         """Anything the loss needs from the whole training split, computed once (class weights)."""
@@ -90,21 +102,21 @@ class Task:
         (an encoder-decoder task would keep what its decoder needs)."""
         return {k: v for k, v in batch.items() if k != "labels"}
 
+    @abstractmethod
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the loss terms, their count or summed weight) over a batch, both on the device: the loop
         divides the sum by the count over every process's slice of the global batch, once."""
-        raise NotImplementedError
 
     # --- evaluation ---------------------------------------------------------------------------------------------
     def rows(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
         """What evaluation keeps of a batch's logits, one item per example (moved to the host here)."""
         return list(logits.float().cpu().numpy())
 
+    @abstractmethod
     def score(self, rows: list, data: Encoded, labels: list[str], interval_seed: int | None = None
               ) -> tuple[dict, Any]:
         """(metrics, outputs) of a split from its rows; `interval_seed` asks for the 95% bootstrap interval of the
         headline (final test scores). Metrics hold the names in `metrics` this data has, plus `n`."""
-        raise NotImplementedError
 
     def calibrate(self, rows: list, data: Encoded, labels: list[str]) -> dict:
         """After training, with the best weights (only when `calibrates`): what to fix from the validation split
@@ -121,9 +133,14 @@ class Task:
         """test_predictions.csv: every test example with its truth and the prediction."""
 
     # --- prediction ---------------------------------------------------------------------------------------------
+    @abstractmethod
     def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
         """For each text, an answer of the shape of `Prediction`, from `predictor.outputs(data, self.rows)`."""
-        raise NotImplementedError
+
+    def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Logits per text (tasks with an output row per text): what `predict` turns into answers and ONNX parity
+        compares."""
+        return text_logits(predictor, self.rows, texts, pairs)
 
     # --- scores -------------------------------------------------------------------------------------------------
     @classmethod
@@ -155,3 +172,14 @@ def class_weights(labels: np.ndarray, num_labels: int, device) -> torch.Tensor:
     counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
     weights = len(labels) / (num_labels * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def text_logits(predictor, rows, texts: list[str], pairs: list[str] | None = None, long_text=None) -> np.ndarray:
+    """Each text's logits from a predictor, encoded as in training; a chunked long text gets its windows' logits
+    pooled (`long_text`)."""
+    frame = pd.DataFrame({"text": list(texts)} | ({"text_pair": list(pairs)} if pairs is not None else {}))
+    data = encode(frame, predictor.tokenizer, predictor.max_length, use_cache=False, long_text=long_text)
+    out = predictor.outputs(data, rows)
+    if not out:
+        return np.zeros((0, len(predictor.labels)), dtype=np.float32)
+    return data.per_document(np.stack(out), long_text.pool if long_text else "mean")

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import BaseModel, Field
 
@@ -17,7 +16,7 @@ from ftune.data.validate import data_warnings
 from ftune.integrity import atomic_path
 from ftune.metrics import classification_metrics, logits_metrics, metrics_with_interval, softmax
 from ftune.schema import LongTextConfig
-from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
+from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum, text_logits
 
 
 class ClassificationOptions(TaskOptions):
@@ -100,9 +99,7 @@ class Classification(Task):
 
     def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """Logits per text; a chunked long text gets its windows' logits pooled as in training."""
-        frame = pd.DataFrame({"text": texts} | ({"text_pair": pairs} if pairs is not None else {}))
-        data = encode(frame, predictor.tokenizer, predictor.max_length, use_cache=False, long_text=self.options.long_text)
-        return data.per_document(np.stack(predictor.outputs(data, self.rows)), self.options.long_text.pool)
+        return text_logits(predictor, self.rows, texts, pairs, self.options.long_text)
 
     def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
         probs = softmax(self.logits(predictor, texts, pairs).astype(np.float64))

@@ -228,13 +228,6 @@ class MultiLabel(Task):
             frame.to_csv(tmp, index=False)
 
     # --- prediction ---------------------------------------------------------------------------------------------
-    def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        """Logits per text, (texts, labels): what ONNX parity compares."""
-        frame = pd.DataFrame({"text": list(texts)} | ({"text_pair": list(pairs)} if pairs is not None else {}))
-        data = encode(frame, predictor.tokenizer, predictor.max_length, use_cache=False)
-        rows = predictor.outputs(data, self.rows) if len(frame) else []
-        return np.stack(rows) if len(rows) else np.zeros((0, len(predictor.labels)), dtype=np.float32)
-
     def probabilities(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         return sigmoid(self.logits(predictor, texts, pairs))
 

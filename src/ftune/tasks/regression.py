@@ -187,9 +187,7 @@ class Regression(Task):
     # --- prediction ---------------------------------------------------------------------------------------------
     def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """The head's raw output per text, shape (n, 1), on the scale the model learns (what ONNX parity compares)."""
-        frame = pd.DataFrame({"text": list(texts)} | ({"text_pair": list(pairs)} if pairs is not None else {}))
-        data = encode(frame, predictor.tokenizer, predictor.max_length, use_cache=False)
-        return head_outputs(predictor.outputs(data, self.rows))[:, None]
+        return head_outputs(super().logits(predictor, texts, pairs))[:, None]
 
     def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
         if not texts:
