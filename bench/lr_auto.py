@@ -9,7 +9,7 @@ weights by, the test accuracy, and the range test's seconds as a share of the pr
     .venv/bin/python bench/lr_auto.py                          # mr, 960 training sentences, 2 epochs
     .venv/bin/python bench/lr_auto.py --train-samples 64 --epochs 1 --methods lora   # a quick check
 
-Writes bench/results/lr_auto.{json,md}.
+Writes bench/results/lr_auto-DATA.{json,md}.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def table(args, rows: list[dict]) -> list[str]:
              "", "| method | learning rate | method default | best validation | test accuracy | 95% CI | "
                  "range test | share of the run's wall time | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        default = f"{default_learning_rate('classification', row['method']):g}"
+        default = f"{default_learning_rate(args.task, row['method']):g}"
         if "error" in row:
             lines.append(f"| {row['method']} | {row['rate']} | {default} | failed: {row['error']} | | | | | |")
             continue
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=960)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--task", default="classification")
     parser.add_argument("--methods", default="full,freeze,lora")
     parser.add_argument("--with-default", action="store_true", help="also train each method at its default rate")
     args = parser.parse_args()
@@ -84,13 +85,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            rates = ["auto", f"{default_learning_rate('classification', method):g}"] if args.with_default else ["auto"]
+            rates = ["auto", f"{default_learning_rate(args.task, method):g}"] if args.with_default else ["auto"]
             for rate in rates:
                 rows.append(run_cell(args, method, rate, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-    (RESULTS / "lr_auto.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    (RESULTS / f"lr_auto-{args.data}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     lines = table(args, rows)
-    (RESULTS / "lr_auto.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"lr_auto-{args.data}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

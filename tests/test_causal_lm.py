@@ -1,4 +1,5 @@
-"""Instruction tuning of a tiny decoder built here: response-only loss, templates, packing, LoRA, generation."""
+"""Instruction tuning of a tiny decoder built here: response-only loss, templates, packing, LoRA, generation; the loss
+on learned tokens only equals the loss on every logit, and packed examples keep to themselves."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import ftune
-from ftune.data.tokenize import IGNORE
+from ftune.data.tokenize import IGNORE, Encoded, collate
 from ftune.models import load_tokenizer
-from ftune.tasks.causal_lm import encode_chats, pack
+from ftune.tasks import causal_lm
+from ftune.tasks.base import cross_entropy_sum
+from ftune.tasks.causal_lm import CausalLM, encode_chats, end_of_turn_ids, pack
 from ftune.tiny import build_tiny_decoder
 
 OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark",
@@ -113,3 +117,218 @@ def test_qlora_on_cpu_and_wrong_task_settings_are_config_errors(tiny_decoder, in
     assert not (tmp_path / "q").exists()
     with pytest.raises(ftune.ConfigError, match="train.metric=accuracy is not a score of task causal-lm"):
         ftune.load_config(overrides={"task": "causal-lm", "train.metric": "accuracy"})
+
+
+# --- the loss on learned tokens only ---------------------------------------------------------------------------------
+
+def chats(n: int, seed: int = 0) -> list[list[dict]]:
+    """One-turn chats, every third with a system message and every fourth with a second turn: lengths vary."""
+    out = []
+    for i, r in enumerate(instructions(n, seed)):
+        chat = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+        if i % 4 == 3:
+            chat += [{"role": "user", "content": "and again ?"}, {"role": "assistant", "content": r["response"]}]
+        out.append(([{"role": "system", "content": "answer in one short sentence ."}] if i % 3 == 2 else []) + chat)
+    return out
+
+
+def reference_loss(model, batch):
+    """The loss as it was: every position's logits, then an fp32 cross-entropy where the label is not IGNORE."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return cross_entropy_sum(logits[:, :-1], batch["labels"][:, 1:])
+
+
+def reference_rows(model, batch) -> list[np.ndarray]:
+    """Each example's summed negative log-likelihood and count, as they were: from every position's logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    return [np.array([float(s), int(c)]) for s, c in zip(nll.sum(1), (labels != IGNORE).sum(1))]
+
+
+def causal_task() -> CausalLM:
+    return CausalLM(ftune.load_config(overrides={"task": "causal-lm"}))
+
+
+def close(a, b) -> None:
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("setup", ["full", "lora", "lora+checkpointing"])
+def test_the_loss_on_learned_tokens_equals_the_loss_on_every_logit(tiny_decoder, monkeypatch, setup):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(causal_lm, "CHUNK", 7)  # several output-layer calls, the last one short
+    tokenizer, task = load_tokenizer(tiny_decoder), causal_task()
+    batch = collate(encode_chats(chats(6), tokenizer, 64), list(range(6)), tokenizer.pad_token_id)
+    vocab, positions = len(tokenizer), batch["input_ids"].numel()
+
+    def model():
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny_decoder)
+        if "checkpointing" in setup:  # as the loop enables it (5.17 has only the older name)
+            (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)(
+                {"use_reentrant": False})
+        if "lora" in setup:  # random B as well as A: every adapter weight gets a gradient to compare
+            m = get_peft_model(m, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        return m.train()
+
+    def loss_and_grads(m, loss):
+        total, count = loss(m)
+        (total / count).backward()
+        return total, count, {name: p.grad for name, p in m.named_parameters() if p.requires_grad}
+
+    new_model, sizes, saved = model(), [], []
+    new_model.get_output_embeddings().register_forward_hook(lambda mod, args, out: sizes.append(out.numel()))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        total, count, grads = loss_and_grads(new_model, lambda m: task.loss(task.forward(m, batch), batch))
+    ref_total, ref_count, ref_grads = loss_and_grads(model(), lambda m: reference_loss(m, batch))
+    close(total, ref_total)
+    assert count == ref_count == (batch["labels"][:, 1:] != IGNORE).sum()
+    assert grads.keys() == ref_grads.keys() and len(grads) > 1
+    for name in grads:
+        close(grads[name], ref_grads[name])
+    # The output layer saw at most 7 positions at a time (or one per example: the model's own logits_to_keep=1),
+    # never the batch's every position.
+    assert max(sizes) <= max(7, len(batch["input_ids"])) * vocab < positions * vocab
+    # and no chunk's logits were kept for the backward pass (recomputed there): nothing saved has a vocabulary
+    # dimension but the output layer's weight itself (transposed; or expanded over the batch, as a view)
+    hidden = new_model.get_output_embeddings().in_features
+    assert [shape for shape in saved if shape and shape[-1] == vocab and tuple(shape[-2:]) != (hidden, vocab)] == []
+
+    with torch.no_grad():
+        new_model.eval()
+        rows = task.rows(task.forward(new_model, batch), batch)
+        for row, ref in zip(rows, reference_rows(new_model, batch), strict=True):
+            close(row, ref)
+
+    nothing = dict(batch, labels=torch.full_like(batch["labels"], IGNORE))  # no learned token: 0 of 0, still a graph
+    new_model.train()
+    total, count = task.loss(task.forward(new_model, nothing), nothing)
+    assert total.item() == 0.0 and count.item() == 0.0
+    total.backward()
+
+
+@pytest.mark.parametrize("family, scaling", [("gemma2", {"final_logit_softcapping": 2.0, "head_dim": 8}),
+                                             ("granite", {"logits_scaling": 4.0}), ("cohere", {"logit_scale": 0.25})])
+def test_the_logit_scaling_a_model_applies_after_its_output_layer_is_kept(family, scaling):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(family, vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5, **scaling)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(3, 40, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.where(
+        torch.arange(12) < 5, IGNORE, ids)}
+    with torch.no_grad():
+        task = causal_task()
+        close(task.loss(task.forward(model, batch), batch), reference_loss(model, batch))
+
+
+# --- packing: each example attends only to itself ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_packed_loss_is_the_sum_of_the_examples_alone(tiny_decoder, attention):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, task = load_tokenizer(tiny_decoder), causal_task()
+    model = AutoModelForCausalLM.from_pretrained(tiny_decoder, attn_implementation=attention).eval()
+    data = encode_chats(chats(12), tokenizer, 64)
+    packed, across = pack(data, 64), pack(data, 64, isolate=False)
+    assert len(packed) < len(data) and len(set(packed.lengths)) > 1  # several per row, and padding in the batch
+    def loss(d: Encoded, indices: list[int]):
+        batch = collate(d, indices, tokenizer.pad_token_id)
+        return task.loss(task.forward(model, batch), batch)
+
+    with torch.no_grad():
+        alone = [loss(data, [i]) for i in range(len(data))]
+        total, count = loss(packed, list(range(len(packed))))
+        close(total, sum(t for t, _ in alone))
+        assert count == sum(c for _, c in alone)
+        across_total, _ = loss(across, list(range(len(across))))
+        assert abs(float(across_total) - float(total)) > 1e-2  # the old packing reads the neighbours: the test sees it
+
+
+def test_a_packed_example_reads_nothing_of_its_neighbour(tiny_decoder):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, task = load_tokenizer(tiny_decoder), causal_task()
+    model = AutoModelForCausalLM.from_pretrained(tiny_decoder).eval()
+    data = encode_chats(chats(3), tokenizer, 64)
+    example, first, second = data.input_ids[0], data.input_ids[1], data.input_ids[2]
+    assert len(first) != len(second)
+
+    def logits_beside(neighbour, isolate=True):
+        joined = pack(Encoded([neighbour, example], None, [np.full(len(x), IGNORE) for x in (neighbour, example)]),
+                      64, isolate)
+        batch = collate(joined, [0], tokenizer.pad_token_id)
+        return model(**task.inputs(batch), use_cache=False).logits[0, len(neighbour):]
+
+    with torch.no_grad():
+        alone = model(input_ids=torch.from_numpy(example.astype(np.int64))[None]).logits[0]
+        close(logits_beside(first), alone)
+        close(logits_beside(second), alone)
+        assert (logits_beside(first, isolate=False) - alone).abs().max() > 1e-2  # attend-across: it does read them
+
+
+def test_packed_positions_restart_per_example_and_survive_subset_and_collate():
+    data = Encoded([np.array([5, 6, 7]), np.array([8, 9]), np.array([4, 4, 4, 4])], None,
+                   [np.array([IGNORE, 6, 7]), np.array([IGNORE, 9]), np.array([IGNORE, 4, 4, 4])])
+    packed = pack(data, 5)
+    assert [p.tolist() for p in packed.position_ids] == [[0, 1, 2, 0, 1], [0, 1, 2, 3]]
+    assert pack(data, 5, isolate=False).position_ids is None
+    batch = collate(packed.subset(np.array([1, 0])), [0, 1], pad_id=0)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]  # padding: position 0
+    assert "position_ids" not in collate(data, [0, 1], pad_id=0)  # unpacked batches are as before
+    task = causal_task()
+    assert set(task.inputs(batch)) == {"input_ids", "position_ids"}  # no mask: transformers builds it from positions
+    assert set(task.inputs(collate(data, [0, 1], pad_id=0))) == {"input_ids", "attention_mask"}
+
+
+def test_packing_modes_by_name(tiny_decoder):
+    assert ftune.load_config(overrides={"task": "causal-lm", "task.packing": True}).task.packing is True
+    assert ftune.load_config(overrides={"task": "causal-lm", "task.packing": "attend-across"}).task.packing == \
+        "attend-across"
+    with pytest.raises(ftune.ConfigError):
+        ftune.load_config(overrides={"task": "causal-lm", "task.packing": "sideways"})
+
+
+# --- the end of a turn is learned -------------------------------------------------------------------------------------
+
+TWO_TURNS = [{"role": "user", "content": "what is the opposite of hot ?"}, {"role": "assistant", "content": "cold"},
+             {"role": "user", "content": "and of big ?"}, {"role": "assistant", "content": "small"}]
+
+
+def learned_spans(tokenizer, chat) -> list[list[str]]:
+    """The learned tokens of a chat, as runs of consecutive positions."""
+    data = encode_chats([chat], tokenizer, 128)
+    ids, labels = data.input_ids[0], data.labels[0]
+    spans: list[list[int]] = []
+    for i in np.flatnonzero(labels != IGNORE):
+        if spans and spans[-1][-1] == i - 1:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    return [tokenizer.convert_ids_to_tokens(ids[span].tolist()) for span in spans]
+
+
+def test_the_token_that_ends_an_assistant_turn_is_learned(tiny_decoder):
+    tokenizer = load_tokenizer(tiny_decoder)
+    assert learned_spans(tokenizer, TWO_TURNS) == [["cold", "<|end|>"], ["small", "<|end|>"]]
+    assert end_of_turn_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|end|>")]
+
+    # A ChatML template, whose end of turn is not the end-of-text token
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert learned_spans(tokenizer, TWO_TURNS) == [["cold", "<|im_end|>"], ["small", "<|im_end|>"]]
+    assert end_of_turn_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    # A template that closes an answer with nothing: the end-of-text token is learned after the last one
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    assert learned_spans(tokenizer, TWO_TURNS) == [["cold"], ["small", "<|end|>"]]
+    assert end_of_turn_ids(tokenizer) == [tokenizer.eos_token_id]

@@ -127,6 +127,17 @@ def test_train_batches_cover_each_example_once_and_depend_only_on_seed_and_epoch
     assert batches != train_batches(lengths, 32, seed=0, epoch=2, group_by_length=group)
 
 
+def test_a_token_budget_fills_batches_of_similar_length_up_to_it():
+    lengths = np.concatenate([np.random.default_rng(0).integers(3, 120, size=2000), [1500]])  # one longer than the budget
+    batches = train_batches(lengths, 256, seed=0, epoch=0, group_by_length=False, max_tokens=1024)
+    assert sorted(i for b in batches for i in b) == list(range(2001))
+    assert batches == train_batches(lengths, 256, 0, 0, False, max_tokens=1024)  # a pure function of seed and epoch
+    assert all(len(b) * lengths[b].max() <= 1024 for b in batches if len(b) > 1)
+    assert [b for b in batches if lengths[b].max() > 1024] == [[2000]]  # alone in its batch
+    assert max(len(b) for b in batches) > 64  # short texts come in larger batches
+    assert all(len(b) <= 16 for b in train_batches(lengths, 16, 0, 0, False, max_tokens=1024))  # the count still caps
+
+
 def test_length_grouping_cuts_padding():
     lengths = np.random.default_rng(0).integers(3, 120, size=2000)
     def padded(batches):

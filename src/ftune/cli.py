@@ -36,6 +36,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="section.key=
 # Commands that load a run someone may have handed you: its config alone never makes them run its code.
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run model code shipped in the run's folder when "
                                                                     "its config asks to (only for runs you trust)")]
+DeviceOpt = Annotated[str, typer.Option(help="where the model runs: auto (a CUDA GPU when torch sees one), cpu, cuda")]
+PrecisionOpt = Annotated[str, typer.Option(help="a run's PyTorch model: fp32, or bf16/fp16 autocast (fp16: GPU only)")]
 
 
 @app.command()
@@ -145,12 +147,14 @@ def evaluate(
     label_column: Annotated[Opt, typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
     trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Score a finished run on another labeled file."""
     from ftune.predictors import evaluate_run
     from ftune.run import Run
 
-    metrics = evaluate_run(Run(run), data, trust_remote_code, text_column=text_column,
+    metrics = evaluate_run(Run(run), data, trust_remote_code, device, precision, text_column=text_column,
                            text_pair_column=text_pair_column, label_column=label_column)
     if json_out:
         print(json.dumps(metrics, indent=2))
@@ -170,13 +174,15 @@ def predict(
     output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
     trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Label texts with a fine-tuned run or its ONNX export."""
     import pandas as pd
 
     from ftune.predictors import load_predictor
 
-    predictor = load_predictor(source, variant, trust_remote_code)
+    predictor = load_predictor(source, variant, trust_remote_code, device, precision)
     if text:
         frame = pd.DataFrame({"text": text})
     elif input_ == "-":
@@ -250,6 +256,8 @@ def serve(
     allowed_hosts: Annotated[Opt, typer.Option(help="comma-separated Host header names or *.example.com patterns "
                                                      "(default: localhost names on loopback, else any)")] = None,
     trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
     from ftune.predictors import load_predictor
@@ -263,11 +271,12 @@ def serve(
                              max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s,
                              max_connections=max_connections,
                              allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None)
-    predictor = load_predictor(source, variant, trust_remote_code)
+    predictor = load_predictor(source, variant, trust_remote_code, device, precision)
     if not is_loopback(host) and api_key is None:
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
-    out.print(f"serving {source} ({predictor.kind}) on http://{host}:{port}  (docs: /docs)", highlight=False)
+    where = predictor.describe().get("device", "cpu")
+    out.print(f"serving {source} ({predictor.kind} on {where}) on http://{host}:{port}  (docs: /docs)", highlight=False)
     run_server(predictor, host, port, settings)
 
 
@@ -280,11 +289,12 @@ def generate(
     system: Annotated[Opt, typer.Option(help="a system message before each prompt")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Answer prompts with an instruction-tuned decoder (task: causal-lm), laid out as in training."""
     from ftune.generate import Generator
 
-    generator = Generator(run, trust_remote_code)
+    generator = Generator(run, trust_remote_code, device)
     for text in prompt:
         answer = generator.generate(text, max_new_tokens, temperature, seed, system)
         print(json.dumps({"prompt": text, "response": answer}, ensure_ascii=False))

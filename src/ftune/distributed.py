@@ -21,7 +21,7 @@ from ftune.schema import DistributedConfig
 from ftune.data.batching import eval_batches
 from ftune.data.tokenize import Encoded
 from ftune.errors import ConfigError, FtuneError
-from ftune.inference import PerRow, logit_rows, predict_outputs, without_labels
+from ftune.inference import PerRow, logit_rows, logits_of, predict_outputs, use_gpu_well
 
 T = TypeVar("T")
 
@@ -91,7 +91,9 @@ def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: i
             raise ConfigError("train.batch_size=auto is not supported with distributed.strategy=deepspeed; set a number")
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size  # no DataLoader to read it from
         plugins["deepspeed_plugin"] = plugin
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, **plugins)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, **plugins)
+    use_gpu_well(accelerator.device)
+    return accelerator
 
 
 def check_strategy(cfg: DistributedConfig) -> None:
@@ -123,14 +125,15 @@ def on_main_then_share(accelerator: Accelerator, make: Callable[[], T]) -> T:
 
 
 def gathered_outputs(accelerator: Accelerator, model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
-                     per_row: PerRow = logit_rows, inputs: Callable[[dict], dict] = without_labels) -> list:
+                     per_row: PerRow = logit_rows, forward: Callable = logits_of,
+                     dtype: torch.dtype | None = None) -> list:
     """`per_row`'s result for every example of `data`, in input order, each computed by exactly one process."""
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different numbers of batches
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
-        return predict_outputs(model, data, batch_size, pad_id, accelerator.device, per_row, inputs)
+        return predict_outputs(model, data, batch_size, pad_id, accelerator.device, per_row, forward, dtype)
     mine = np.asarray([i for batch in eval_batches(data.lengths, batch_size)[rank::world] for i in batch], dtype=np.int64)
-    local = predict_outputs(model, data.subset(mine), batch_size, pad_id, accelerator.device, per_row, inputs)
+    local = predict_outputs(model, data.subset(mine), batch_size, pad_id, accelerator.device, per_row, forward, dtype)
     out: list = [None] * len(data)
     for indices, rows in gather_object([(mine, local)]):
         for i, row in zip(indices, rows):

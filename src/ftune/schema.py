@@ -110,6 +110,12 @@ class TrainConfig(Section):
     class_weights: bool = Field(False, description="classification, token-classification, multi-label: weight the "
                                                    "loss by inverse class (label) frequency")
     group_by_length: bool = Field(True, description="batch texts of similar length together (shuffled buckets)")
+    max_tokens: int | None = Field(None, ge=1, description="fill each batch (per process) with texts of similar length "
+                                   "up to N tokens, padding included, instead of a fixed count; train.batch_size still "
+                                   "caps the texts in a batch")
+    pad_to_multiple_of: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="round each training batch's length up to a multiple of N; auto: 16 on a CUDA GPU (a few "
+                            "fixed shapes for its kernels), 1 (no rounding) on CPU")
     log_steps: int = Field(10, ge=1, description="log the training loss every N optimizer steps")
     baselines: bool = Field(True, description="also score the base model and the task's simple baselines on the test split")
     evaluate_test: bool = Field(True, description="score the final model (and baselines) on the test split; false "

@@ -34,6 +34,8 @@ class Encoded:
     labels: np.ndarray | list[np.ndarray] | None
     groups: np.ndarray | None = None  # long_text: the document of each window
     full_lengths: np.ndarray | None = None  # long_text: each document's tokens before it was cut or split
+    # Packed examples: each token's position within its own example (restarting at 0), so the model keeps them apart
+    position_ids: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -43,7 +45,8 @@ class Encoded:
         pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
         labels = self.labels[indices] if isinstance(self.labels, np.ndarray) else pick(self.labels)
         return Encoded(pick(self.input_ids), pick(self.token_type_ids), labels,
-                       groups=self.groups[indices] if self.groups is not None else None)
+                       groups=self.groups[indices] if self.groups is not None else None,
+                       position_ids=pick(self.position_ids))
 
     def loss_terms(self, indices) -> np.ndarray:
         """The labels the loss averages over for these examples: every label, or every token label but -100."""
@@ -92,9 +95,14 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
     return Encoded(ids, types, labels)
 
 
-def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """One padded batch: input_ids, attention_mask, [token_type_ids], [labels]."""
+def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, cap: int | None = None
+            ) -> dict[str, torch.Tensor]:
+    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels]. Its width is the
+    longest text's, rounded up to a `multiple` (no further than `cap`): on a GPU a few fixed shapes keep its kernels'
+    plans."""
     width = max(len(data.input_ids[i]) for i in indices)
+    rounded = -(-width // multiple) * multiple
+    width = max(width, min(rounded, cap or rounded))
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
     types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids is not None else None
@@ -107,6 +115,10 @@ def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.T
     batch = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
         batch["token_type_ids"] = types
+    if data.position_ids is not None:  # packed examples; a padding token gets position 0: an example of its own
+        batch["position_ids"] = positions = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            positions[row, :len(data.position_ids[i])] = torch.from_numpy(data.position_ids[i].astype(np.int64))
     if isinstance(data.labels, np.ndarray):
         batch["labels"] = torch.from_numpy(data.labels[indices])
     elif data.labels is not None:  # a label per token; padding is ignored in the loss

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftune import run as run_dir
-from ftune.errors import RunError
+from ftune.errors import ConfigError, RunError
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.pytorch import Predictor, load_run_model
 from ftune.tasks import task_for
@@ -30,14 +30,19 @@ class Run(run_dir.Run):
         return self._predictor.predict(texts, pairs)
 
 
-def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False) -> Labeler:
+def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False,
+                   device: str = "auto", precision: str = "fp32") -> Labeler:
     """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one).
-    `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export)."""
+    `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export).
+    `device`: auto (the GPU when there is one), cpu or cuda; `precision` (PyTorch only): fp32, bf16 or fp16."""
     path = Path(path)
     if (path / EXPORT_FILE).is_file():
         from ftune.predictors.onnx import OnnxPredictor
 
-        return OnnxPredictor(path, variant)
+        if precision != "fp32":
+            raise ConfigError(f"--precision {precision} applies to a run's PyTorch model; an export's precision is "
+                              f"its --variant (fp32 or int8)")
+        return OnnxPredictor(path, variant, device=device)
     if variant is not None:
         raise RunError(f"{path} is a run directory, which has only its PyTorch model; "
                        f"--variant applies to an export made by `ftune export`")
@@ -45,13 +50,15 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
     if not task_for(run.config).labeled:
         raise RunError(f"{path} is a {run.config.task.name} run: it writes text rather than labels; use "
                        f"`ftune generate {path} --prompt TEXT`")
-    return Predictor(path, trust_remote_code=trust_remote_code)
+    return Predictor(path, trust_remote_code=trust_remote_code, device=device, precision=precision)
 
 
-def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, **columns: str | None) -> dict:
+def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, device: str = "auto",
+                 precision: str = "fp32", **columns: str | None) -> dict:
     """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
     task = task_for(run.config, run.task_state)
-    predictor = Predictor(run.path, trust_remote_code=trust_remote_code)  # a damaged or untrusted run: before the data
+    predictor = Predictor(run.path, trust_remote_code=trust_remote_code, device=device, precision=precision)  # a
+    # damaged or untrusted run, or a device this machine lacks: refused before the data is read
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     data = task.encode_source(source, data_cfg, run.labels, predictor.tokenizer)
     return task.score(predictor.outputs(data, task.rows), data, run.labels, interval_seed=0)[0]

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 import torch
 
 from ftune.config import validate
-from ftune.errors import FtuneError, RunError
+from ftune.errors import ConfigError, FtuneError, RunError
 from ftune.inference import PerRow, batched_outputs
 from ftune.integrity import MANIFEST_KEY, check_tokenizer, member, read_json_file, read_labels, verify
 from ftune.models import load_tokenizer
@@ -63,12 +63,28 @@ def export_config(info: dict, path: Path, fix: str):
         raise RunError(f"{e}; {fix}") from None
 
 
+def onnx_providers(device: str, available: list[str]) -> list[str]:
+    """onnxruntime's execution providers for --device: CUDA needs onnxruntime-gpu (its CUDAExecutionProvider);
+    auto takes it when installed and otherwise runs on the CPU, as `describe()` then says."""
+    gpu = "CUDAExecutionProvider"
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda") and gpu not in available:
+        raise ConfigError(f"--device {device}: this onnxruntime has no CUDA provider (it has "
+                          f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu")
+    if device != "auto" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: use auto, cpu or cuda")
+    return [p for p in (gpu, "CPUExecutionProvider") if p in available]
+
+
 class OnnxPredictor(Labeler):
     """An `ftune export` folder: model.onnx and/or model.int8.onnx, tokenizer files, labels.json, export.json."""
 
-    def __init__(self, export_dir: str | Path, variant: str | None = None, batch_size: int = 128):
+    def __init__(self, export_dir: str | Path, variant: str | None = None, batch_size: int = 128,
+                 device: str = "auto"):
         import onnxruntime as ort
 
+        providers = onnx_providers(device, ort.get_available_providers())  # a wrong flag: before any file is read
         self.export_dir = Path(export_dir)
         fix = export_fix(self.export_dir)
         self.info = read_export_info(self.export_dir, fix)
@@ -92,7 +108,7 @@ class OnnxPredictor(Labeler):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
         try:
-            self.session = ort.InferenceSession(str(self.file), options, providers=ort.get_available_providers())
+            self.session = ort.InferenceSession(str(self.file), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own classes (Fail, InvalidProtobuf, ...) for a bad graph
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise RunError(f"onnxruntime cannot load {self.file} ({first}); {fix}") from None
@@ -120,5 +136,5 @@ class OnnxPredictor(Labeler):
         score = parity.get(self.kind, {}).get(metric)
         return {"kind": self.kind, "task": self.task.name, "labels": self.labels, "base_model": self.info["base_model"],
                 "method": self.info["method"], "max_length": self.max_length, "source": str(self.export_dir),
-                "file_bytes": self.file.stat().st_size,
+                "file_bytes": self.file.stat().st_size, "device": self.session.get_providers()[0],
                 "metrics": {f"test_{metric}": score, f"pytorch_test_{metric}": parity.get("pytorch", {}).get(metric)}}

@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from ftune.errors import RunError
-from ftune.inference import PerRow, predict_outputs
+from ftune.inference import PerRow, predict_outputs, resolve_device, resolve_precision, use_gpu_well
 from ftune.integrity import (MANIFEST_KEY, check_label_order, check_tokenizer, check_trust, check_weights_format,
                              config_labels, read_labels, verify)
 from ftune.models import load_tokenizer, resolve_model
@@ -21,8 +21,13 @@ class Predictor(Labeler):
 
     kind = "pytorch"
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 128, trust_remote_code: bool = False):
-        """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code)."""
+    def __init__(self, run_dir: str | Path, batch_size: int = 128, trust_remote_code: bool = False,
+                 device: str = "auto", precision: str = "fp32"):
+        """`trust_remote_code`: run model code from the run's folder when its config asks to (--trust-remote-code).
+        `device`: auto (a CUDA GPU when torch sees one), cpu or cuda; `precision`: fp32, or bf16/fp16 autocast."""
+        self.device = resolve_device(device)  # before any file is read: a wrong flag costs nothing
+        self.dtype = resolve_precision(precision, self.device)
+        self.precision = precision
         run = Run(run_dir)  # a missing, unfinished or damaged run folder is refused here, in one line
         self.run_dir = run.path
         self.batch_size = batch_size
@@ -34,19 +39,23 @@ class Predictor(Labeler):
         self.text_column = run.config.data.text_column
         self.task = task_for(run.config, run.task_state)
         self.tokenizer, self.model, self.is_adapter = load_run_model(run, trust_remote_code)
+        self.model.to(self.device)
+        use_gpu_well(self.device)
 
     def outputs(self, data, per_row: PerRow) -> list:
-        return predict_outputs(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0, per_row=per_row,
-                               inputs=self.task.inputs)
+        return predict_outputs(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0, self.device,
+                               per_row, self.task.forward, self.dtype)
 
     def plain_model(self):
         """The model with any LoRA adapter merged into its weights: what an exporter can trace."""
-        return self.model.merge_and_unload() if self.is_adapter else self.model
+        model = self.model.merge_and_unload() if self.is_adapter else self.model
+        return model.to("cpu")  # traced on the host: the export runs anywhere
 
     def describe(self) -> dict:
         metrics = self.metrics["test"].get("finetuned") or {}  # none when train.evaluate_test was false
         return {"kind": self.kind, "task": self.task.name, "labels": self.labels, "base_model": self.config.model.name,
                 "method": self.config.method.name, "max_length": self.max_length, "source": str(self.run_dir),
+                "device": str(self.device), "precision": self.precision,
                 "metrics": {f"test_{name}": metrics.get(name) for name in self.task.metrics}}
 
 

@@ -8,8 +8,9 @@ A run asks its task, in this order (ftune.training):
     summary, warnings = task.summarize(splits, data)
     model = task.load_model(source, labels, trust_remote_code, method)
     task.prepare_loss(data["train"], labels, device)  # e.g. class weights, once
-    loss_sum, count = task.loss(logits, batch)      # each step; the loop divides once (over all processes)
-    rows = <task-neutral gather of task.rows(logits, batch) over a split>
+    out = task.forward(model, batch)                # the logits, or less (causal-lm: only what its loss needs)
+    loss_sum, count = task.loss(out, batch)         # each step; the loop divides once (over all processes)
+    rows = <task-neutral gather of task.rows(out, batch) over a split>
     metrics, outputs = task.score(rows, data[split], labels, interval_seed)
     state = task.calibrate(rows, data["validation"], labels)  # after training: e.g. decision thresholds
     task.baselines(splits, seed); task.save_predictions(run_dir, splits, data, outputs, labels)
@@ -101,6 +102,11 @@ class Task(ABC):
         """What the model's forward pass gets: the batch without its labels, so the model computes no loss of its own
         (an encoder-decoder task would keep what its decoder needs)."""
         return {k: v for k, v in batch.items() if k != "labels"}
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The forward pass whose output `loss` and `rows` read (training, evaluation and prediction alike): the
+        logits. A task may return less, e.g. only the positions its loss needs."""
+        return model(**self.inputs(batch)).logits
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

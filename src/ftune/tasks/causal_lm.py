@@ -2,20 +2,38 @@
 
 An example is a prompt and a response, or a chat (a list of {role, content} messages). It is
 laid out with the tokenizer's chat template when it has one, else as PLAIN_PROMPT + response +
-end-of-text. Each response starts where the template's prompt for that turn ends, so every
-assistant turn is learned and nothing the user wrote is. Short examples can be packed into
-full windows (task.packing): less padding, at the price of examples attending to their
-neighbours in the same window (the simple packing of TRL's first versions).
+end-of-text. Each response starts where the template's prompt for that turn ends and runs
+through the token(s) the template closes the turn with (`<|im_end|>`, `<|eot_id|>`...), so
+every assistant turn is learned, where it stops included, and nothing the user wrote is. A
+template that writes nothing after an answer gets the end-of-text token after the chat's last
+one: a model that never sees an end never learns to stop.
+
+The loss never holds the logits of every position: the forward pass keeps the final hidden
+states only where a response token is predicted, and the output layer and an fp32
+cross-entropy run on those, CHUNK positions at a time (in training each chunk's logits are
+recomputed in the backward pass rather than kept), so no [batch, seq, vocab] tensor exists.
+
+Short training examples can be packed into full windows (task.packing): less padding. Each
+packed example keeps its own positions (position_ids restart at 0), from which transformers
+builds a block-diagonal causal mask: an example attends only to itself, and its loss is what
+it would be alone. `packing: attend-across` is the older packing (TRL's first versions), where
+examples also attend to their neighbours in the window.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from pydantic import BaseModel, Field
 
@@ -27,10 +45,12 @@ from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tokenize import IGNORE
 from ftune.data.validate import window_warning
 from ftune.errors import DataError, RunError
-from ftune.tasks.base import Task, TaskOptions, cross_entropy_sum
+from ftune.tasks.base import Task, TaskOptions
 
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
 ROLES = ("system", "user", "assistant")
+CHUNK = 1024  # learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits
+ANSWER = "ftune-answer-probe"  # rendered as an assistant's answer to find what the template writes after one
 
 
 class CausalLMOptions(TaskOptions):
@@ -39,11 +59,23 @@ class CausalLMOptions(TaskOptions):
     response_column: str = Field("response", description="column with the answer to learn")
     messages_column: str = Field("messages", description="column with chat messages (role, content), used instead "
                                                          "of prompt/response when present")
-    packing: bool = Field(False, description="join short training examples into sequences of data.max_length tokens")
+    packing: bool | Literal["attend-across"] = Field(
+        False, description="join short training examples into sequences of data.max_length tokens, each attending "
+                           "only to itself (positions restart per example); attend-across: the older packing, where "
+                           "examples also attend to their neighbours")
 
 
 class Generated(BaseModel):
     text: str
+
+
+@dataclass
+class Learned:
+    """What the forward pass leaves for the loss: each learned token's negative log-likelihood (fp32, in the order of
+    a boolean index), and where those tokens are ([batch, seq - 1]: the hidden state at t predicts token t + 1)."""
+
+    nll: torch.Tensor
+    taken: torch.Tensor
 
 
 class CausalLM(Task):
@@ -67,7 +99,7 @@ class CausalLM(Task):
         max_length = self.config.data.max_length
         data = {name: encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer, max_length) for name in SPLITS}
         if self.options.packing:
-            data["train"] = pack(data["train"], max_length)
+            data["train"] = pack(data["train"], max_length, isolate=self.options.packing != "attend-across")
         return data
 
     def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
@@ -78,11 +110,34 @@ class CausalLM(Task):
 
         return load_causal_lm(source, trust_remote_code, method)
 
-    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return cross_entropy_sum(logits[:, :-1], batch["labels"][:, 1:])  # the logits at token t predict token t + 1
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Packed examples go in with their position_ids and no attention_mask: transformers builds the block-diagonal
+        mask from the positions only then (padding, labelled IGNORE, becomes one-token examples of its own)."""
+        drop = ("labels", "attention_mask") if "position_ids" in batch else ("labels",)
+        return {k: v for k, v in batch.items() if k not in drop}
 
-    def rows(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
-        return loss_rows(logits, batch)
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Learned:
+        """The model's final hidden states at the positions whose next token is learned, through the output layer
+        and cross-entropy there only. The model is called as a whole (a DDP wrapper or peft sees a normal call);
+        it computes one position's logits, and a hook on its decoder body keeps the hidden states."""
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        labels = batch["labels"][:, 1:]  # the hidden state at token t predicts token t + 1
+        taken = labels != IGNORE
+        with final_hidden_states(inner) as seen:
+            model(**self.inputs(batch), use_cache=False, **few_logits(inner))  # no cache: it would undo packing
+        # A boolean index waits for the device (the learned positions are ragged): one sync per batch, which is
+        # what lets the output layer skip every prompt and padding position.
+        hidden = seen[-1][:, :-1][taken]
+        return Learned(token_nll(output_layer(inner), hidden, labels[taken], CHUNK), taken)
+
+    def loss(self, out: Learned, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return out.nll.sum(), out.taken.sum().float()
+
+    def rows(self, out: Learned, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        """Each example's summed negative log-likelihood of its response tokens, and how many there are."""
+        per_token = torch.zeros(out.taken.shape, dtype=out.nll.dtype, device=out.nll.device)
+        sums = per_token.masked_scatter(out.taken, out.nll.detach()).sum(1)  # back in place: row-major, as indexed
+        return [np.array([float(s), int(c)]) for s, c in zip(sums.cpu(), out.taken.sum(1).cpu())]
 
     def score(self, rows: list, data: Encoded, labels: list[str], interval_seed: int | None = None) -> tuple[dict, list]:
         """Mean loss per response token and its perplexity."""
@@ -116,9 +171,61 @@ def _checked_chat(messages, where: str, row: int) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+@contextmanager
+def final_hidden_states(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The last hidden states of the forward passes run inside: the output of the model's decoder body (after its
+    final norm), which is what its output layer reads. `get_decoder` reaches through a peft wrapper."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_decoder().register_forward_hook(lambda module, args, output: seen.append(output[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def few_logits(model: torch.nn.Module) -> dict:
+    """Asks the model for the logits of one position only (`logits_to_keep`, in transformers' causal LMs): the loss
+    takes the hidden states instead. A model without the option computes them all, as before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's forward passes it on
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+
+
+def output_layer(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Hidden states -> logits as the model's own forward computes them: its output layer, called as a module (so a
+    LoRA on it, or a sharding hook, applies), then the scaling a few families put after it."""
+    head, config = model.get_output_embeddings(), model.config.get_text_config()
+    scale = getattr(config, "logit_scale", None)  # Cohere
+    divide = getattr(config, "logits_scaling", None)  # Granite
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 and 3
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        out = out * scale if scale else out
+        out = out / divide if divide else out
+        return torch.tanh(out / cap) * cap if cap else out
+
+    return logits
+
+
+def token_nll(logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor,
+              chunk: int = CHUNK) -> torch.Tensor:
+    """Each target's negative log-likelihood (fp32) given its hidden state, `chunk` positions at a time: one chunk's
+    logits exist at once, and with gradients each chunk's are recomputed in the backward pass instead of kept."""
+    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits(h).float(), y, reduction="none")
+
+    parts = []
+    for start in range(0, max(len(targets), 1), chunk):  # an empty batch runs one empty chunk: the loss keeps a graph
+        h, y = hidden[start:start + chunk], targets[start:start + chunk]
+        parts.append(checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
+    return torch.cat(parts)
+
+
 def encode_chats(chats: list[list[dict]], tokenizer, max_length: int) -> Encoded:
-    """Token ids per chat, labels = the ids on assistant turns and IGNORE elsewhere; cut at max_length."""
+    """Token ids per chat, labels = the ids of each assistant turn through the tokens that close it, IGNORE
+    elsewhere; cut at max_length."""
     ids, labels = [], []
+    unclosed = _end_for_unclosed_turns(tokenizer)
     for chat in chats:
         tokens, learn = [], []
         for i, message in enumerate(chat):
@@ -131,6 +238,8 @@ def encode_chats(chats: list[list[dict]], tokenizer, max_length: int) -> Encoded
                                 "use a model whose template does, or one-turn prompt/response data")
             learn += [False] * (len(prompt) - len(tokens)) + [True] * (len(full) - len(prompt))
             tokens = full
+        if chat[-1]["role"] == "assistant":
+            tokens, learn = tokens + unclosed, learn + [True] * len(unclosed)
         labels_row = np.where(learn, tokens, IGNORE)[:max_length]
         labels_row[0] = IGNORE  # nothing predicts the first token
         ids.append(np.asarray(tokens[:max_length], dtype=np.int32))
@@ -143,6 +252,35 @@ def prompt_ids(tokenizer, chat: list[dict]) -> list[int]:
     if tokenizer.chat_template:
         return _as_ids(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
     return tokenizer(_plain(chat))["input_ids"]
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token(s) that close an assistant's turn, where generation should stop: those the chat template
+    writes right after an answer (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`...), else the end-of-text token."""
+    closing = _after_answer(tokenizer) or ""
+    added = getattr(tokenizer, "added_tokens_decoder", {})  # special tokens some tokenizers do not list as such
+    special = set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+    found = [i for i in tokenizer(closing, add_special_tokens=False)["input_ids"] if i in special]
+    return found or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def _after_answer(tokenizer) -> str | None:
+    """What the chat template writes right after an assistant's answer ('' for nothing); None without a template or
+    when the template rewrites the answer."""
+    if not tokenizer.chat_template:
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": ANSWER}],
+                                         tokenize=False)
+    return text[text.rindex(ANSWER) + len(ANSWER):] if ANSWER in text else None
+
+
+def _end_for_unclosed_turns(tokenizer) -> list[int]:
+    """[end-of-text] to learn after a chat's last answer when the template closes an answer with nothing (so the
+    model still learns to stop); [] when it closes it (those tokens are learned with the turn) or there is no
+    template (the plain layout ends with end-of-text)."""
+    after = _after_answer(tokenizer)
+    return [tokenizer.eos_token_id] if after is not None and not after.strip() and tokenizer.eos_token_id is not None \
+        else []
 
 
 def _template_ids(tokenizer, chat: list[dict]) -> list[int]:
@@ -165,28 +303,24 @@ def _as_ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def pack(data: Encoded, max_length: int) -> Encoded:
-    """Examples joined in order into sequences of at most max_length tokens (none is split)."""
-    ids, labels = [], []
+def pack(data: Encoded, max_length: int, isolate: bool = True) -> Encoded:
+    """Examples joined in order into sequences of at most max_length tokens (none is split). `isolate`: each token
+    keeps its position within its own example (position_ids restart at 0), so the model masks attention to each
+    example; the first token of every example is IGNORE (encode_chats), so none is predicted from its neighbour."""
+    ids, labels, positions = [], [], []
     for x, y in zip(data.input_ids, data.labels):
         if ids and len(ids[-1]) + len(x) <= max_length:
             ids[-1] = np.concatenate([ids[-1], x])
             labels[-1] = np.concatenate([labels[-1], y])
+            positions[-1] = np.concatenate([positions[-1], np.arange(len(x), dtype=np.int32)])
         else:
             ids.append(x)
             labels.append(y)
-    return Encoded(ids, None, labels)
+            positions.append(np.arange(len(x), dtype=np.int32))
+    return Encoded(ids, None, labels, position_ids=positions if isolate else None)
 
 
-def loss_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """Each example's summed negative log-likelihood of its response tokens, and how many there are."""
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-    counts = (labels != IGNORE).sum(1)
-    return [np.array([float(s), int(c)]) for s, c in zip(nll.sum(1).cpu(), counts.cpu())]
-
-
-def summarize(splits, data: dict[str, Encoded], max_length: int, packing: bool) -> tuple[dict, list[str]]:
+def summarize(splits, data: dict[str, Encoded], max_length: int, packing: bool | str) -> tuple[dict, list[str]]:
     summary = {name: len(getattr(splits, name)) for name in SPLITS}
     summary["tokens"] = token_lengths({name: data[name].lengths for name in SPLITS}, max_length)
     summary["response_tokens"] = {name: int(sum((y != IGNORE).sum() for y in data[name].labels)) for name in SPLITS}
