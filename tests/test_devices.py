@@ -2,6 +2,7 @@
 CPU twins (what this machine can check of each GPU path)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -130,3 +131,45 @@ def test_a_token_budget_run_learns_and_its_schedule_ends_at_its_last_step(tiny_c
     assert train["steps"] == planned and train["samples_seen"] == 3 * 288  # 3 epochs of the 288 training reviews
     assert train["steps"] > 3 * 288 / 64  # batches of short reviews within 160 tokens: fewer than 64 texts each
     assert run.metrics["test"]["finetuned"]["accuracy"] > 0.9
+
+
+def test_a_bf16_frozen_base_under_lora_trains_saves_float32_and_merges(tiny_config, tmp_path, monkeypatch):
+    """The GPU's LoRA setting (frozen base in bf16 under bf16 autocast), forced on the CPU."""
+    import ftune.training as training
+    from ftune.training import _frozen_dtype
+
+    cfg = tiny_config(**{"method.name": "lora", "method.r": 4, "method.merge": True, "train.precision": "bf16",
+                         "train.baselines": False, "output_dir": str(tmp_path / "lora-bf16")})
+    assert _frozen_dtype(cfg, torch.device("cpu"), "bf16") is None  # on a CPU the base stays float32
+    assert _frozen_dtype(cfg, torch.device("cuda"), "bf16") is torch.bfloat16
+    assert _frozen_dtype(cfg, torch.device("cuda"), "fp16") is None
+    seen = {}
+    real = training.frozen_to
+
+    def spy(model, dtype):
+        real(model, dtype)
+        seen.update({n: p.dtype for n, p in model.named_parameters()}, trainable={n for n, p in
+                                                                                  model.named_parameters() if p.requires_grad})
+        return model
+
+    monkeypatch.setattr(training, "_frozen_dtype", lambda *a: torch.bfloat16)
+    monkeypatch.setattr(training, "frozen_to", spy)
+    run = ftune.train(cfg, quiet=True)
+    trainable = seen.pop("trainable")
+    assert trainable and all(seen[n] == torch.float32 for n in trainable)
+    assert {seen[n] for n in seen if n not in trainable} == {torch.bfloat16}
+    assert math.isfinite(run.metrics["test"]["finetuned"]["loss"])  # (LoRA on the 32-wide random model stays at chance)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(run.path / "adapter" / "adapter_model.safetensors"))
+    merged = load_file(str(run.path / "model" / "model.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32} == {t.dtype for t in merged.values()}
+
+
+def test_one_process_trains_in_one_precision_then_another(tiny_config, tmp_path):
+    """Accelerate keeps one state per process and refused a second precision: each run now starts its own."""
+    for precision in ("fp32", "bf16", "fp32"):
+        run = ftune.train(tiny_config(**{"train.epochs": 1, "train.baselines": False, "train.precision": precision,
+                                         "output_dir": str(tmp_path / f"{precision}-{len(list(tmp_path.iterdir()))}")}),
+                          quiet=True)
+        assert run.manifest["status"] == "complete"

@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from ftune.schema import DistributedConfig
@@ -91,6 +92,9 @@ def make_accelerator(cfg: DistributedConfig, mixed_precision: str, batch_size: i
             raise ConfigError("train.batch_size=auto is not supported with distributed.strategy=deepspeed; set a number")
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size  # no DataLoader to read it from
         plugins["deepspeed_plugin"] = plugin
+    # Accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another precision
+    # (a script that trains fp32 then bf16): each run starts its own. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, **plugins)
     use_gpu_well(accelerator.device)
     return accelerator

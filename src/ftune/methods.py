@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ftune.schema import FreezeMethod, FullMethod, LoraMethod
@@ -61,6 +62,14 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
     raise ConfigError(f"cannot find the {n} encoder layers of {type(model).__name__}; use method.layers=null (head only)")
+
+
+def frozen_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The weights that do not train, in `dtype` (float32 ones only: 4-bit or int8 weights stay as they are)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(dtype)
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from ftune.inference import to_device
 from ftune.integrity import remove_stale, run_manifest, staged_dir
 from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
-from ftune.methods import METHODS, count_parameters
+from ftune.methods import METHODS, count_parameters, frozen_to
 from ftune.models import load_tokenizer, portable_name, resolve_model
 from ftune.progress import TrainProgress
 from ftune.report import write_reports
@@ -197,6 +197,9 @@ class _Fit:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable({"use_reentrant": False})
         self.model = METHODS[config.method.name](model, config.method, task.peft_type)
+        self.frozen_dtype = _frozen_dtype(config, self.device, self.accelerator.mixed_precision)
+        if self.frozen_dtype:
+            frozen_to(self.model, self.frozen_dtype)
         self.data = task.encode_splits(self.splits, self.tokenizer)
         self.summary, self.warnings = task.summarize(self.splits, self.data)
         for line in self.warnings:
@@ -227,7 +230,7 @@ class _Fit:
             f"validation {len(data['validation'])}, test {len(data['test'])} | batch {self.batch_size} x {self.world} "
             f"process(es) x {cfg.gradient_accumulation_steps} accumulation = "
             f"{self.global_batch * cfg.gradient_accumulation_steps} per step | {self.total_steps} steps on "
-            f"{self.device}{precision}")
+            f"{self.device}{precision}" + (" | frozen base in bf16" if self.frozen_dtype else ""))
         if self.config._learning_rate_is_default:
             self.progress.note(f"learning rate {cfg.learning_rate:g}: the default for {self.config.method.name} "
                                f"(train.learning_rate sets another; bench/lr_grid.py measured the defaults)")
@@ -351,7 +354,8 @@ class _Fit:
 
     def _rows(self, split: str) -> list:
         return gathered_outputs(self.accelerator, self.model, self.data[split], self.config.train.eval_batch_size,
-                                self.pad_id, self.task.rows, self.task.forward)
+                                self.pad_id, self.task.rows, self.task.forward, self.frozen_dtype)  # a bf16
+        # base is read under autocast, as in training
 
     def evaluate_and_checkpoint(self) -> None:
         cfg, state = self.config.train, self.state
@@ -476,7 +480,7 @@ def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config
                 write_json(folder / "labels.json", labels)
         if not config.method.merge:
             return
-        model = model.merge_and_unload()
+        model = model.float().merge_and_unload()  # a bf16 frozen base (GPU) merges into float32 weights, as saved
     with staged_dir(run_dir / "model") as folder:
         model.save_pretrained(folder, state_dict=full_state)
         tokenizer.save_pretrained(folder)
@@ -562,6 +566,14 @@ def _check_checkpoint_fits(checkpoint: Path, world: int, accelerator: Accelerato
     if _sharded(accelerator):
         raise RunError("--resume is not supported with distributed.strategy fsdp or deepspeed yet (their optimizer "
                        "state is sharded); start a new run, or train with ddp")
+
+
+def _frozen_dtype(config: Config, device: torch.device, mixed_precision: str) -> torch.dtype | None:
+    """bf16 for the frozen base under LoRA on a bf16 GPU, else None (float32). The base is only ever read under bf16
+    autocast there, so bf16 halves its memory (an 8B model: 16 GB, not 32) as the anchors do; what trains stays
+    float32 (the master weights). QLoRA's base is 4-bit already."""
+    lora = config.method.name == "lora" and not config.method.load_in_4bit
+    return torch.bfloat16 if lora and device.type == "cuda" and mixed_precision == "bf16" else None
 
 
 def _fused_adamw(config: Config, device: torch.device) -> bool | None:
