@@ -63,3 +63,28 @@ def test_out_of_memory_mid_run_names_the_step_and_the_knobs(tiny_config, monkeyp
     with pytest.raises(RunError, match=r"out of memory at step \d+ \(CUDA out of memory. Tried to allocate 2.00 GiB\); "
                                        r"try a smaller train.batch_size.*--resume continues"):
         ftune.train(tiny_config(**{"train.log_steps": 1}), quiet=True)
+
+
+def test_a_decoders_estimate_counts_one_chunk_of_logits_and_the_weights_as_held():
+    """A Qwen2.5-0.5B-shaped decoder, built on the meta device (shapes only, no memory)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from ftune.memory import DECODER_KNOBS, LOSS_CHUNK, knobs
+    from ftune.methods import frozen_to
+
+    config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    with torch.device("meta"):
+        decoder = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in decoder.parameters())
+    full = estimate(decoder, 16, 1024, True, False)
+    assert full.weights == 4 * params and 0.4e9 < params < 0.6e9
+    logits = 2 * LOSS_CHUNK * 151_936 * 4
+    assert logits < 1.3e9 < 16 * 1024 * 151_936 * 4  # one chunk, not the batch's 10 GB of fp32 logits
+    assert full.activations > logits
+    decoder.requires_grad_(False)
+    decoder.get_output_embeddings().requires_grad_(False)
+    frozen = estimate(frozen_to(decoder, torch.bfloat16), 16, 1024, True, False)
+    assert frozen.weights == 2 * params and frozen.optimizer == 0  # a bf16 frozen base: half the bytes
+    assert knobs("causal-lm") == DECODER_KNOBS and "load_in_4bit" in DECODER_KNOBS and knobs("classification") != \
+        DECODER_KNOBS

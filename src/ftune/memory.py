@@ -1,9 +1,11 @@
 """Peak memory before training: an estimate from the model's shape, held against what the device has free.
 
-The estimate counts tensors: fp32 weights, gradients and AdamW's two moments for the trainable
-weights, and the activations one optimizer step keeps for backward, for a batch of the longest
-texts (per layer, after Korthikanti et al. 2022: ~(10h + 2i) values per token plus 2 attention maps
-and a dropout mask per head). It leaves out the Python process and its libraries.
+The estimate counts tensors: the weights as they are held (fp32; a LoRA run's frozen base in bf16 on a GPU,
+4-bit under QLoRA), gradients and AdamW's two moments for the trainable weights, and the activations one
+optimizer step keeps for backward, for a batch of the longest texts (per layer, after Korthikanti et al. 2022:
+~(10h + 2i) values per token plus 2 attention maps and a dropout mask per head). A decoder's loss adds one chunk
+of fp32 logits (LOSS_CHUNK positions x the vocabulary: causal-lm's loss never holds more). It leaves out the
+Python process and its libraries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from ftune.errors import ConfigError
 
 KNOBS = ("a smaller train.batch_size with more train.gradient_accumulation_steps (the same global batch), "
          "train.gradient_checkpointing=true, a smaller data.max_length, or method.name=lora")
+# A decoder's peak is its weights and its long sequences: the knobs that help it most come first.
+DECODER_KNOBS = ("train.gradient_checkpointing=true, method.name=lora (on a bf16 GPU its frozen base is held in bf16) "
+                 "or with method.load_in_4bit=true (QLoRA: a 4-bit base, GPU only), a smaller train.batch_size with "
+                 "more train.gradient_accumulation_steps, or a smaller data.max_length (task.packing fills it)")
+LOSS_CHUNK = 1024  # positions per output-layer call in causal-lm's loss (tasks/causal_lm.py CHUNK)
 # Share of the free memory `batch_size: auto` plans for: the whole process measured 2.1x the tensor estimate
 # (MiniLM on mr, batch 32: 0.78 GB estimated, 1.65 GB peak RSS), so leave room for that and a margin.
 AUTO_BUDGET = 0.4
@@ -51,8 +58,11 @@ def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool,
     tokens = batch * seq
     one_layer = tokens * (10 * hidden + 2 * inner) * value + batch * heads * seq * seq * (2 * value + 1)
     kept = layers * tokens * hidden * value + one_layer if checkpointing else layers * one_layer
-    return MemoryEstimate(weights=4 * total, gradients=4 * trainable, optimizer=8 * trainable,
-                          activations=kept + 2 * tokens * hidden * 4)  # + embeddings and the loss's inputs
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    head = model.get_output_embeddings()  # a decoder's vocabulary-sized output layer; None for a classifier
+    loss = 2 * LOSS_CHUNK * head.weight.shape[0] * 4 if head is not None else 0  # one chunk's logits, recomputed
+    return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
+                          activations=kept + 2 * tokens * hidden * 4 + loss)  # + embeddings and the loss's inputs
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -67,14 +77,19 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(need: MemoryEstimate, free: int | None, where: str) -> None:
+def knobs(task: str) -> str:
+    """The settings that lower this task's peak memory, most effective first."""
+    return DECODER_KNOBS if task == "causal-lm" else KNOBS
+
+
+def check_fits(need: MemoryEstimate, free: int | None, where: str, advice: str = KNOBS) -> None:
     if free is not None and need.total > free:
         raise ConfigError(f"this run needs about {need.describe()} at its peak, but {free / 1e9:.2f} GB are free on "
-                          f"{where}; try {KNOBS} (or train.batch_size=auto)")
+                          f"{where}; try {advice} (or train.batch_size=auto)")
 
 
 def auto_batch_size(model: torch.nn.Module, seq: int, half_precision: bool, checkpointing: bool, free: int | None,
-                    where: str) -> int:
+                    where: str, advice: str = KNOBS) -> int:
     """The largest power of two (up to 256) whose estimate fits in AUTO_BUDGET of the free memory."""
     if free is None:
         raise ConfigError(f"train.batch_size=auto cannot see how much memory {where} has free; set a number")
@@ -83,9 +98,9 @@ def auto_batch_size(model: torch.nn.Module, seq: int, half_precision: bool, chec
         if estimate(model, batch, seq, half_precision, checkpointing).total <= AUTO_BUDGET * free:
             return batch
         batch //= 2
-    raise ConfigError(f"even one text of {seq} tokens does not fit in {free / 1e9:.2f} GB free on {where}; try {KNOBS}")
+    raise ConfigError(f"even one text of {seq} tokens does not fit in {free / 1e9:.2f} GB free on {where}; try {advice}")
 
 
-def out_of_memory_message(error: BaseException, step: int) -> str:
-    return (f"out of memory at step {step} ({str(error).splitlines()[0][:120]}); try {KNOBS}; "
+def out_of_memory_message(error: BaseException, step: int, advice: str = KNOBS) -> str:
+    return (f"out of memory at step {step} ({str(error).splitlines()[0][:120]}); try {advice}; "
             f"--resume continues from the last checkpoint")

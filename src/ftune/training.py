@@ -35,7 +35,7 @@ from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.inference import to_device
 from ftune.integrity import remove_stale, run_manifest, staged_dir
 from ftune.lr_find import choose_learning_rate
-from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, out_of_memory_message
+from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, knobs, out_of_memory_message
 from ftune.methods import METHODS, count_parameters, frozen_to
 from ftune.models import load_tokenizer, portable_name, resolve_model
 from ftune.progress import TrainProgress
@@ -93,7 +93,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
         if main:
             update_manifest(run_dir, status=status, error=f"{type(e).__name__}: {e}"[:500])
         if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-            raise RunError(out_of_memory_message(e, _last_step(run_dir))) from None
+            raise RunError(out_of_memory_message(e, _last_step(run_dir), knobs(config.task.name))) from None
         raise
     finally:
         release_run_dir(run_dir)
@@ -526,11 +526,11 @@ def _batch_size(config: Config, model, train: Encoded, accelerator: Accelerator,
     if saved:  # a resumed run keeps its batches, whatever `auto` would choose today
         batch = read_json(saved[-1] / "state.json").get("batch_size") or cfg.batch_size
     elif cfg.batch_size == "auto":
-        batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where)
+        batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where, knobs(config.task.name))
     else:
         batch = cfg.batch_size
     need = estimate(model, batch, seq, half, cfg.gradient_checkpointing)
-    check_fits(need, free, where)
+    check_fits(need, free, where, knobs(config.task.name))
     chosen = " (auto)" if cfg.batch_size == "auto" else ""
     free_text = f" of {free / 1e9:.1f} GB free" if free else ""
     progress.note(f"memory: batch {batch}{chosen} x {seq} tokens, estimated peak {need.describe()}{free_text}")
