@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import ftune
+from ftune import tiny
 from ftune.data.tokenize import IGNORE, Encoded, collate
 from ftune.models import load_tokenizer
 from ftune.tasks import causal_lm
@@ -332,3 +333,167 @@ def test_the_token_that_ends_an_assistant_turn_is_learned(tiny_decoder):
                                "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     assert learned_spans(tokenizer, TWO_TURNS) == [["cold"], ["small", "<|end|>"]]
     assert end_of_turn_ids(tokenizer) == [tokenizer.eos_token_id]
+
+
+# --- one render per chat ----------------------------------------------------------------------------------------------
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PIECES = ["hot", "cold", "big", "small", "opposite", "of", "is", "the", "?", ".", ",", "42", "3.5", "café", "naïve",
+          "日本", "🙂", "don't", "x-y", "<b>"]
+
+
+def random_chats(n: int, seed: int = 0) -> list[list[dict]]:
+    """Multi-turn chats of random words, punctuation and non-ASCII text, some with a system message, two user
+    messages in a row, spaces or newlines at a content's edges, or a last question left unanswered."""
+    rng = random.Random(seed)
+
+    def text() -> str:
+        words = " ".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+        return rng.choice(["", "", "", " ", "\n"]) + words + rng.choice(["", "", "", " ", "\n"])
+
+    out = []
+    for _ in range(n):
+        chat = [{"role": "system", "content": text()}] if rng.random() < 0.3 else []
+        for _ in range(rng.randint(1, 4)):
+            chat += [{"role": "user", "content": text()}] * (2 if rng.random() < 0.1 else 1)
+            chat.append({"role": "assistant", "content": text()})
+        if rng.random() < 0.3:
+            chat.append({"role": "user", "content": text()})  # ends on a question: the per-turn method leaves it out
+        out.append(chat)
+    return out
+
+
+def byte_level_tokenizer(template: str = CHATML, trim_offsets: bool = False):
+    """A byte-level BPE tokenizer (the Llama 3 / Qwen kind) trained here, with ChatML's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
+    core.train_from_iterator([m["content"] for chat in random_chats(200, seed=1) for m in chat], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def chatml(tokenizer):
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def assert_same_encoding(a: Encoded, b: Encoded) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a.input_ids, b.input_ids, strict=True):
+        assert x.dtype == y.dtype and x.tolist() == y.tolist()
+    for x, y in zip(a.labels, b.labels, strict=True):
+        assert x.dtype == y.dtype and x.tolist() == y.tolist()
+
+
+@pytest.fixture
+def per_turn_calls(monkeypatch) -> list:
+    """The chats that went through the per-turn method."""
+    calls, per_turn = [], causal_lm._per_turn
+    monkeypatch.setattr(causal_lm, "_per_turn", lambda tokenizer, chat: calls.append(chat) or per_turn(tokenizer, chat))
+    return calls
+
+
+@pytest.mark.parametrize("setup", ["tiny", "tiny+chatml", "byte-level+chatml", "tiny+trim"])
+def test_one_render_per_chat_equals_the_per_turn_encoding(tiny_decoder, per_turn_calls, setup):
+    if setup.startswith("byte-level"):
+        tokenizer = byte_level_tokenizer()
+    else:
+        tokenizer = load_tokenizer(tiny_decoder)
+        if setup == "tiny+chatml":
+            chatml(tokenizer)
+        elif setup == "tiny+trim":  # a template that alters contents: those chats go one turn at a time
+            tokenizer.chat_template = tiny.CHAT_TEMPLATE.replace("m['content'] }}", "m['content'] | trim }}")
+    data = random_chats(300)
+    for max_length in (24, 512):  # cut or whole
+        per_turn_calls.clear()
+        reference = encode_chats(data, tokenizer, max_length, per_turn=True)
+        assert len(per_turn_calls) == len(data)
+        per_turn_calls.clear()
+        assert_same_encoding(encode_chats(data, tokenizer, max_length), reference)
+        if setup == "tiny+trim":
+            assert 0 < len(per_turn_calls) < len(data)
+        else:
+            assert per_turn_calls == []  # every chat rendered once
+    learned = [label for row in reference.labels for label in row.tolist() if label != IGNORE]
+    assert tokenizer.eos_token_id in learned or tokenizer.convert_tokens_to_ids("<|im_end|>") in learned
+
+
+def test_templates_that_rewrite_earlier_turns_go_one_turn_at_a_time(tiny_decoder, per_turn_calls):
+    one, two = TWO_TURNS[:2], TWO_TURNS
+    # A think block before the last answer only (as Qwen3's template writes): fine for one turn; in two, the first
+    # answer loses it once the second is written, so the per-turn method refuses, as before.
+    tokenizer = chatml(load_tokenizer(tiny_decoder))
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.chat_template = CHATML.replace(
+        "<|im_start|>{{ m['role'] }}\n", "<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}")
+    assert_same_encoding(encode_chats([one], tokenizer, 64), encode_chats([one], tokenizer, 64, per_turn=True))
+    assert per_turn_calls == [one]  # only the reference: the template's layout held for one turn
+    roles = tuple(m["role"] for m in two)
+    assert causal_lm._layout(tokenizer, roles[:2]) is not None and causal_lm._layout(tokenizer, roles) is None
+    assert learned_spans(tokenizer, one) == [["<think>", "</think>", "cold", "<|im_end|>"]]
+    with pytest.raises(ftune.DataError, match="does not extend a conversation by appending"):
+        encode_chats([two], tokenizer, 64)
+    assert per_turn_calls[-1] == two
+
+    # Spaces after the last message only: the text of a prefix is not the start of the whole chat's, but the
+    # tokenizer drops spaces, so the per-turn method encodes it
+    tokenizer = load_tokenizer(tiny_decoder)
+    tokenizer.chat_template = tiny.CHAT_TEMPLATE.replace(" {% endfor %}",
+                                                         " {% if loop.last %}  {% endif %}{% endfor %}")
+    assert causal_lm._layout(tokenizer, roles) is None
+    per_turn_calls.clear()
+    assert_same_encoding(encode_chats([two], tokenizer, 64), encode_chats([two], tokenizer, 64, per_turn=True))
+    assert per_turn_calls == [two, two]
+    assert learned_spans(tokenizer, two) == [["cold", "<|end|>"], ["small", "<|end|>"]]
+
+
+@pytest.mark.parametrize("trim_offsets", [False, True])
+def test_a_token_across_the_start_of_an_answer_is_refused_as_before(per_turn_calls, trim_offsets):
+    """The tiny template's prompt ends in a space that a byte-level tokenizer joins to the answer (' small'): the
+    prompt's tokens are not the start of the chat's. A post-processor that trims the spaces off offsets would hide
+    that, so such a tokenizer goes one turn at a time."""
+    tokenizer = byte_level_tokenizer(tiny.CHAT_TEMPLATE, trim_offsets)
+    with pytest.raises(ftune.DataError, match="does not extend a conversation by appending"):
+        encode_chats([TWO_TURNS], tokenizer, 64)
+    assert per_turn_calls == [TWO_TURNS]
+
+
+def test_a_second_encode_of_the_same_chats_reads_the_token_cache(tiny_decoder, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    monkeypatch.setenv("FTUNE_CACHE", str(tmp_path))
+    tokenizer, task = load_tokenizer(tiny_decoder), causal_task()
+    data = random_chats(60)
+    splits = SimpleNamespace(train=pd.DataFrame({"messages": data[:40]}), validation=pd.DataFrame(
+        {"messages": data[40:50]}), test=pd.DataFrame({"messages": data[50:]}))
+    encoded, rendered = [], causal_lm._rendered_once
+    monkeypatch.setattr(causal_lm, "_rendered_once",
+                        lambda chats, tok: encoded.append(len(chats)) or rendered(chats, tok))
+    first = task.encode_splits(splits, tokenizer)
+    assert encoded == [40, 10, 10] and len(list((tmp_path / "tokens").glob("*.npz"))) == 3
+    again = task.encode_splits(splits, tokenizer)
+    assert encoded == [40, 10, 10]  # nothing encoded: all three splits came from the cache
+    for name in ("train", "validation", "test"):
+        assert_same_encoding(again[name], first[name])
+        assert_same_encoding(again[name], encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer,
+                                                       task.config.data.max_length, per_turn=True))
+    # Whatever changes the encoding misses the cache: another length, another word, another template
+    encode_chats(data[:40], tokenizer, 32, use_cache=True)
+    encode_chats([chat if i else chat[:-1] + [dict(chat[-1], content="x")] for i, chat in enumerate(data[:40])],
+                 tokenizer, task.config.data.max_length, use_cache=True)
+    chatml(tokenizer)
+    encode_chats(data[:40], tokenizer, task.config.data.max_length, use_cache=True)
+    assert encoded == [40, 10, 10, 40, 40, 40] and len(list((tmp_path / "tokens").glob("*.npz"))) == 6

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,11 +151,27 @@ def _tokenizer_identity(tokenizer) -> str:
 
 
 def _save(path, ids: list[np.ndarray], types: list[np.ndarray] | None) -> None:
+    save_ragged(path, ids=ids, **({} if types is None else {"types": types}))
+
+
+def cache_path(texts: list[str], tokenizer, max_length: int) -> Path:
+    """The token cache's file for an encoding of these texts by this tokenizer at this length (encode's key), for a
+    task whose examples are more than one text (a chat: its messages)."""
+    return cache_dir() / "tokens" / f"{_cache_key(texts, None, tokenizer, max_length)}.npz"
+
+
+def save_ragged(path: Path, **columns: list[np.ndarray]) -> None:
+    """Ragged arrays of equal lengths per example (ids, and types or labels), as one npz in the token cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
-    arrays = {"ids": np.concatenate(ids), "offsets": offsets}
-    if types is not None:
-        arrays["types"] = np.concatenate(types)
+    first = next(iter(columns.values()))
+    arrays = {name: np.concatenate(rows) for name, rows in columns.items()}
+    arrays["offsets"] = np.concatenate([[0], np.cumsum([len(x) for x in first])])
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # several processes may tokenize the same data at once
     np.savez(tmp, **arrays)
     tmp.replace(path)
+
+
+def load_ragged(path: Path) -> dict[str, list[np.ndarray]]:
+    """What save_ragged wrote: each column split back into one array per example."""
+    with np.load(path) as z:
+        return {name: np.split(z[name], z["offsets"][1:-1]) for name in z.files if name != "offsets"}

@@ -8,6 +8,12 @@ every assistant turn is learned, where it stops included, and nothing the user w
 template that writes nothing after an answer gets the end-of-text token after the chat's last
 one: a model that never sees an end never learns to stop.
 
+A chat is rendered once and tokenized once (in batches, with character offsets): where each learned
+span lies in the text comes from the template's layout for that sequence of roles, found once with
+marker contents. A template that rewrites earlier turns gets the per-turn method (a prompt and a
+chat rendered and tokenized per assistant turn), which gives the same ids and labels where both apply.
+Encodings are kept in the token cache, as classification's are.
+
 The loss never holds the logits of every position: the forward pass keeps the final hidden
 states only where a response token is predicted, and the output layer and an fp32
 cross-entropy run on those, CHUNK positions at a time (in training each chunk's logits are
@@ -23,10 +29,13 @@ examples also attend to their neighbours in the window.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal
 
 import numpy as np
@@ -42,7 +51,7 @@ from ftune.data.builtin import check_builtin_task
 from ftune.data.prepare import column, complete_splits, given_splits
 from ftune.data.sources import read_source
 from ftune.data.summary import SPLITS, token_lengths
-from ftune.data.tokenize import IGNORE
+from ftune.data.tokenize import IGNORE, cache_path, load_ragged, save_ragged
 from ftune.data.validate import window_warning
 from ftune.errors import DataError, RunError
 from ftune.tasks.base import Task, TaskOptions
@@ -51,6 +60,8 @@ PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers
 ROLES = ("system", "user", "assistant")
 CHUNK = 1024  # learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits
 ANSWER = "ftune-answer-probe"  # rendered as an assistant's answer to find what the template writes after one
+RENDER_BATCH = 1000  # chats rendered and tokenized per call
+CACHE_FORMAT = "chat-labels-1"  # in the token cache's key: change it when the layout or the labelling changes
 
 
 class CausalLMOptions(TaskOptions):
@@ -97,7 +108,8 @@ class CausalLM(Task):
 
     def encode_splits(self, splits, tokenizer) -> dict[str, Encoded]:
         max_length = self.config.data.max_length
-        data = {name: encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer, max_length) for name in SPLITS}
+        data = {name: encode_chats(getattr(splits, name)["messages"].tolist(), tokenizer, max_length, use_cache=True)
+                for name in SPLITS}
         if self.options.packing:
             data["train"] = pack(data["train"], max_length, isolate=self.options.packing != "attend-across")
         return data
@@ -221,30 +233,169 @@ def token_nll(logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tens
     return torch.cat(parts)
 
 
-def encode_chats(chats: list[list[dict]], tokenizer, max_length: int) -> Encoded:
+def encode_chats(chats: list[list[dict]], tokenizer, max_length: int, use_cache: bool = False,
+                 per_turn: bool = False) -> Encoded:
     """Token ids per chat, labels = the ids of each assistant turn through the tokens that close it, IGNORE
-    elsewhere; cut at max_length."""
-    ids, labels = [], []
+    elsewhere; cut at max_length. `use_cache`: from the token cache when these chats, this tokenizer and length were
+    seen before. `per_turn`: every chat by the per-turn method (the reference the one-render method equals)."""
+    path = cache_path(list(_cache_texts(chats, tokenizer)), tokenizer, max_length) if use_cache and chats else None
+    if path is not None and path.is_file():
+        cached = load_ragged(path)
+        return Encoded(cached["ids"], None, cached["labels"])
     unclosed = _end_for_unclosed_turns(tokenizer)
-    for chat in chats:
-        tokens, learn = [], []
-        for i, message in enumerate(chat):
-            if message["role"] != "assistant":
-                continue
-            prompt = prompt_ids(tokenizer, chat[:i])
-            full = _template_ids(tokenizer, chat[:i + 1])
-            if full[:len(tokens)] != tokens or full[:len(prompt)] != prompt:
-                raise DataError("the tokenizer's chat template does not extend a conversation by appending to it; "
-                                "use a model whose template does, or one-turn prompt/response data")
-            learn += [False] * (len(prompt) - len(tokens)) + [True] * (len(full) - len(prompt))
-            tokens = full
-        if chat[-1]["role"] == "assistant":
-            tokens, learn = tokens + unclosed, learn + [True] * len(unclosed)
-        labels_row = np.where(learn, tokens, IGNORE)[:max_length]
-        labels_row[0] = IGNORE  # nothing predicts the first token
-        ids.append(np.asarray(tokens[:max_length], dtype=np.int32))
-        labels.append(labels_row.astype(np.int64))
+    rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(chats)
+    for i, tokens, learn in [] if per_turn else _rendered_once(chats, tokenizer):
+        rows[i] = _row(chats[i], tokens, learn, unclosed, max_length)  # arrays batch by batch: lists of ints are 9x
+    for i, chat in enumerate(chats):
+        if rows[i] is None:
+            rows[i] = _row(chat, *_per_turn(tokenizer, chat), unclosed, max_length)
+    ids, labels = [x for x, _ in rows], [y for _, y in rows]
+    if path is not None:
+        save_ragged(path, ids=ids, labels=labels)
     return Encoded(ids, None, labels)
+
+
+def _row(chat: list[dict], tokens: list[int], learn, unclosed: list[int], max_length: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """A chat's ids and labels, cut at max_length, from its ids and which of them are learned."""
+    if chat[-1]["role"] == "assistant":
+        tokens, learn = tokens + unclosed, np.concatenate([learn, np.ones(len(unclosed), dtype=bool)])
+    labels = np.where(learn, tokens, IGNORE)[:max_length]
+    labels[0] = IGNORE  # nothing predicts the first token
+    return np.asarray(tokens[:max_length], dtype=np.int32), labels.astype(np.int64)
+
+
+def _per_turn(tokenizer, chat: list[dict]) -> tuple[list[int], list[bool]]:
+    """A chat's ids and which are learned, one turn at a time: the prompt before each answer and the chat through it
+    rendered and tokenized on their own (2 renders per assistant turn). Exact for any template that extends a chat by
+    appending to it, so it is what a template that rewrites earlier turns gets."""
+    tokens, learn = [], []
+    for i, message in enumerate(chat):
+        if message["role"] != "assistant":
+            continue
+        prompt = prompt_ids(tokenizer, chat[:i])
+        full = _template_ids(tokenizer, chat[:i + 1])
+        if full[:len(tokens)] != tokens or full[:len(prompt)] != prompt:
+            raise DataError("the tokenizer's chat template does not extend a conversation by appending to it; "
+                            "use a model whose template does, or one-turn prompt/response data")
+        learn += [False] * (len(prompt) - len(tokens)) + [True] * (len(full) - len(prompt))
+        tokens = full
+    return tokens, learn
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a chat template writes for one sequence of roles, the contents left out: a chat renders as
+    pieces[0] + content 0 + pieces[1] + ... + pieces[n]. Each learned span (an answer and the text that closes it)
+    is given by its start and end, each as (characters of template text before it, messages before it)."""
+
+    pieces: list[str]
+    spans: list[tuple[tuple[int, int], tuple[int, int]]]
+
+
+def _layout(tokenizer, roles: tuple[str, ...]) -> _Layout | None:
+    """The template's layout for these roles, from renders of a chat whose contents are unique markers, or None when
+    the template rewrites earlier turns (a prompt or a chat through an answer is not the start of the whole chat's
+    text) or alters the contents: those chats go one turn at a time."""
+    markers = [f"ftune-message-{j}-probe" for j in range(len(roles))]
+    chat = [{"role": role, "content": marker} for role, marker in zip(roles, markers)]
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    pieces, starts, at = [], [], 0
+    for marker in markers:
+        start = text.find(marker, at)
+        if start < 0 or text.count(marker) != 1:
+            return None
+        pieces.append(text[at:start])
+        starts.append(start)
+        at = start + len(marker)
+    pieces.append(text[at:])
+    before = list(accumulate(map(len, markers), initial=0))  # marker characters before message j
+    spans = []
+    for j, role in enumerate(roles):
+        if role != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(chat[:j], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(chat[:j + 1], tokenize=False)
+        previous_end = starts[j - 1] + len(markers[j - 1]) if j else 0
+        next_start = starts[j + 1] if j + 1 < len(roles) else len(text)
+        # The span the per-turn method learns: from the end of the prompt to the end of the chat through this
+        # answer. Both texts must start the whole chat's text, and the span hold this answer and no other message.
+        if not (text.startswith(prompt) and text.startswith(full) and previous_end <= len(prompt) <= starts[j]
+                and starts[j] + len(markers[j]) <= len(full) <= next_start):
+            return None
+        spans.append(((len(prompt) - before[j], j), (len(full) - before[j + 1], j + 1)))
+    return _Layout(pieces, spans)
+
+
+def _rendered_once(chats: list[list[dict]], tokenizer) -> Iterator[tuple[int, list[int], np.ndarray]]:
+    """(chat index, ids, learned) for the chats encoded from one render each: the whole chat rendered (in batches)
+    and tokenized once (in batches) with character offsets, the learned tokens found from where the answers lie in
+    the text. Chats left out go one turn at a time: no template, a tokenizer without exact offsets, a template that
+    rewrites earlier turns, or a token across an answer's edge."""
+    if not tokenizer.chat_template or not _exact_offsets(tokenizer):
+        return
+    layouts, todo = {}, []
+    for i, chat in enumerate(chats):
+        last = max((j for j, m in enumerate(chat) if m["role"] == "assistant"), default=None)
+        if last is None:
+            continue
+        chat = chat[:last + 1]  # what follows the last answer teaches nothing: the per-turn method leaves it out too
+        roles = tuple(m["role"] for m in chat)
+        if roles not in layouts:
+            layouts[roles] = _layout(tokenizer, roles)
+        if layouts[roles] is not None:
+            todo.append((i, chat, layouts[roles]))
+    for start in range(0, len(todo), RENDER_BATCH):
+        batch = todo[start:start + RENDER_BATCH]
+        texts = tokenizer.apply_chat_template([chat for _, chat, _ in batch], tokenize=False)
+        # as apply_chat_template(tokenize=True) tokenizes, plus the offsets (and nothing unused: a list per chat each)
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                            return_token_type_ids=False)
+        for (i, chat, layout), text, ids, offsets in zip(batch, texts, encoded["input_ids"], encoded["offset_mapping"]):
+            learn = _learned(layout, chat, text, offsets)
+            if learn is not None:
+                yield i, ids, learn
+
+
+def _exact_offsets(tokenizer) -> bool:
+    """Whether the tokenizer gives each token's whole span in the text: a fast one, without a post-processor that
+    trims spaces off the offsets (RoBERTa's, some ByteLevel ones: a token ' cold' would seem to start after its space,
+    and a prompt ending in that space would seem to end between two tokens)."""
+    if not tokenizer.is_fast:
+        return False
+    processor = tokenizer.backend_tokenizer.post_processor
+    return processor is None or b'"trim_offsets":true' not in processor.__getstate__()  # its JSON definition
+
+
+def _learned(layout: _Layout, chat: list[dict], text: str, offsets: list[tuple[int, int]]) -> np.ndarray | None:
+    """Which tokens lie inside a learned span; None when the template wrote this chat other than its layout says
+    (it altered a content) or a token crosses a span's edge (tokenized alone, the prompt would end differently)."""
+    contents = [m["content"] for m in chat]
+    if text != "".join(part for piece, content in zip(layout.pieces, contents + [""]) for part in (piece, content)):
+        return None
+    before = list(accumulate(map(len, contents), initial=0))  # content characters before message j
+    learn = np.zeros(len(offsets), dtype=bool)
+    for (template_a, messages_a), (template_b, messages_b) in layout.spans:
+        a, b = template_a + before[messages_a], template_b + before[messages_b]
+        # Offsets come in text order: a binary search finds the first token starting at or after each edge (made
+        # into an array, the offsets would cost more than all the rest here), and the token before it must end there.
+        first, stop = bisect_left(offsets, (a,)), bisect_left(offsets, (b,))
+        if (first and offsets[first - 1][1] > a) or (stop and offsets[stop - 1][1] > b):
+            return None
+        learn[first:stop] = True
+    return learn
+
+
+def _cache_texts(chats: list[list[dict]], tokenizer) -> Iterator[str]:
+    """What the token cache's key holds besides the tokenizer's vocabulary and rules and max_length: how chats are
+    laid out and labelled here, the template and the special tokens it reads, and every message."""
+    yield json.dumps([CACHE_FORMAT, PLAIN_PROMPT, tokenizer.chat_template, tokenizer.special_tokens_map,
+                      tokenizer.eos_token_id], sort_keys=True)
+    for chat in chats:
+        for message in chat:
+            yield message["role"]
+            yield message["content"]
+        yield "\x1d"  # not a role: where one chat ends is unambiguous
 
 
 def prompt_ids(tokenizer, chat: list[dict]) -> list[int]:
