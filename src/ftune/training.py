@@ -280,8 +280,8 @@ class _Fit:
         # Gradients are averaged over processes at the group's last micro-batch only (no_sync before it).
         with accelerator.no_sync(self.model) if not last_in_group else nullcontext():
             with accelerator.autocast():
-                logits = self.task.forward(self.model, batch)
-            total, count = self.task.loss(logits, batch)
+                out = self.task.forward(self.model, batch)  # the logits, or what the task's loss reads instead
+            total, count = self.task.loss(out, batch)
             if self.world > 1:  # slices differ in what they count (tokens): divide by the whole global batch's count
                 count = accelerator.reduce(count, "sum")  # a collective on the device; the host does not wait
             loss = total * self.world / count.clamp(min=1e-9)  # DDP averages over processes: the global mean exactly
@@ -353,15 +353,16 @@ class _Fit:
         return self.task.score(self._rows(split), self.data[split], self.splits.labels, interval_seed)
 
     def _rows(self, split: str) -> list:
+        # A bf16 frozen base is read under bf16 autocast here too, as in training.
         return gathered_outputs(self.accelerator, self.model, self.data[split], self.config.train.eval_batch_size,
-                                self.pad_id, self.task.rows, self.task.forward, self.frozen_dtype)  # a bf16
-        # base is read under autocast, as in training
+                                self.pad_id, self.task.rows, self.task.forward, self.frozen_dtype)
 
     def evaluate_and_checkpoint(self) -> None:
         cfg, state = self.config.train, self.state
         scores = self.evaluate("validation")[0]
         _check_finite(scores["loss"], "validation loss", state.global_step, cfg.learning_rate)
-        result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / self.batch_counts[min(state.epoch, len(self.batch_counts) - 1)],
+        in_epoch = self.batch_counts[min(state.epoch, cfg.epochs - 1)]  # after the last epoch: state.epoch == epochs
+        result = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / in_epoch,
                   "validation": self._headline(scores)}
         state.evaluations.append(result)
         self.record({"type": "eval", **result})
@@ -480,7 +481,9 @@ def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config
                 write_json(folder / "labels.json", labels)
         if not config.method.merge:
             return
-        model = model.float().merge_and_unload()  # a bf16 frozen base (GPU) merges into float32 weights, as saved
+        if not config.method.load_in_4bit:  # a bf16 frozen base (GPU) merges into float32 weights, as saved
+            model = model.float()
+        model = model.merge_and_unload()
     with staged_dir(run_dir / "model") as folder:
         model.save_pretrained(folder, state_dict=full_state)
         tokenizer.save_pretrained(folder)

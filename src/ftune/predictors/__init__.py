@@ -57,8 +57,8 @@ def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False,
                  precision: str = "fp32", **columns: str | None) -> dict:
     """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
     task = task_for(run.config, run.task_state)
-    predictor = Predictor(run.path, trust_remote_code=trust_remote_code, device=device, precision=precision)  # a
-    # damaged or untrusted run, or a device this machine lacks: refused before the data is read
+    # A damaged or untrusted run, or a device this machine lacks, is refused before the data is read.
+    predictor = Predictor(run.path, trust_remote_code=trust_remote_code, device=device, precision=precision)
     data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
     data = task.encode_source(source, data_cfg, run.labels, predictor.tokenizer)
     return task.score(predictor.outputs(data, task.rows), data, run.labels, interval_seed=0)[0]
