@@ -23,7 +23,7 @@ KNOBS = ("a smaller train.batch_size with more train.gradient_accumulation_steps
 DECODER_KNOBS = ("train.gradient_checkpointing=true, method.name=lora (on a bf16 GPU its frozen base is held in bf16) "
                  "or with method.load_in_4bit=true (QLoRA: a 4-bit base, GPU only), a smaller train.batch_size with "
                  "more train.gradient_accumulation_steps, or a smaller data.max_length (task.packing fills it)")
-LOSS_CHUNK = 1024  # positions per output-layer call in causal-lm's loss (tasks/causal_lm.py CHUNK)
+LOSS_CHUNK = 1024  # positions per output-layer call in causal-lm's loss (tasks/causal_lm.py takes it from here)
 # Share of the free memory `batch_size: auto` plans for: the whole process measured 2.1x the tensor estimate
 # (MiniLM on mr, batch 32: 0.78 GB estimated, 1.65 GB peak RSS), so leave room for that and a margin.
 AUTO_BUDGET = 0.4
@@ -49,7 +49,6 @@ class MemoryEstimate:
 
 def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool, checkpointing: bool) -> MemoryEstimate:
     """Peak bytes of one training step with `batch` texts of `seq` tokens."""
-    total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     c = model.config
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads

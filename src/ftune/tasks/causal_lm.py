@@ -54,11 +54,12 @@ from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tokenize import IGNORE, cache_path, load_ragged, save_ragged
 from ftune.data.validate import window_warning
 from ftune.errors import DataError, RunError
+from ftune.memory import LOSS_CHUNK  # one number: the loss's chunk is what the memory estimate counts
 from ftune.tasks.base import Task, TaskOptions
 
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
 ROLES = ("system", "user", "assistant")
-CHUNK = 1024  # learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits
+CHUNK = LOSS_CHUNK  # learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits
 ANSWER = "ftune-answer-probe"  # rendered as an assistant's answer to find what the template writes after one
 RENDER_BATCH = 1000  # chats rendered and tokenized per call
 CACHE_FORMAT = "chat-labels-1"  # in the token cache's key: change it when the layout or the labelling changes
