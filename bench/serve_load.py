@@ -33,16 +33,20 @@ def free_port() -> int:
 
 
 def start_server(model: str, batching: bool) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     port = free_port()
     command = [sys.executable, "-m", "ftune", "serve", model, "--port", str(port), "--max-waiting", "4096",
                "--batching" if batching else "--no-batching"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    return launch(command, port, os.environ | {"HF_HUB_OFFLINE": "1"}, seconds=120)
+
+
+def launch(command: list[str], port: int, env: dict, seconds: float) -> tuple[subprocess.Popen, str]:
+    """Start a server command and wait until its /health answers (or it exits, or `seconds` pass)."""
+    import httpx
+
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    deadline = time.time() + seconds
+    while time.time() < deadline and server.poll() is None:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return server, url

@@ -68,9 +68,7 @@ def train(
                                             "then mean, sd and 95% interval in OUTPUT/summary.html")] = None,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
-    from ftune.diagnosis import lines as diagnosis_lines
     from ftune.distributed import launch_env, launched, torchrun_command
-    from ftune.report import before_after_table
     from ftune.training import preflight
     from ftune.training import train as run_training
 
@@ -87,7 +85,14 @@ def train(
         command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
         sys.stdout.flush()
         os.execve(command[0], command, launch_env(nproc))  # become torchrun: Ctrl-C and SIGTERM reach it directly
-    run = run_training(cfg, resume=resume, quiet=quiet)
+    _show_run(run_training(cfg, resume=resume, quiet=quiet))
+
+
+def _show_run(run) -> None:
+    """The before/after table of a finished run, its diagnosis and where its files and tracked run are."""
+    from ftune.diagnosis import lines as diagnosis_lines
+    from ftune.report import before_after_table
+
     if not _main_process():
         return
     header, rows = before_after_table(run.metrics["test"], run.metrics.get("scores"))
@@ -110,6 +115,46 @@ def train(
         from ftune.tracking_wandb import summary_line
 
         out.print(summary_line(tracking), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="a finished classification or token-classification run")],
+    layers: Annotated[Optional[int], typer.Option(help="distill.layers: the student is the teacher's model cut to N "
+                                                       "layers, from its weights")] = None,
+    student: Annotated[Opt, typer.Option(help="model.name of a smaller pretrained student (instead of --layers)")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="distill.temperature (default 2)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="distill.alpha: weight of the teacher's soft labels (default "
+                                                        "0.5; 0: the labels alone)")] = None,
+    unlabeled: Annotated[Opt, typer.Option(help="data.unlabeled: texts only the teacher labels (.txt, or a table "
+                                                "with the text column)")] = None,
+    method: Annotated[str, typer.Option(help="method.name of the student: full, freeze or lora")] = "full",
+    epochs: Annotated[Optional[int], typer.Option(help="train.epochs (default: the teacher's)")] = None,
+    learning_rate: Annotated[Opt, typer.Option(help="train.learning_rate (default: the method's)")] = None,
+    output_dir: Annotated[Opt, typer.Option(help="the student's run directory")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted student in --output-dir")] = False,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+) -> None:
+    """Train a smaller student on a finished run's answers as well as its labels, on the teacher's data and settings.
+    The student is a normal run (report with the teacher as a row, predict, export, serve)."""
+    from datetime import datetime
+
+    from ftune.errors import ConfigError
+    from ftune.run import Run
+    from ftune.training import train as run_training
+
+    if (layers is None) == (student is None):
+        raise ConfigError("ftune distill: pass --layers N (the teacher cut to N layers) or --student MODEL (a smaller "
+                          "pretrained model), one of them")
+    raw = Run(teacher).config.model_dump(mode="json")  # the teacher's data and settings; refuses an unfinished run
+    raw["train"]["learning_rate"] = None  # the student's method's default, not the teacher's
+    default_dir = Path("runs") / f"{teacher.resolve().name}-student-{layers or 'model'}-{datetime.now():%Y%m%d-%H%M%S}"
+    raw.update(method={"name": method}, distill={"teacher": str(teacher)}, output_dir=output_dir or str(default_dir))
+    cfg = _config(raw, set_, {"distill.layers": layers, "model.name": student, "distill.temperature": temperature,
+                              "distill.alpha": alpha, "data.unlabeled": unlabeled, "train.epochs": epochs,
+                              "train.learning_rate": learning_rate})
+    _show_run(run_training(cfg, resume=resume, quiet=quiet))
 
 
 def _train_seeds(cfg, text: str, resume: bool, quiet: bool, processes: int) -> None:
@@ -235,7 +280,9 @@ def export(
 
 @app.command()
 def serve(
-    source: Annotated[Path, typer.Argument(metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder")],
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder; several runs are served side by "
+                                       "side, named by their folders (LoRA runs of one base model share it)")],
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     api_key: Annotated[Opt, typer.Option(envvar="FTUNE_API_KEY", help="require this key (or set FTUNE_API_KEY)")] = None,
@@ -246,6 +293,9 @@ def serve(
     max_chars: Annotated[int, typer.Option(help="characters per text")] = 10_000,
     max_waiting: Annotated[int, typer.Option(help="texts queued before requests get 503")] = 1024,
     batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
+    mixed_adapters: Annotated[bool, typer.Option(help="several LoRA runs of one base model: their texts share "
+                                                      "forward passes, each through its own adapter (slower on CPU)")
+                              ] = False,
     timeout_s: Annotated[float, typer.Option(help="seconds before an unanswered request gets 504")] = 30.0,
     max_body_bytes: Annotated[Optional[int], typer.Option(
         min=1, help="request body size before 413 (default: room for --max-texts texts of --max-chars)")] = None,
@@ -259,8 +309,11 @@ def serve(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
 ) -> None:
-    """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs."""
+    """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs. Several runs:
+    a request names its model ("model": NAME, or POST /v1/models/NAME/predict); GET /v1/models lists them."""
+    from ftune.errors import ConfigError
     from ftune.predictors import load_predictor
+    from ftune.predictors.many import load_many
     from ftune.serve import ServeSettings, is_loopback
     from ftune.serve import serve as run_server
 
@@ -269,14 +322,23 @@ def serve(
     settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s,
                              max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s,
-                             max_connections=max_connections,
+                             max_connections=max_connections, mixed_adapters=mixed_adapters,
                              allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None)
-    predictor = load_predictor(source, variant, trust_remote_code, device, precision)
+    if len(sources) > 1 and variant is not None:
+        raise ConfigError("--variant applies to an export, which `ftune serve` serves alone; drop --variant to serve "
+                          "several runs")
+    if len(sources) == 1:
+        predictor = load_predictor(sources[0], variant, trust_remote_code, device, precision)
+    else:
+        predictor = load_many(sources, trust_remote_code, device, precision)
     if not is_loopback(host) and api_key is None:
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
-    where = predictor.describe().get("device", "cpu")
-    out.print(f"serving {source} ({predictor.kind} on {where}) on http://{host}:{port}  (docs: /docs)", highlight=False)
+    models = {str(sources[0]): predictor} if len(sources) == 1 else predictor
+    first = next(iter(models.values()))
+    where = first.describe().get("device", "cpu")
+    out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs)",
+              highlight=False)
     run_server(predictor, host, port, settings)
 
 
@@ -440,8 +502,8 @@ def runs_ui(
     os.execv(command[0], command)  # become the MLflow server: Ctrl-C and kill reach it directly
 
 
-def _config(path: Path | None, set_: list[str] | None, flags: dict):
-    """The config file (or the defaults), then the flags that were given, then each --set."""
+def _config(path: Path | dict | None, set_: list[str] | None, flags: dict):
+    """The config file (or a config as a dict, or the defaults), then the flags that were given, then each --set."""
     from ftune.config import load_config, parse_override
 
     overrides = {k: v for k, v in flags.items() if v is not None}

@@ -6,6 +6,7 @@ tracking -> output_dir), plus `section.key=value` overrides. Unknown keys are er
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import reprlib
@@ -16,7 +17,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
 from ftune.errors import ConfigError
-from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, METHODS, DataConfig, DistributedConfig,  # noqa: F401
+from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, METHODS, DataConfig, DistillConfig,  # noqa: F401
+                          DistributedConfig,
                           FreezeMethod, FullMethod, LongTextConfig, LoraMethod, Method, ModelConfig, Section,
                           TrackingConfig, TrainConfig, default_learning_rate)
 from ftune.tasks import TASKS
@@ -32,6 +34,8 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: Method = FullMethod()
+    distill: DistillConfig | None = Field(None, description="learn a finished run's answers as well as the labels "
+                                          "(`ftune distill TEACHER_RUN` sets this)")
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -58,6 +62,7 @@ class Config(Section):
                              f"({', '.join(n for n, t in TASKS.items() if t.weighs_classes)}); drop it for {task.name}")
         if getattr(self.task, "long_text", LongTextConfig()) != LongTextConfig() and data.text_pair_column:
             raise ValueError("task.long_text applies to single texts; drop data.text_pair_column or task.long_text")
+        _fits_distill(self)
         if train.learning_rate == "auto" and self.distributed.strategy != "ddp":
             raise ValueError(f"train.learning_rate=auto runs its range test on one device's copy of the whole model, "
                              f"which distributed.strategy={self.distributed.strategy} shards; set a number (e.g. the "
@@ -68,11 +73,34 @@ class Config(Section):
         return self
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Read a YAML config (or start from defaults) and apply `section.key=value` overrides."""
+DISTILLS = ("classification", "token-classification")  # tasks whose student learns the teacher's logits
+
+
+def _fits_distill(config: Config) -> None:
+    distill, task = config.distill, config.task.name
+    if config.data.unlabeled and (distill is None or task != "classification"):
+        raise ValueError("data.unlabeled holds texts a teacher labels for a classification student; set distill.teacher "
+                         "(ftune distill TEACHER_RUN) or drop data.unlabeled")
+    if distill is None:
+        return
+    if task not in DISTILLS:
+        raise ValueError(f"distill applies to tasks {', '.join(DISTILLS)}, not {task}; drop the distill section")
+    if distill.layers is not None and config.method.name == "lora":
+        raise ValueError("distill.layers cuts the teacher into a new model, which no other machine has as a LoRA base; "
+                         "use method full or freeze for it")
+    if config.train.class_weights:
+        raise ValueError("train.class_weights does not apply to distillation (the teacher's soft labels carry the "
+                         "classes' balance); drop it")
+
+
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from defaults, or from a config as a dict) and apply `section.key=value`
+    overrides."""
     raw: dict[str, Any] = {}
     where = "defaults"
-    if path is not None:
+    if isinstance(path, dict):
+        raw, where = copy.deepcopy(path), "config"
+    elif path is not None:
         where = str(path)
         raw = _read_yaml(Path(path))
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
@@ -236,16 +264,26 @@ def describe_keys(task: str = "classification", method: str = "full") -> list[tu
         for name, field in model.model_fields.items():
             sub = {"task": TASKS[task].Options, "method": dict(zip(METHOD_NAMES, METHODS))[method]}.get(name) \
                 if model is Config else None
-            sub = sub or (field.annotation if isinstance(field.annotation, type) and
-                          issubclass(field.annotation, BaseModel) else None)
+            sub = sub or _section(field.annotation)
             if sub is not None:
                 walk(sub, f"{prefix}{name}.")
             else:
                 described = field.description or (TASKS[task].description if prefix + name == "task.name" else "")
-                rows.append((prefix + name, _type_name(field.annotation), _default_text(field.default), described))
+                default = "required" if field.is_required() else _default_text(field.default)
+                rows.append((prefix + name, _type_name(field.annotation), default, described))
 
     walk(Config, "")
     return rows
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: a model, or a model or nothing (`distill`, whose keys are listed all the same)."""
+    from typing import get_args
+
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def config_markdown() -> str:

@@ -43,13 +43,14 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
         findings.append(f"test {name} {show(value)} is not clearly {'below' if lower else 'above'} the untrained base "
                         f"model's {show(base[name])}{interval}")
     for model, scores in test.items():
-        simple = (scores or {}).get(name) if model not in ("finetuned", "base_model") else None
+        simple = (scores or {}).get(name) if model not in ("finetuned", "base_model", "teacher") else None
         if simple is not None and beats(simple, best):
             findings.append(f"test {name} {show(value)} is {'above' if lower else 'below'} the "
                             f"{BASELINE_NAMES.get(model) or baseline_name(model, metrics)}'s {show(simple)}, "
                             f"beyond the 95% interval ({show(low)}–{show(high)})")
     losses = _losses(metrics, history)
-    flat = len(losses) >= 2 and losses[-1] > (1 - FLAT) * losses[0]
+    # A distilled student's training loss has a soft-label term: not comparable with the step-0 validation loss.
+    flat = len(losses) >= 2 and losses[-1] > (1 - FLAT) * losses[0] and not config.get("distill")
     if flat:
         findings.append(f"the training loss never fell below its starting value ({losses[0]:.4f} → {losses[-1]:.4f})")
     if not findings:

@@ -20,7 +20,7 @@ from ftune.run import RUN_FILE, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
         ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
-ROW_ORDER = {"base_model": 0, "finetuned": 2}  # baselines between the two
+ROW_ORDER = {"base_model": 0, "finetuned": 2, "teacher": 3}  # baselines between the first two; a teacher last
 MISTAKES_SHOWN = 8
 
 

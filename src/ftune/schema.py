@@ -48,6 +48,9 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, description="tokens per text (classification: longer texts follow task.long_text)")
     max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
     max_eval_samples: int | None = Field(None, ge=1, description="subsample validation and test splits")
+    unlabeled: str | None = Field(None, description="distill, classification: more texts (a .txt file, a line each, or "
+                                  "a table with the text column) that only the teacher labels; the student learns its "
+                                  "answers on them too")
 
 
 class FullMethod(Section):
@@ -134,6 +137,19 @@ class TrainConfig(Section):
         if not rate > 0:  # NaN too
             raise PydanticCustomError("greater_than", "Input should be greater than 0")
         return rate
+
+
+class DistillConfig(Section):
+    teacher: str = Field(description="a finished classification or token-classification run whose answers the "
+                                     "student learns")
+    layers: int | None = Field(None, ge=1, description="the student is the teacher's own model cut to N of its layers, "
+                               "starting from the teacher's weights; None: the student is model.name")
+    pick: Literal["spread", "first"] = Field("spread", description="with layers: which of the teacher's layers the "
+                                             "student keeps: spread evenly from the first (6 -> 3: 0, 2, 4), or the "
+                                             "first N")
+    temperature: float = Field(2.0, gt=0, description="softens both models' probabilities before they are compared")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's soft labels in the loss; 1 - alpha: the "
+                                                       "hard labels (0 trains on the labels alone)")
 
 
 class DistributedConfig(Section):

@@ -3,6 +3,12 @@
 POST /v1/predict {"texts": [...]} -> label, score and all class scores per text (token classification: a tag per word)
 GET  /health, GET /v1/model, and the OpenAPI spec at /openapi.json (docs at /docs)
 
+Several runs (`ftune serve RUN_A RUN_B`, ftune.predictors.many) are served from one app, one queue and one model
+thread: a request names its model, {"model": "RUN_B", "texts": [...]} or POST /v1/models/RUN_B/predict, and
+GET /v1/models lists them. A micro-batch may hold texts for several models: each model answers its own in one
+forward pass (with mixed_adapters, LoRA runs of one base model share passes, each text through its own adapter).
+The answer's "model" is the model's name then (one model: its kind, pytorch or onnx, as before).
+
 A hostile or broken client costs little: the Host header and the API key are checked from the headers before
 any body is read, the body is read under a size limit and a deadline, bodies must be standard JSON, open
 connections are capped below the open-file limit, and one that never finishes its request headers is closed.
@@ -19,7 +25,8 @@ import resource
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import pydantic_core
 import uvicorn
@@ -52,6 +59,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_waiting: int = 1024  # texts queued before new requests get 503
     batching: bool = True
+    mixed_adapters: bool = False  # LoRA runs of one base model share forward passes (peft's per-example adapters)
     api_key: str | None = None
     timeout_s: float = 30.0  # a request not answered by then gets 504 (its texts are dropped if not yet started)
     max_body_bytes: int | None = None  # 413 above; None: room for max_texts texts of max_chars characters
@@ -86,8 +94,9 @@ def check_api_key(key: str) -> None:
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     texts: list[str] = Field(min_length=1, description="the texts to label")
+    model: str | None = Field(None, description="the served model to ask (GET /v1/models); needed when several are")
 
 
 class _Guard:
@@ -165,10 +174,22 @@ class _StrictJSONRoute(APIRoute):
         return strict
 
 
-def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> FastAPI:
+def model_name(predictor: Labeler) -> str:
+    """A model's name in requests: its run or export folder's name."""
+    source = predictor.describe().get("source")
+    return Path(source).name if source else predictor.kind
+
+
+def create_app(predictor: Labeler | dict[str, Labeler], settings: ServeSettings | None = None) -> FastAPI:
+    """The service of one model, or of several ({name: predictor}) that requests choose by name."""
+    from ftune.predictors.many import answer_items  # loaded with the models by now
+
     settings = settings or ServeSettings()
-    batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms / 1000,
-                           settings.max_waiting, settings.batching)
+    several = isinstance(predictor, dict)
+    models = predictor if several else {model_name(predictor): predictor}
+    batcher = MicroBatcher(answer_items(models, settings.mixed_adapters), settings.max_batch,
+                           settings.max_wait_ms / 1000, settings.max_waiting, settings.batching)
+    limits = asdict(settings) | {"api_key": settings.api_key is not None, "max_body_bytes": settings.body_limit}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -176,8 +197,9 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
         yield
         await batcher.stop()
 
+    tasks = sorted({model.task.name for model in models.values()})
     app = FastAPI(title="ftune", version="1", lifespan=lifespan,
-                  description=f"Answers texts with a fine-tuned model (task: {predictor.task.name}).")
+                  description=f"Answers texts with {len(models)} fine-tuned model(s) (task: {', '.join(tasks)}).")
     app.router.route_class = _StrictJSONRoute
     app.state.batcher = batcher
     app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit,
@@ -189,33 +211,62 @@ def create_app(predictor: Labeler, settings: ServeSettings | None = None) -> Fas
     async def health() -> dict:
         return {"status": "ok", "waiting": batcher.waiting}
 
-    @app.get("/v1/model", responses={401: {"description": "API key missing or wrong"}})
+    @app.get("/v1/model", responses={400: {"description": "several models are served: GET /v1/models"},
+                                     401: {"description": "API key missing or wrong"}})
     async def model_info() -> dict:
-        return predictor.describe() | {"limits": asdict(settings) | {"api_key": settings.api_key is not None,
-                                                                     "max_body_bytes": settings.body_limit}}
+        if several:
+            raise HTTPException(400, f"{len(models)} models are served ({', '.join(models)}); GET /v1/models "
+                                     f"describes each")
+        return predictor.describe() | {"limits": limits}
 
-    # The answers have the shape of the served task's Prediction (a label, tags per word, a label set, a number).
-    response = create_model("PredictResponse", predictions=(list[predictor.task.Prediction], ...), model=(str, ...))
+    @app.get("/v1/models", responses={401: {"description": "API key missing or wrong"}})
+    async def models_info() -> dict:
+        return {"models": [{"name": name} | model.describe() for name, model in models.items()], "limits": limits}
+
+    # The answers have the shape of the served tasks' Prediction (a label, tags per word, a label set, a number).
+    shapes = tuple(dict.fromkeys(model.task.Prediction for model in models.values()))
+    response = create_model("PredictResponse", predictions=(list[Union[shapes]], ...), model=(str, ...))
+    errors = {401: {"description": "API key missing or wrong"}, 408: {"description": "body sent too slowly"},
+              413: {"description": "too many texts, a text too long, or a body too large"},
+              503: {"description": "too many texts waiting; retry after the Retry-After seconds"},
+              504: {"description": "not answered within the server's timeout"}}
+
+    def chosen(asked: str | None) -> str:
+        if asked is None and len(models) > 1:
+            raise HTTPException(400, f"name the model: \"model\": one of {', '.join(models)} in the body, or POST "
+                                     f"/v1/models/NAME/predict")
+        if asked is not None and asked not in models:
+            raise HTTPException(404, f"no model '{asked}' is served here; the served models: {', '.join(models)}")
+        return asked if asked is not None else next(iter(models))
 
     @app.post("/v1/predict", response_model=response,
-              responses={401: {"description": "API key missing or wrong"}, 408: {"description": "body sent too slowly"},
-                         413: {"description": "too many texts, a text too long, or a body too large"},
-                         503: {"description": "too many texts waiting; retry after the Retry-After seconds"},
-                         504: {"description": "not answered within the server's timeout"}})
+              responses=errors | {400: {"description": "several models are served and the body names none"},
+                                  404: {"description": "the body names a model that is not served"}})
     async def predict(body: PredictRequest) -> dict:
-        if len(body.texts) > settings.max_texts:
-            raise HTTPException(413, f"{len(body.texts)} texts in one request; the limit is {settings.max_texts}: "
+        return await answer(chosen(body.model), body.texts)
+
+    @app.post("/v1/models/{name}/predict", response_model=response,
+              responses=errors | {400: {"description": "the body names another model than the path"},
+                                  404: {"description": "no such model is served"}})
+    async def predict_with(name: str, body: PredictRequest) -> dict:
+        if body.model is not None and body.model != name:
+            raise HTTPException(400, f"the path names model '{name}' and the body '{body.model}'; name one")
+        return await answer(chosen(name), body.texts)
+
+    async def answer(name: str, texts: list[str]) -> dict:
+        if len(texts) > settings.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {settings.max_texts}: "
                                      f"split them over several requests")
-        for i, text in enumerate(body.texts):
+        for i, text in enumerate(texts):
             if len(text) > settings.max_chars:
                 raise HTTPException(413, f"texts[{i}] has {len(text)} characters; the limit is {settings.max_chars}")
         try:
-            results = await asyncio.wait_for(batcher.submit(body.texts), settings.timeout_s)
+            results = await asyncio.wait_for(batcher.submit([(name, text) for text in texts]), settings.timeout_s)
         except Overloaded as e:
             raise HTTPException(503, f"busy: {e}", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise HTTPException(504, f"not answered within {settings.timeout_s:g} s; retry later") from None
-        return {"predictions": results, "model": predictor.kind}
+        return {"predictions": results, "model": name if several else predictor.kind}
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -296,7 +347,7 @@ def connection_limit(asked: int | None) -> int:
     return asked
 
 
-def build_server(predictor: Labeler, host: str = "127.0.0.1", port: int = 8000,
+def build_server(predictor: Labeler | dict[str, Labeler], host: str = "127.0.0.1", port: int = 8000,
                  settings: ServeSettings | None = None, log_level: str = "info") -> uvicorn.Server:
     """The app under uvicorn with its connection limits, as `ftune serve` runs it."""
     settings = settings or ServeSettings()
@@ -311,6 +362,6 @@ def build_server(predictor: Labeler, host: str = "127.0.0.1", port: int = 8000,
     return uvicorn.Server(config)
 
 
-def serve(predictor: Labeler, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
+def serve(predictor: Labeler | dict[str, Labeler], host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings | None = None, log_level: str = "info") -> None:
     build_server(predictor, host, port, settings, log_level).run()

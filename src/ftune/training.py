@@ -30,6 +30,7 @@ from ftune.config import Config
 from ftune.data import Encoded, collate
 from ftune.data.batching import train_batches
 from ftune.diagnosis import diagnose
+from ftune.distill import cut_student, distill_loss, load_teacher, teacher_scores, with_teacher
 from ftune.distributed import check_strategy, gathered, gathered_outputs, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.inference import to_device
@@ -156,6 +157,8 @@ class _Fit:
         self.pad_id = tokenizer.pad_token_id or 0
         multiple = config.train.pad_to_multiple_of
         self.pad_multiple = (16 if self.device.type == "cuda" else 1) if multiple == "auto" else multiple
+        distill = config.distill  # with a teacher, its soft labels join the task's loss in training
+        self.loss = distill_loss(task.loss, distill.temperature, distill.alpha) if distill else task.loss
         self.log = None
 
     # --- setup --------------------------------------------------------------------------------------------------
@@ -189,9 +192,13 @@ class _Fit:
         self._describe()
 
     def _setup_model_and_data(self) -> None:
-        config, task = self.config, self.task
+        config, task, distill = self.config, self.task, self.config.distill
         torch.manual_seed(config.train.seed)  # the new head's initial weights are part of the run's seed
-        model = task.load_model(self.source, self.splits.labels, config.model.trust_remote_code, config.method)
+        teacher = load_teacher(config, self.splits.labels, self.device) if distill else None
+        if distill and distill.layers:  # the student: the teacher cut to fewer layers, from the teacher's weights
+            model = cut_student(teacher, distill.layers, distill.pick)
+        else:
+            model = task.load_model(self.source, self.splits.labels, config.model.trust_remote_code, config.method)
         if config.train.gradient_checkpointing:
             # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -204,6 +211,14 @@ class _Fit:
         self.summary, self.warnings = task.summarize(self.splits, self.data)
         for line in self.warnings:
             self.progress.note(f"data warning: {line}")
+        self.teacher_test = None
+        if teacher:  # its answers once, before training; then it is let go (the student's memory)
+            self.data["train"] = with_teacher(teacher, config, self.splits, self.data["train"], self.tokenizer)
+            if config.train.evaluate_test and config.train.baselines:
+                self.teacher_test = teacher_scores(teacher, self.splits, config.train.seed)
+            self.progress.note(f"distilling {teacher.run_dir} (T={distill.temperature:g}, alpha={distill.alpha:g}) "
+                               f"into {distill.layers or 'all'} layers of {config.model.name} over "
+                               f"{len(self.data['train'])} texts")
 
     def _setup_state(self) -> None:
         cfg = self.config.train
@@ -281,7 +296,7 @@ class _Fit:
         with accelerator.no_sync(self.model) if not last_in_group else nullcontext():
             with accelerator.autocast():
                 out = self.task.forward(self.model, batch)  # the logits, or what the task's loss reads instead
-            total, count = self.task.loss(out, batch)
+            total, count = self.loss(out, batch)
             if self.world > 1:  # slices differ in what they count (tokens): divide by the whole global batch's count
                 count = accelerator.reduce(count, "sum")  # a collective on the device; the host does not wait
             loss = total * self.world / count.clamp(min=1e-9)  # DDP averages over processes: the global mean exactly
@@ -410,24 +425,26 @@ class _Fit:
         if self.main:
             _finish(self.config, self.task, self.splits, self.data, {**self.summary, "warnings": self.warnings},
                     self.run_dir, accelerator.unwrap_model(self.model), full_state, self.tokenizer, self.state,
-                    test_metrics, outputs, self.device, self.source)
+                    test_metrics, outputs, self.device, self.source, self.teacher_test)
             self.progress.note(f"report: {self.run_dir / 'report.html'}")
 
 
 def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_info: dict, run_dir: Path, model,
             full_state: dict | None, tokenizer, state: TrainState, test_metrics: dict, outputs, device,
-            source: str) -> None:
+            source: str, teacher_test: dict | None = None) -> None:
     """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
     cfg = config.train
     test = {"finetuned": test_metrics} if cfg.evaluate_test else dict(NOT_EVALUATED)
     if cfg.baselines and cfg.evaluate_test:
         test["base_model"] = state.base_model_test
         test.update(task.baselines(splits, cfg.seed))
+    if teacher_test:
+        test["teacher"] = teacher_test
     trainable, total = count_parameters(model)
     metrics = {
         "task": task.name,
         "scores": {"metrics": list(task.metrics), "lower_is_better": sorted(task.lower_is_better), "note": task.note,
-                   "unit": task.unit, "titles": task.titles},
+                   "unit": task.unit, "titles": task.titles | _teacher_title(config)},
         "test": test,
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
                        "base_model": state.base_model_validation, "history": state.evaluations},
@@ -453,6 +470,10 @@ def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_i
                     model_source=source, device=_device_name(device), sha256=run_manifest(run_dir))
     write_reports(run_dir)
     update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
+
+
+def _teacher_title(config: Config) -> dict:
+    return {"teacher": f"teacher ({Path(config.distill.teacher).name})"} if config.distill else {}
 
 
 # metrics.json's test section when train.evaluate_test is false (tuning trials): no score was taken from the test split

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ftune.schema import DataConfig
-from ftune.data.sources import Table, read_source
+from ftune.data.sources import Table, read_source, read_text_lines
 from ftune.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -83,6 +83,15 @@ def load_eval_frame(source: str, cfg: DataConfig, labels: list[str]) -> pd.DataF
     if isinstance(table, dict):
         table = table.get("test", next(iter(table.values())))
     return encode_labels(select_columns(table, cfg, source), labels, where=source)
+
+
+def read_texts(source: str, column: str | None) -> list[str]:
+    """The texts of an unlabeled file: a .txt file a line each, or the text column of a table (data.unlabeled)."""
+    if source.endswith(".txt"):
+        return read_text_lines(source)
+    table = read_source(source)
+    table = next(iter(table.values())) if isinstance(table, dict) else table
+    return select_columns(table, DataConfig(text_column=column), source, need_label=False)["text"].tolist()
 
 
 def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True) -> pd.DataFrame:

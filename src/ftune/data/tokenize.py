@@ -37,6 +37,8 @@ class Encoded:
     full_lengths: np.ndarray | None = None  # long_text: each document's tokens before it was cut or split
     # Packed examples: each token's position within its own example (restarting at 0), so the model keeps them apart
     position_ids: list[np.ndarray] | None = None
+    # Distillation: the teacher's logits per example (a row per text, or per token), batched as `teacher_logits`
+    teacher_logits: np.ndarray | list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -47,7 +49,8 @@ class Encoded:
         labels = self.labels[indices] if isinstance(self.labels, np.ndarray) else pick(self.labels)
         return Encoded(pick(self.input_ids), pick(self.token_type_ids), labels,
                        groups=self.groups[indices] if self.groups is not None else None,
-                       position_ids=pick(self.position_ids))
+                       position_ids=pick(self.position_ids),
+                       teacher_logits=None if self.teacher_logits is None else pick(self.teacher_logits))
 
     def loss_terms(self, indices) -> np.ndarray:
         """The labels the loss averages over for these examples: every label, or every token label but -100."""
@@ -98,7 +101,7 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
 
 def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, cap: int | None = None
             ) -> dict[str, torch.Tensor]:
-    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels]. Its width is the
+    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels], [teacher_logits]. Its width is the
     longest text's, rounded up to a `multiple` (no further than `cap`): on a GPU a few fixed shapes keep its kernels'
     plans."""
     width = max(len(data.input_ids[i]) for i in indices)
@@ -126,6 +129,12 @@ def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, c
         batch["labels"] = torch.full((len(indices), width), IGNORE, dtype=torch.long)
         for row, i in enumerate(indices):
             batch["labels"][row, :len(data.labels[i])] = torch.from_numpy(data.labels[i].astype(np.int64))
+    if data.teacher_logits is not None:  # a row per text, or a row per token (zeros on padding: never read)
+        rows = [data.teacher_logits[i] for i in indices]
+        batch["teacher_logits"] = soft = torch.zeros((len(indices), *((width,) if rows[0].ndim == 2 else ()),
+                                                      rows[0].shape[-1]), dtype=torch.float32)
+        for row, logits in enumerate(rows):
+            soft[row, :len(logits)] = torch.from_numpy(logits)
     return batch
 
 

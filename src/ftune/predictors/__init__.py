@@ -3,6 +3,7 @@
     base.py      Labeler: what every predictor shares (the task turns outputs into answers)
     pytorch.py   Predictor: a finished run's model (full weights, or base model + LoRA adapter)
     onnx.py      OnnxPredictor: an `ftune export` folder through onnxruntime
+    many.py      load_many: several runs in one process, LoRA runs of one base model sharing it (`ftune serve A B`)
 
 Imports go one way: tasks and the run directory (ftune.run) below, predictors above them, commands on top.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -38,9 +39,13 @@ class Predictor(Labeler):
         self.max_length = run.config.data.max_length
         self.text_column = run.config.data.text_column
         self.task = task_for(run.config, run.task_state)
-        self.tokenizer, self.model, self.is_adapter = load_run_model(run, trust_remote_code)
+        self.tokenizer, self.model, self.is_adapter = self.load(run, trust_remote_code)
         self.model.to(self.device)
         use_gpu_well(self.device)
+
+    def load(self, run: Run, trust_remote_code: bool) -> tuple:
+        """(tokenizer, model, whether it is base model + adapter): `load_run_model`; a subclass may share a model."""
+        return load_run_model(run, trust_remote_code)
 
     def outputs(self, data, per_row: PerRow) -> list:
         return predict_outputs(self.model, data, self.batch_size, self.tokenizer.pad_token_id or 0, self.device,
@@ -59,10 +64,25 @@ class Predictor(Labeler):
                 "metrics": {f"test_{name}": metrics.get(name) for name in self.task.metrics}}
 
 
-def load_run_model(run, trust_remote_code: bool = False) -> tuple:
-    """(tokenizer, model in eval mode, whether it is base model + adapter) of a finished run, after checking that
-    its files are the ones training wrote, that labels.json is in the order the model was trained with, and
-    that the run may run code from its folder."""
+def load_run_model(run: Run, trust_remote_code: bool = False) -> tuple:
+    """(tokenizer, model in eval mode, whether it is base model + adapter) of a finished run, its files checked
+    (`open_run_files`)."""
+    tokenizer, folder, is_adapter, trust = open_run_files(run, trust_remote_code)
+    load_model = task_for(run.config).load_model
+    if not is_adapter:
+        return tokenizer, load_model(str(folder), run.labels, trust).eval(), False
+    from peft import PeftModel
+
+    base = load_model(base_source(run), run.labels, trust)
+    with adapter_errors(folder, damaged_run_fix(run.path)):
+        model = PeftModel.from_pretrained(base, str(folder))
+    return tokenizer, model.eval(), True
+
+
+def open_run_files(run: Run, trust_remote_code: bool = False) -> tuple:
+    """(tokenizer, weights folder, whether it holds an adapter, whether the model may run code from the run's
+    folder) of a finished run, after checking that its files are the ones training wrote, that labels.json is in
+    the order the model was trained with, and that the run may run code from its folder."""
     fix = damaged_run_fix(run.path)
     trust = check_trust(run.config.model.trust_remote_code, trust_remote_code, run.path / "config.yaml")
     verify(run.path, run.manifest.get(MANIFEST_KEY), run.path / RUN_FILE, fix)  # each file hashed once, at load
@@ -71,8 +91,7 @@ def load_run_model(run, trust_remote_code: bool = False) -> tuple:
     if not folder.is_dir():
         raise RunError(f"{run.path} has neither model/ nor adapter/; {fix}")
     check_weights_format(folder, fix)
-    task = task_for(run.config)
-    if task.labeled:  # the order the head was trained with, against labels.json
+    if task_for(run.config).labeled:  # the order the head was trained with, against labels.json
         source_file = folder / ("labels.json" if is_adapter else "config.json")
         if is_adapter:  # the adapter's own copy; adapters written before it existed have none
             trained = read_labels(source_file, fix) if source_file.is_file() else None
@@ -81,20 +100,21 @@ def load_run_model(run, trust_remote_code: bool = False) -> tuple:
         check_label_order(run.labels, run.path / "labels.json", trained, source_file, fix)
     tokenizer = load_tokenizer(str(folder), trust)
     check_tokenizer(tokenizer, folder, fix)
-    load_model = task.load_model
-    if not is_adapter:
-        model = load_model(str(folder), run.labels, trust)
-    else:
-        from peft import PeftModel
+    return tokenizer, folder, is_adapter, trust
 
-        # The base model as found on this machine at training; a run copied from elsewhere finds it by name.
-        source = run.manifest.get("model_source")
-        if not (isinstance(source, str) and Path(source).is_dir()):
-            source = resolve_model(run.config.model.name)
-        base = load_model(source, run.labels, trust)
-        try:
-            model = PeftModel.from_pretrained(base, str(folder))
-        except (OSError, ValueError, SafetensorError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            raise RunError(f"cannot load the adapter in {folder} ({first}); {fix}") from None
-    return tokenizer, model.eval(), is_adapter
+
+def base_source(run: Run) -> str:
+    """Where an adapter run's base model is: as found on this machine at training, else (a run copied from
+    elsewhere) found by name."""
+    source = run.manifest.get("model_source")
+    return source if isinstance(source, str) and Path(source).is_dir() else resolve_model(run.config.model.name)
+
+
+@contextmanager
+def adapter_errors(folder: Path, fix: str):
+    """An adapter that peft cannot load, as one line naming its folder and the fix."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise RunError(f"cannot load the adapter in {folder} ({first}); {fix}") from None

@@ -99,9 +99,9 @@ class Task(ABC):
         """Anything the loss needs from the whole training split, computed once (class weights)."""
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What the model's forward pass gets: the batch without its labels, so the model computes no loss of its own
-        (an encoder-decoder task would keep what its decoder needs)."""
-        return {k: v for k, v in batch.items() if k != "labels"}
+        """What the model's forward pass gets: the batch without its labels (and a teacher's logits when distilling),
+        so the model computes no loss of its own (an encoder-decoder task would keep what its decoder needs)."""
+        return {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """The forward pass whose output `loss` and `rows` read (training, evaluation and prediction alike): the
