@@ -7,6 +7,7 @@ and W&B folders, and a base URL on a closed local port so that a mistake fails a
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,7 @@ def test_resume_continues_the_same_wandb_run(tiny_config, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ftune.train(cfg, quiet=True)
     monkeypatch.setattr(ftune.training, "save_checkpoint", original)
+    time.sleep(1.1)  # wandb names an offline folder by the second its run starts: a resume within it shares the folder
     run = ftune.train(cfg, resume=True, quiet=True)
 
     first, second = [wandb_records(next(f.glob("run-*.wandb"))) for f in run_folders(run)]  # offline: one per start

@@ -101,9 +101,9 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
 
 def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, cap: int | None = None
             ) -> dict[str, torch.Tensor]:
-    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels], [teacher_logits]. Its width is the
-    longest text's, rounded up to a `multiple` (no further than `cap`): on a GPU a few fixed shapes keep its kernels'
-    plans."""
+    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels], [teacher_logits].
+    Its width is the longest text's, rounded up to a `multiple` (no further than `cap`): on a GPU a few fixed shapes
+    keep its kernels' plans."""
     width = max(len(data.input_ids[i]) for i in indices)
     rounded = -(-width // multiple) * multiple
     width = max(width, min(rounded, cap or rounded))
