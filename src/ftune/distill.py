@@ -72,9 +72,9 @@ def kept_layers(total: int, layers: int, pick: str) -> list[int]:
     return list(range(layers)) if pick == "first" else [round(i * total / layers) for i in range(layers)]
 
 
-def with_teacher(teacher: Predictor, config, splits, train: Encoded, tokenizer) -> Encoded:
-    """The training split with the teacher's logits per example, and data.unlabeled's texts appended (no label)."""
-    mine = teacher.task.encode_splits(splits, teacher.tokenizer)["train"]  # as the teacher reads them
+def with_teacher(teacher: Predictor, mine: Encoded, config, train: Encoded, tokenizer) -> Encoded:
+    """The training split with the teacher's logits per example (`mine`: the split as the teacher reads it), and
+    data.unlabeled's texts appended (no label)."""
     rows = teacher.outputs(mine, teacher.task.rows)
     if isinstance(train.labels, np.ndarray):  # a label per text: the teacher's (pooled) logits per document
         documents = mine.per_document(np.stack(rows), _pool(teacher.task))
@@ -111,10 +111,9 @@ def _append_unlabeled(teacher: Predictor, config, train: Encoded, tokenizer) -> 
                                                   documents[extra.groups] if extra.groups is not None else documents]))
 
 
-def teacher_scores(teacher: Predictor, splits, seed: int) -> dict:
-    """The teacher's test scores on the student's test split (the report's extra row)."""
-    test = teacher.task.encode_splits(splits, teacher.tokenizer)["test"]
-    return teacher.task.score(teacher.outputs(test, teacher.task.rows), test, splits.labels, seed)[0]
+def teacher_scores(teacher: Predictor, test: Encoded, labels: list[str], seed: int) -> dict:
+    """The teacher's scores on the student's test split, as the teacher reads it (the report's extra row)."""
+    return teacher.task.score(teacher.outputs(test, teacher.task.rows), test, labels, seed)[0]
 
 
 def distill_loss(task_loss, temperature: float, alpha: float):

@@ -213,9 +213,10 @@ class _Fit:
             self.progress.note(f"data warning: {line}")
         self.teacher_test = None
         if teacher:  # its answers once, before training; then it is let go (the student's memory)
-            self.data["train"] = with_teacher(teacher, config, self.splits, self.data["train"], self.tokenizer)
+            theirs = teacher.task.encode_splits(self.splits, teacher.tokenizer)  # the splits as the teacher reads them
+            self.data["train"] = with_teacher(teacher, theirs["train"], config, self.data["train"], self.tokenizer)
             if config.train.evaluate_test and config.train.baselines:
-                self.teacher_test = teacher_scores(teacher, self.splits, config.train.seed)
+                self.teacher_test = teacher_scores(teacher, theirs["test"], self.splits.labels, config.train.seed)
             self.progress.note(f"distilling {teacher.run_dir} (T={distill.temperature:g}, alpha={distill.alpha:g}) "
                                f"into {distill.layers or 'all'} layers of {config.model.name} over "
                                f"{len(self.data['train'])} texts")
