@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -109,7 +110,9 @@ def test_lora_on_a_tiny_decoder_lowers_validation_loss_and_generates(tiny_decode
     assert refused.exit_code != 0 and "ftune generate" in str(refused.exception)
 
 
-def test_qlora_on_cpu_and_wrong_task_settings_are_config_errors(tiny_decoder, instructions_jsonl, tmp_path):
+def test_qlora_on_cpu_and_wrong_task_settings_are_config_errors(tiny_decoder, instructions_jsonl, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message a machine without CUDA gives
     cfg = ftune.load_config(overrides={"task": "causal-lm", "model.name": tiny_decoder, "data.train": str(instructions_jsonl),
                                        "method.name": "lora", "method.load_in_4bit": True, "tracking.backend": "none",
                                        "output_dir": str(tmp_path / "q")})
@@ -333,6 +336,20 @@ def test_the_token_that_ends_an_assistant_turn_is_learned(tiny_decoder):
                                "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     assert learned_spans(tokenizer, TWO_TURNS) == [["cold"], ["small", "<|end|>"]]
     assert end_of_turn_ids(tokenizer) == [tokenizer.eos_token_id]
+
+
+def test_data_validate_shows_what_the_model_learns(tiny_decoder, instructions_jsonl):
+    from ftune.cli import app
+
+    result = CliRunner().invoke(app, ["data", "validate", "--model", tiny_decoder, "--data", str(instructions_jsonl),
+                                      "--set", "task.name=causal-lm"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    shown = result.output.split("nothing else:")[1].split("no errors")[0].replace("\n", " ").strip()
+    # the prompt outside the marks; the answer and the token that ends the turn inside them
+    word = re.fullmatch(r"<\|user\|> what is the opposite of (\w+) \? <\|assistant\|>"
+                        r"\[\[the opposite of (\w+) is (\w+) \. <\|end\|>\]\]", shown)
+    both_ways = {**OPPOSITES, **{b: a for a, b in OPPOSITES.items()}}
+    assert word and word[1] == word[2] and both_ways[word[2]] == word[3], shown
 
 
 # --- one render per chat ----------------------------------------------------------------------------------------------

@@ -65,7 +65,10 @@ def test_pooling_takes_the_mean_or_max_of_each_documents_windows():
 
 def test_chunking_reads_what_truncation_cuts_off(tiny_config, long_docs, tmp_path):
     common = {"data.train": str(long_docs), "data.text_column": "text", "data.label_column": "label",
-              "data.max_length": 16, "train.epochs": 6, "train.baselines": False}
+              "data.max_length": 16, "train.epochs": 6, "train.baselines": False,
+              # fp32 as on a CPU, where the thresholds below were set: under a GPU's default bf16 autocast this test
+              # failed on an H100 (issue 16); not re-run on a GPU since
+              "train.precision": "fp32"}
     head = ftune.train(tiny_config(**common, output_dir=str(tmp_path / "head")), quiet=True)
     chunk = ftune.train(tiny_config(**common, output_dir=str(tmp_path / "chunk"),
                                     **{"data.long_text.strategy": "chunk", "data.long_text.stride": 2}), quiet=True)

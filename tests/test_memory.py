@@ -25,6 +25,7 @@ def test_the_estimate_grows_with_the_batch_and_shrinks_with_checkpointing(model)
     assert big.activations > 3 * small.activations
     assert estimate(model, 32, 64, False, True).activations < big.activations
     assert estimate(model, 32, 64, True, False).activations < big.activations  # half precision
+    assert estimate(model, 8, 64, False, False, state_bytes=2).optimizer == 2 * params  # 8-bit AdamW's moments
 
 
 def test_auto_picks_the_largest_power_of_two_that_fits(model):

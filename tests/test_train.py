@@ -1,5 +1,6 @@
 """Training on a tiny local model: learning, run directory, methods, resume, failure modes."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -82,14 +83,20 @@ def test_freeze_keeps_frozen_weights_and_trains_the_rest(tiny_config, tiny_model
     assert head_only.metrics["train"]["trainable_parameters"] == 32 * 32 + 32 + 32 * 2 + 2  # pooler + classifier
 
 
-def test_resume_after_the_first_epoch_ends_where_the_uninterrupted_run_ends(tiny_config, tmp_path):
-    cfg = tiny_config(**{"train.epochs": 2, "train.save_total_limit": 5})
+# adamw-8bit: bitsandbytes' 8-bit AdamW runs on CPU too (bitsandbytes >= 0.48), the twin of its GPU path
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit"])
+def test_resume_after_the_first_epoch_ends_where_the_uninterrupted_run_ends(tiny_config, tmp_path, optimizer):
+    cfg = tiny_config(**{"train.epochs": 2, "train.save_total_limit": 5, "train.optimizer": optimizer})
     full = ftune.train(cfg, quiet=True)
     # Simulate a kill right after epoch 1's checkpoint: drop everything written later.
     cut = tmp_path / "cut"
     shutil.copytree(full.path, cut)
     checkpoints = sorted((cut / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 2
+    state = torch.load(checkpoints[0] / "optimizer.pt", weights_only=True)["state"]
+    eight_bit = [t for p in state.values() for t in p.get("__bnb_optimizer_quant_state__", {}).values()
+                 if t.dtype == torch.uint8]
+    assert bool(eight_bit) == (optimizer == "adamw-8bit")  # the large weights' moments in 8 bits, resumed below
     shutil.rmtree(checkpoints[-1])
     for name in ("model", "metrics.json", "labels.json", "report.md"):
         shutil.rmtree(cut / name) if (cut / name).is_dir() else (cut / name).unlink()
@@ -105,6 +112,34 @@ def test_resume_after_the_first_epoch_ends_where_the_uninterrupted_run_ends(tiny
     assert b["test"]["finetuned"]["accuracy"] == a["test"]["finetuned"]["accuracy"]
     assert b["validation"]["history"][-1]["validation"]["loss"] == pytest.approx(
         a["validation"]["history"][-1]["validation"]["loss"], abs=1e-6)
+
+
+def test_an_8bit_optimizer_it_cannot_run_is_refused_before_the_run_directory(tiny_config, tmp_path, monkeypatch):
+    from ftune.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="paged-adamw-8bit pages its state between GPU and CPU memory and needs "
+                                              "a CUDA GPU; on CPU use train.optimizer=adamw-8bit or adamw"):
+            ftune.train(tiny_config(**{"train.optimizer": "paged-adamw-8bit"}), quiet=True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.optimizer=adamw-8bit needs the bitsandbytes package: pip install "):
+        ftune.train(tiny_config(**{"train.optimizer": "adamw-8bit"}), quiet=True)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="with distributed.strategy=fsdp .* use train.optimizer=adamw"):
+        tiny_config(**{"train.optimizer": "adamw-8bit", "distributed.strategy": "fsdp"})
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_layers_train_to_the_same_model(tiny_config, tmp_path, backend):
+    common = {"train.epochs": 1, "train.baselines": False, "train.pad_to_multiple_of": 16}
+    plain = ftune.train(tiny_config(**common, output_dir=str(tmp_path / "a")), quiet=True)
+    compiled = ftune.train(tiny_config(**common, **{"train.compile": backend}, output_dir=str(tmp_path / "b")),
+                           quiet=True)
+    a, b = plain.metrics, compiled.metrics
+    assert b["test"]["finetuned"]["loss"] == pytest.approx(a["test"]["finetuned"]["loss"], abs=1e-4)
+    assert b["train"]["compile_seconds"] > 0 and "compile_seconds" not in a["train"]
+    print(backend, b["train"]["compile_seconds"], b["train"]["seconds"], a["train"]["seconds"])
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tiny_config, tmp_path):

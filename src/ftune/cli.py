@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ftune.errors import FtuneError, TrainingStopped
 
@@ -291,7 +292,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_texts: Annotated[int, typer.Option(help="texts per request")] = 64,
     max_chars: Annotated[int, typer.Option(help="characters per text")] = 10_000,
-    max_waiting: Annotated[int, typer.Option(help="texts queued before requests get 503")] = 1024,
+    max_waiting: Annotated[int, typer.Option(help="texts (causal-lm: requests) queued before requests get 503")
+                           ] = 1024,
     batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
     mixed_adapters: Annotated[bool, typer.Option(help="several LoRA runs of one base model: their texts share "
                                                       "forward passes, each through its own adapter (slower on CPU)")
@@ -305,13 +307,19 @@ def serve(
         min=1, help="open connections; more are closed at once (default: 512, fewer if ulimit -n is low)")] = None,
     allowed_hosts: Annotated[Opt, typer.Option(help="comma-separated Host header names or *.example.com patterns "
                                                      "(default: localhost names on loopback, else any)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="causal-lm: tokens an answer may have (max_tokens above "
+                                                            "it: 400)")] = 512,
+    max_prompt_chars: Annotated[int, typer.Option(min=1, help="causal-lm: characters in a request's messages")
+                                ] = 50_000,
     trust_remote_code: TrustOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs. Several runs:
-    a request names its model ("model": NAME, or POST /v1/models/NAME/predict); GET /v1/models lists them."""
-    from ftune.errors import ConfigError
+    a request names its model ("model": NAME, or POST /v1/models/NAME/predict); GET /v1/models lists them.
+    A causal-lm run is served alone, with OpenAI's chat API: POST /v1/chat/completions, GET /v1/models."""
+    from ftune.errors import ConfigError, RunError
+    from ftune.generate import Generator, is_causal_lm_run
     from ftune.predictors import load_predictor
     from ftune.predictors.many import load_many
     from ftune.serve import ServeSettings, is_loopback
@@ -323,11 +331,21 @@ def serve(
                              max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s,
                              max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s,
                              max_connections=max_connections, mixed_adapters=mixed_adapters,
-                             allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None)
+                             allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None,
+                             max_new_tokens=max_new_tokens, max_prompt_chars=max_prompt_chars)
     if len(sources) > 1 and variant is not None:
         raise ConfigError("--variant applies to an export, which `ftune serve` serves alone; drop --variant to serve "
                           "several runs")
-    if len(sources) == 1:
+    writers = [source for source in sources if is_causal_lm_run(source)]
+    if writers and len(sources) > 1:
+        raise RunError(f"{writers[0]} is a causal-lm run, which `ftune serve` serves alone (with the chat API); "
+                       f"serve it in a process of its own")
+    if writers and (variant is not None or precision != "fp32"):
+        raise ConfigError(f"{writers[0]} is a causal-lm run: its model is served in fp32, from the run; drop "
+                          f"--variant and --precision")
+    if writers:
+        predictor = Generator(sources[0], trust_remote_code, device)
+    elif len(sources) == 1:
         predictor = load_predictor(sources[0], variant, trust_remote_code, device, precision)
     else:
         predictor = load_many(sources, trust_remote_code, device, precision)
@@ -337,7 +355,8 @@ def serve(
     models = {str(sources[0]): predictor} if len(sources) == 1 else predictor
     first = next(iter(models.values()))
     where = first.describe().get("device", "cpu")
-    out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs)",
+    api = "  (OpenAI-compatible: POST /v1/chat/completions)" if writers else ""
+    out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs){api}",
               highlight=False)
     run_server(predictor, host, port, settings)
 
@@ -416,8 +435,6 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna (TPE, median pruning): every trial is a run that never reads the test
     split; prints the trials and writes the best config as best.yaml."""
-    from rich.text import Text
-
     from ftune.tune import load_space, table, tune as run_study
 
     def say(line: str) -> None:
@@ -555,6 +572,11 @@ def data_validate(
         counts = summary.get("classes", {}).get(name, {})
         table.add_row(name, str(summary[name]), *(str(counts.get(c, 0)) for c in shown))
     out.print(table)
+    example = task.learned_example(splits, tokenizer)
+    if example:
+        out.print(Text.assemble("The first training example as the model reads it; it learns the text between [[ and "
+                                "]] (in green), and nothing else:\n",
+                                *((f"[[{text}]]", "bold green") if learned else (text, "") for text, learned in example)))
     for line in found:
         out.print(f"warning: {line}", highlight=False, markup=False)
     out.print(f"{len(found)} warning(s); no errors" if found else "no errors, no warnings")

@@ -63,6 +63,10 @@ class Config(Section):
         if getattr(self.task, "long_text", LongTextConfig()) != LongTextConfig() and data.text_pair_column:
             raise ValueError("task.long_text applies to single texts; drop data.text_pair_column or task.long_text")
         _fits_distill(self)
+        if train.optimizer != "adamw" and self.distributed.strategy != "ddp":
+            raise ValueError(f"train.optimizer={train.optimizer} keeps whole 8-bit states per process; with "
+                             f"distributed.strategy={self.distributed.strategy} (which shards optimizer state already) "
+                             f"use train.optimizer=adamw")
         if train.learning_rate == "auto" and self.distributed.strategy != "ddp":
             raise ValueError(f"train.learning_rate=auto runs its range test on one device's copy of the whole model, "
                              f"which distributed.strategy={self.distributed.strategy} shards; set a number (e.g. the "

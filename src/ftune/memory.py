@@ -22,7 +22,8 @@ KNOBS = ("a smaller train.batch_size with more train.gradient_accumulation_steps
 # A decoder's peak is its weights and its long sequences: the knobs that help it most come first.
 DECODER_KNOBS = ("train.gradient_checkpointing=true, method.name=lora (on a bf16 GPU its frozen base is held in bf16) "
                  "or with method.load_in_4bit=true (QLoRA: a 4-bit base, GPU only), a smaller train.batch_size with "
-                 "more train.gradient_accumulation_steps, or a smaller data.max_length (task.packing fills it)")
+                 "more train.gradient_accumulation_steps, a smaller data.max_length (task.packing fills it), or "
+                 "train.optimizer=adamw-8bit (full fine-tuning: a quarter of AdamW's state)")
 LOSS_CHUNK = 1024  # positions per output-layer call in causal-lm's loss (tasks/causal_lm.py takes it from here)
 # Share of the free memory `batch_size: auto` plans for: the whole process measured 2.1x the tensor estimate
 # (MiniLM on mr, batch 32: 0.78 GB estimated, 1.65 GB peak RSS), so leave room for that and a margin.
@@ -47,8 +48,10 @@ class MemoryEstimate:
                 f"{gb(self.optimizer)}, activations {gb(self.activations)})")
 
 
-def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool, checkpointing: bool) -> MemoryEstimate:
-    """Peak bytes of one training step with `batch` texts of `seq` tokens."""
+def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool, checkpointing: bool,
+             state_bytes: int = 8) -> MemoryEstimate:
+    """Peak bytes of one training step with `batch` texts of `seq` tokens; `state_bytes`: the optimizer's per trained
+    weight (AdamW's two fp32 moments: 8; bitsandbytes' 8-bit AdamW: 2)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     c = model.config
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
@@ -60,7 +63,7 @@ def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool,
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     head = model.get_output_embeddings()  # a decoder's vocabulary-sized output layer; None for a classifier
     loss = 2 * LOSS_CHUNK * head.weight.shape[0] * 4 if head is not None else 0  # one chunk's logits, recomputed
-    return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
+    return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=state_bytes * trainable,
                           activations=kept + 2 * tokens * hidden * 4 + loss)  # + embeddings and the loss's inputs
 
 
@@ -88,13 +91,13 @@ def check_fits(need: MemoryEstimate, free: int | None, where: str, advice: str =
 
 
 def auto_batch_size(model: torch.nn.Module, seq: int, half_precision: bool, checkpointing: bool, free: int | None,
-                    where: str, advice: str = KNOBS) -> int:
+                    where: str, advice: str = KNOBS, state_bytes: int = 8) -> int:
     """The largest power of two (up to 256) whose estimate fits in AUTO_BUDGET of the free memory."""
     if free is None:
         raise ConfigError(f"train.batch_size=auto cannot see how much memory {where} has free; set a number")
     batch = AUTO_MAX
     while batch >= 1:
-        if estimate(model, batch, seq, half_precision, checkpointing).total <= AUTO_BUDGET * free:
+        if estimate(model, batch, seq, half_precision, checkpointing, state_bytes).total <= AUTO_BUDGET * free:
             return batch
         batch //= 2
     raise ConfigError(f"even one text of {seq} tokens does not fit in {free / 1e9:.2f} GB free on {where}; try {advice}")

@@ -119,6 +119,16 @@ class TrainConfig(Section):
     pad_to_multiple_of: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="round each training batch's length up to a multiple of N; auto: 16 on a CUDA GPU (a few "
                             "fixed shapes for its kernels), 1 (no rounding) on CPU")
+    compile: Union[bool, Literal["inductor", "cudagraphs", "aot_eager"]] = Field(
+        False, description="torch.compile each of the model's repeated layers in place (one layer's compile serves "
+                           "them all); true: inductor; cudagraphs: a CUDA graph per shape (GPU only); aot_eager: "
+                           "traced, no generated code (a check). The compile time is reported as compile_seconds; "
+                           "on a GPU, pad_to_multiple_of keeps the shapes few")
+    optimizer: Literal["adamw", "adamw-8bit", "paged-adamw-8bit"] = Field(
+        "adamw", description="adamw: torch's AdamW (its fused kernel where the device has one); adamw-8bit: "
+                             "bitsandbytes' AdamW with 8-bit moments (2 bytes per trained weight instead of 8); "
+                             "paged-adamw-8bit: the same, paged out to CPU memory under pressure (CUDA only; QLoRA's "
+                             "usual pairing)")
     log_steps: int = Field(10, ge=1, description="log the training loss every N optimizer steps")
     baselines: bool = Field(True, description="also score the base model and the task's simple baselines on the test split")
     evaluate_test: bool = Field(True, description="score the final model (and baselines) on the test split; false "

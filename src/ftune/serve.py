@@ -3,6 +3,9 @@
 POST /v1/predict {"texts": [...]} -> label, score and all class scores per text (token classification: a tag per word)
 GET  /health, GET /v1/model, and the OpenAPI spec at /openapi.json (docs at /docs)
 
+A causal-lm run (ftune.generate.Generator) is served alone, with OpenAI's chat completions API instead of
+/v1/predict (ftune.chat_api: POST /v1/chat/completions, GET /v1/models), behind the same guards.
+
 Several runs (`ftune serve RUN_A RUN_B`, ftune.predictors.many) are served from one app, one queue and one model
 thread: a request names its model, {"model": "RUN_B", "texts": [...]} or POST /v1/models/RUN_B/predict, and
 GET /v1/models lists them. A micro-batch may hold texts for several models: each model answers its own in one
@@ -45,6 +48,7 @@ from ftune.batching_queue import MicroBatcher, Overloaded
 from ftune.errors import ConfigError
 
 if TYPE_CHECKING:  # ftune.predictors imports torch, seconds that only these annotations would need
+    from ftune.generate import Generator
     from ftune.predictors import Labeler
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]  # the Host names a server bound to loopback accepts by default
@@ -66,6 +70,8 @@ class ServeSettings:
     read_timeout_s: float = 10.0  # for a request's headers (else the connection is closed), then for its body (408)
     max_connections: int | None = None  # open at once; None: 512, or fewer where the open-file limit is low
     allowed_hosts: list[str] | None = None  # Host header names (400 others); None: any, or LOOPBACK_HOSTS under `serve`
+    max_new_tokens: int = 512  # causal-lm: tokens an answer may have (a larger max_tokens is a 400)
+    max_prompt_chars: int = 50_000  # causal-lm: characters in a request's messages, all together (400 above)
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -81,7 +87,7 @@ class ServeSettings:
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         # 6 bytes a character: json.dumps (and most clients) escape every non-ASCII character as \uXXXX
-        return self.max_texts * self.max_chars * 6 + 65_536
+        return max(self.max_texts * self.max_chars, self.max_prompt_chars) * 6 + 65_536
 
 
 def check_api_key(key: str) -> None:
@@ -180,15 +186,25 @@ def model_name(predictor: Labeler) -> str:
     return Path(source).name if source else predictor.kind
 
 
-def create_app(predictor: Labeler | dict[str, Labeler], settings: ServeSettings | None = None) -> FastAPI:
-    """The service of one model, or of several ({name: predictor}) that requests choose by name."""
-    from ftune.predictors.many import answer_items  # loaded with the models by now
-
+def create_app(predictor: Labeler | dict[str, Labeler] | Generator, settings: ServeSettings | None = None) -> FastAPI:
+    """The service of one model, or of several ({name: predictor}) that requests choose by name; a causal-lm run's
+    Generator gets the chat API (ftune.chat_api) instead of /v1/predict."""
     settings = settings or ServeSettings()
     several = isinstance(predictor, dict)
     models = predictor if several else {model_name(predictor): predictor}
-    batcher = MicroBatcher(answer_items(models, settings.mixed_adapters), settings.max_batch,
-                           settings.max_wait_ms / 1000, settings.max_waiting, settings.batching)
+    if getattr(predictor, "writes_text", False):
+        from ftune.chat_api import ChatService
+
+        chat = ChatService(predictor, model_name(predictor), settings)
+        batcher, description = chat.batcher, chat.description
+    else:
+        from ftune.predictors.many import answer_items  # loaded with the models by now
+
+        chat = None
+        batcher = MicroBatcher(answer_items(models, settings.mixed_adapters), settings.max_batch,
+                               settings.max_wait_ms / 1000, settings.max_waiting, settings.batching)
+        tasks = sorted({model.task.name for model in models.values()})
+        description = f"Answers texts with {len(models)} fine-tuned model(s) (task: {', '.join(tasks)})."
     limits = asdict(settings) | {"api_key": settings.api_key is not None, "max_body_bytes": settings.body_limit}
 
     @asynccontextmanager
@@ -197,9 +213,7 @@ def create_app(predictor: Labeler | dict[str, Labeler], settings: ServeSettings 
         yield
         await batcher.stop()
 
-    tasks = sorted({model.task.name for model in models.values()})
-    app = FastAPI(title="ftune", version="1", lifespan=lifespan,
-                  description=f"Answers texts with {len(models)} fine-tuned model(s) (task: {', '.join(tasks)}).")
+    app = FastAPI(title="ftune", version="1", lifespan=lifespan, description=description)
     app.router.route_class = _StrictJSONRoute
     app.state.batcher = batcher
     app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit,
@@ -210,6 +224,20 @@ def create_app(predictor: Labeler | dict[str, Labeler], settings: ServeSettings 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "waiting": batcher.waiting}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # without the input FastAPI echoes: it can be megabytes, or a float JSON cannot carry (1e400 parses as inf)
+        errors = [{key: value for key, value in e.items() if key != "input"} for e in jsonable_encoder(error.errors())]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+    if chat is not None:
+        chat.add_routes(app)
+        return app
 
     @app.get("/v1/model", responses={400: {"description": "several models are served: GET /v1/models"},
                                      401: {"description": "API key missing or wrong"}})
@@ -267,16 +295,6 @@ def create_app(predictor: Labeler | dict[str, Labeler], settings: ServeSettings 
         except asyncio.TimeoutError:
             raise HTTPException(504, f"not answered within {settings.timeout_s:g} s; retry later") from None
         return {"predictions": results, "model": name if several else predictor.kind}
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # without the input FastAPI echoes: it can be megabytes, or a float JSON cannot carry (1e400 parses as inf)
-        errors = [{key: value for key, value in e.items() if key != "input"} for e in jsonable_encoder(error.errors())]
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
     return app
 
@@ -347,7 +365,7 @@ def connection_limit(asked: int | None) -> int:
     return asked
 
 
-def build_server(predictor: Labeler | dict[str, Labeler], host: str = "127.0.0.1", port: int = 8000,
+def build_server(predictor: Labeler | dict[str, Labeler] | Generator, host: str = "127.0.0.1", port: int = 8000,
                  settings: ServeSettings | None = None, log_level: str = "info") -> uvicorn.Server:
     """The app under uvicorn with its connection limits, as `ftune serve` runs it."""
     settings = settings or ServeSettings()
@@ -362,6 +380,6 @@ def build_server(predictor: Labeler | dict[str, Labeler], host: str = "127.0.0.1
     return uvicorn.Server(config)
 
 
-def serve(predictor: Labeler | dict[str, Labeler], host: str = "127.0.0.1", port: int = 8000,
+def serve(predictor: Labeler | dict[str, Labeler] | Generator, host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, log_level: str = "info") -> None:
     build_server(predictor, host, port, settings, log_level).run()

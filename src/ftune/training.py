@@ -10,6 +10,7 @@ seed and trains on its own slice of each; only the main process writes files.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import shutil
@@ -60,6 +61,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
     # A precision or strategy this machine lacks is a config error, found before anything else.
     accelerator = make_accelerator(config.distributed, _mixed_precision(cfg.precision), cfg.batch_size,
                                    cfg.gradient_accumulation_steps, cfg.max_grad_norm)
+    check_optimizer(cfg.optimizer)
     with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
         task = task_for(config)
         splits = task.load_splits(cfg.seed)  # bad data or model: stop before any file
@@ -110,6 +112,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
     may already exist on shared storage by the time they check."""
     check_strategy(config.distributed)
     _mixed_precision(config.train.precision)
+    check_optimizer(config.train.optimizer)
     splits = task_for(config).load_splits(config.train.seed)  # also fetches built-in data
     source = resolve_model(config.model.name)
     check_max_length(config, source, load_tokenizer(source, config.model.trust_remote_code))
@@ -183,8 +186,7 @@ class _Fit:
                 config, self.model, self.data["train"], self.batch_size, task, self.pad_id,
                 _param_groups(self.model, cfg.weight_decay), self.accelerator, self.run_dir, self.resume, self.progress)
             cfg = config.train
-        optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
-                                      fused=_fused_adamw(config, self.device))
+        optimizer = _optimizer(config, _param_groups(self.model, cfg.weight_decay), self.device)
         self.scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=self.total_steps,
                                        num_warmup_steps=round(self.total_steps * cfg.warmup_ratio))
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)  # the scheduler: stepped by us
@@ -207,6 +209,11 @@ class _Fit:
         self.frozen_dtype = _frozen_dtype(config, self.device, self.accelerator.mixed_precision)
         if self.frozen_dtype:
             frozen_to(self.model, self.frozen_dtype)
+        if config.train.compile:
+            self.compile_start = compile_seconds()  # the process's count so far (another run's, in one process)
+            compiled = compile_layers(self.model, "inductor" if config.train.compile is True else config.train.compile)
+            self.progress.note(f"compile: {compiled} layers compiled in place ({config.train.compile}); each new batch "
+                               f"shape compiles once, on its first step")
         self.data = task.encode_splits(self.splits, self.tokenizer)
         self.summary, self.warnings = task.summarize(self.splits, self.data)
         for line in self.warnings:
@@ -426,14 +433,16 @@ class _Fit:
         if self.main:
             _finish(self.config, self.task, self.splits, self.data, {**self.summary, "warnings": self.warnings},
                     self.run_dir, accelerator.unwrap_model(self.model), full_state, self.tokenizer, self.state,
-                    test_metrics, outputs, self.device, self.source, self.teacher_test)
+                    test_metrics, outputs, self.device, self.source, self.teacher_test,
+                    compile_seconds() - self.compile_start if self.config.train.compile else None)
             self.progress.note(f"report: {self.run_dir / 'report.html'}")
 
 
 def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_info: dict, run_dir: Path, model,
             full_state: dict | None, tokenizer, state: TrainState, test_metrics: dict, outputs, device,
-            source: str, teacher_test: dict | None = None) -> None:
-    """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only)."""
+            source: str, teacher_test: dict | None = None, compile_s: float | None = None) -> None:
+    """Test metrics next to the baselines -> model files, metrics, report -> complete (main process only).
+    `compile_s`: this process's time in torch.compile (train.compile), part of the training and evaluation times."""
     cfg = config.train
     test = {"finetuned": test_metrics} if cfg.evaluate_test else dict(NOT_EVALUATED)
     if cfg.baselines and cfg.evaluate_test:
@@ -454,7 +463,8 @@ def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_i
                   "seconds": state.train_seconds, "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen,
                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
-                  "trainable_parameters": trainable, "total_parameters": total},
+                  "trainable_parameters": trainable, "total_parameters": total,
+                  **({"compile_seconds": round(compile_s, 1)} if compile_s is not None else {})},
         "data": data_info,
     }
     metrics["diagnosis"] = diagnose(metrics, read_history(run_dir), config.model_dump(mode="json"), str(run_dir)) \
@@ -551,10 +561,11 @@ def _batch_size(config: Config, model, train: Encoded, accelerator: Accelerator,
     if saved:  # a resumed run keeps its batches, whatever `auto` would choose today
         batch = read_json(saved[-1] / "state.json").get("batch_size") or cfg.batch_size
     elif cfg.batch_size == "auto":
-        batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where, knobs(config.task.name))
+        batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where, knobs(config.task.name),
+                                STATE_BYTES[cfg.optimizer])
     else:
         batch = cfg.batch_size
-    need = estimate(model, batch, seq, half, cfg.gradient_checkpointing)
+    need = estimate(model, batch, seq, half, cfg.gradient_checkpointing, STATE_BYTES[cfg.optimizer])
     check_fits(need, free, where, knobs(config.task.name))
     chosen = " (auto)" if cfg.batch_size == "auto" else ""
     free_text = f" of {free / 1e9:.1f} GB free" if free else ""
@@ -599,6 +610,54 @@ def _frozen_dtype(config: Config, device: torch.device, mixed_precision: str) ->
     float32 (the master weights). QLoRA's base is 4-bit already."""
     lora = config.method.name == "lora" and not config.method.load_in_4bit
     return torch.bfloat16 if lora and device.type == "cuda" and mixed_precision == "bf16" else None
+
+
+def compile_layers(model: torch.nn.Module, backend: str) -> int:
+    """torch.compile, in place, every layer of the model's stacks of identical layers (regional compilation): one
+    layer's compiled code serves all of its copies, so compiling costs one layer, not the model. In place
+    (`Module.compile`), so weights keep their names for saving, peft and hooks. Shapes may vary: after a first
+    recompile torch marks the changing sizes dynamic rather than compiling each batch length anew."""
+    layers = []
+    for name, stack in model.named_modules():
+        inside = any(name.startswith(f"{outer}.") for outer, _ in layers)
+        if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1 and len({type(m) for m in stack}) == 1 and not inside:
+            layers += [(f"{name}.{i}", layer) for i, layer in enumerate(stack)]
+    for _, layer in layers:
+        layer.compile(backend=backend)
+    return len(layers)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process (forward and backward graphs): the compile warm-up."""
+    from torch._dynamo.utils import calculate_time_spent
+
+    return calculate_time_spent().get("total_wall_time", 0.0)
+
+
+STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "paged-adamw-8bit": 2}  # optimizer state per trained weight
+
+
+def check_optimizer(name: str) -> None:
+    """An 8-bit optimizer needs bitsandbytes, and its paged variant CUDA: said before any file is written."""
+    if name == "adamw":
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"train.optimizer={name} needs the bitsandbytes package: pip install bitsandbytes "
+                          f"(or train.optimizer=adamw)")
+    if name.startswith("paged") and not torch.cuda.is_available():
+        raise ConfigError(f"train.optimizer={name} pages its state between GPU and CPU memory and needs a CUDA GPU; "
+                          f"on CPU use train.optimizer=adamw-8bit or adamw")
+
+
+def _optimizer(config: Config, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW (paged or not), with the same groups and rate."""
+    cfg = config.train
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=_fused_adamw(config, device))
+    import bitsandbytes as bnb
+
+    kind = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged-adamw-8bit" else bnb.optim.AdamW8bit
+    return kind(groups, lr=cfg.learning_rate)
 
 
 def _fused_adamw(config: Config, device: torch.device) -> bool | None:

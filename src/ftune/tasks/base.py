@@ -90,6 +90,11 @@ class Task(ABC):
     def summarize(self, splits: Splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
         """The data summary for metrics.json and the report, and warnings a user should read before trusting it."""
 
+    def learned_example(self, splits: Splits, tokenizer) -> list[tuple[str, bool]] | None:
+        """One training example as the model reads it, in pieces of text each marked learned or not, for
+        `ftune data validate` to show; None where every example is learned the same way (a label per text)."""
+        return None
+
     # --- model and loss -----------------------------------------------------------------------------------------
     @abstractmethod
     def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):

@@ -118,6 +118,15 @@ class CausalLM(Task):
     def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
         return summarize(splits, data, self.config.data.max_length, self.options.packing)
 
+    def learned_example(self, splits, tokenizer) -> list[tuple[str, bool]]:
+        """The first training chat laid out as in training (cut at max_length), in runs of learned and unlearned
+        tokens: what a user checks when a model never stops (its end of turn must be learned) or learns the prompt."""
+        data = encode_chats(splits.train["messages"].tolist()[:1], tokenizer, self.config.data.max_length)
+        ids, learned = data.input_ids[0], data.labels[0] != IGNORE
+        cuts = np.flatnonzero(np.diff(learned.astype(np.int8))) + 1
+        return [(tokenizer.decode(ids[a:b].tolist(), skip_special_tokens=False), bool(learned[a]))
+                for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+
     def load_model(self, source: str, labels: list[str], trust_remote_code: bool, method=None):
         from ftune.models import load_causal_lm
 
