@@ -5,6 +5,7 @@ epochs and seed. Each configuration runs in its own subprocess so its peak RSS i
 
     .venv/bin/python bench/train_speed.py                 # about 10 minutes on 2 cores
     .venv/bin/python bench/train_speed.py --train-samples 480 --tutorial-steps 4   # a quick look
+    .venv/bin/python bench/train_speed.py --only trainer_grouped ftune_full --repeat 5   # the anchor, 5 passes each
 
 Prints a table (samples/s, tokens/s, wall time, peak RSS, test accuracy, ratios to the
 well-configured Trainer) and writes it to bench/results/train_speed.{json,md}.
@@ -29,7 +30,8 @@ TITLES = {"trainer_tutorial": "HF Trainer, padding=max_length, batch 8 (tutorial
           "trainer_grouped": "HF Trainer, dynamic padding, its own length grouping (group_by_length), batch 32",
           "ftune_full": "ftune full", "ftune_full_random_batches": "ftune full, group_by_length off (ablation)",
           "ftune_freeze": "ftune freeze (first 4 of 6 layers)",
-          "ftune_lora": "ftune lora (r 16)"}
+          "ftune_lora": "ftune lora (r 16)",
+          "ftune_full_compile": "ftune full, train.compile: true (inductor; compile time inside train s)"}
 LR = {"ftune_lora": 1e-3, "ftune_freeze": 1e-4}  # each method at its own usual learning rate
 
 
@@ -97,7 +99,7 @@ def run_ftune(args, recipe: str) -> dict:
     import ftune
 
     method = recipe.split("_")[0]
-    overrides = {"train.group_by_length": not recipe.endswith("random_batches"),"data.train": "mr", "data.max_train_samples": args.train_samples, "data.max_length": args.max_length,
+    overrides = {"train.group_by_length": not recipe.endswith("random_batches"), "train.compile": recipe.endswith("compile"),"data.train": "mr", "data.max_train_samples": args.train_samples, "data.max_length": args.max_length,
                  "method.name": method, "train.epochs": args.epochs, "train.learning_rate": LR.get(f"ftune_{recipe}", 5e-5),
                  "train.batch_size": 32, "train.baselines": False, "output_dir": str(RESULTS / f"ftune_{recipe}_run")}
     if method == "freeze":
@@ -106,7 +108,7 @@ def run_ftune(args, recipe: str) -> dict:
     run = ftune.train(ftune.load_config(overrides=overrides), quiet=True)
     train = run.metrics["train"]
     return {"samples": train["samples_seen"], "seconds": train["seconds"], "tokens": train["tokens_seen"],
-            "accuracy": run.metrics["test"]["finetuned"]["accuracy"]}
+            "accuracy": run.metrics["test"]["finetuned"]["accuracy"], "compile_seconds": train.get("compile_seconds")}
 
 
 def one(args) -> None:
@@ -127,22 +129,30 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--tutorial-steps", type=int, default=10, help="the tutorial recipe is too slow for a whole epoch")
     p.add_argument("--only", nargs="*", default=RECIPES)
+    p.add_argument("--repeat", type=int, default=1, help="passes over the rows, in turn; each row's median pass is "
+                   "shown (a shared or throttled machine moves single runs by 10-30%%)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         return one(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    passes: dict[str, list[dict]] = {name: [] for name in args.only}
+    for _ in range(args.repeat):  # rows in turn, so a slow spell of the machine touches every row alike
+        for name in args.only:
+            cmd = [sys.executable, __file__, "--one", name, "--train-samples", str(args.train_samples), "--epochs",
+                   str(args.epochs), "--max-length", str(args.max_length), "--tutorial-steps", str(args.tutorial_steps)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+            if done.returncode or not line:
+                sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+            r = json.loads(line[-1][7:])
+            passes[name].append(r)
+            print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s", file=sys.stderr)
     rows = {}
-    for name in args.only:
-        cmd = [sys.executable, __file__, "--one", name, "--train-samples", str(args.train_samples), "--epochs",
-               str(args.epochs), "--max-length", str(args.max_length), "--tutorial-steps", str(args.tutorial_steps)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-        if done.returncode or not line:
-            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-        rows[name] = json.loads(line[-1][7:])
-        r = rows[name]
-        print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s", file=sys.stderr)
+    for name, runs in passes.items():
+        rates = sorted(r["samples"] / r["seconds"] for r in runs)
+        rows[name] = sorted(runs, key=lambda r: r["samples"] / r["seconds"])[(len(runs) - 1) // 2]  # the median pass
+        rows[name]["samples_per_s_passes"] = rates
     report(rows, args, *roofline())
 
 
@@ -182,7 +192,11 @@ def report(rows: dict, args, params: int, peak: float) -> None:
                      f"{r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {acc} | {ratio} | {ratio_grouped} | {dacc} |")
     table = "\n".join(lines)
     setup = (f"mr, {args.train_samples} training sentences, {args.epochs} epoch(s), max_length {args.max_length}, "
-             f"test 800 sentences, seed 0; tutorial recipe: {args.tutorial_steps} steps")
+             f"test 800 sentences, seed 0; tutorial recipe: {args.tutorial_steps} steps; each row: the median of "
+             f"{args.repeat} pass(es), rows in turn")
+    if args.repeat > 1:
+        setup += "\nsamples/s of every pass: " + "; ".join(
+            f"{name} {', '.join(f'{x:.1f}' for x in r['samples_per_s_passes'])}" for name, r in rows.items())
     # Roofline: training costs ~6 FLOPs per non-embedding weight per real token (forward 2, backward 4);
     # attention's share is ~1% at these lengths and left out. Padding is work too, but not useful work.
     useful = [f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s; MiniLM non-embedding weights: {params / 1e6:.2f}M"]
@@ -191,6 +205,9 @@ def report(rows: dict, args, params: int, peak: float) -> None:
             flops = 6 * params * rows[name]["tokens"] / rows[name]["seconds"]
             rows[name]["useful_flops_per_s"] = flops
             useful.append(f"{TITLES[name]}: {flops / 1e9:.1f} GFLOP/s of useful work = {flops / peak:.0%} of peak")
+    useful += [f"{TITLES[name]}: torch.compile took {r['compile_seconds']:.1f} s (training and evaluation graphs), "
+               f"{r['samples'] / max(r['seconds'] - r['compile_seconds'], 1e-9):.1f} samples/s without it"
+               for name, r in rows.items() if r.get("compile_seconds")]
     print(setup)
     print(table)
     print("\n".join(useful))

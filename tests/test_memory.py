@@ -87,5 +87,9 @@ def test_a_decoders_estimate_counts_one_chunk_of_logits_and_the_weights_as_held(
     decoder.get_output_embeddings().requires_grad_(False)
     frozen = estimate(frozen_to(decoder, torch.bfloat16), 16, 1024, True, False)
     assert frozen.weights == 2 * params and frozen.optimizer == 0  # a bf16 frozen base: half the bytes
+    # at 2,048 tokens the eager attention maps are three quarters of it; SDPA's fused kernels on a GPU keep one mask instead
+    eager, fused = estimate(decoder, 4, 2048, True, False), estimate(decoder, 4, 2048, True, False, fused_attention=True)
+    maps = 24 * 4 * 14 * 2048 * 2048 * 5  # layers x batch x heads x seq^2 x (2 maps of 2 bytes + a dropout mask)
+    assert eager.activations - fused.activations == maps - 4 * 2048 * 2048 and maps > 0.75 * eager.activations
     assert knobs("causal-lm") == DECODER_KNOBS and "load_in_4bit" in DECODER_KNOBS and knobs("classification") != \
         DECODER_KNOBS

@@ -7,8 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ import ftune
 from ftune.generate import Generator
 from ftune.serve import ServeSettings, build_server
 from ftune.tiny import build_tiny_decoder
+from test_serve import running as serving
 
 KEY = "chat-test-key"
 CAP = 32  # the server's --max-new-tokens
@@ -60,18 +59,8 @@ def generator(run_path) -> Generator:
 @contextmanager
 def running(model, settings: ServeSettings):
     """The service under uvicorn in a thread, as `ftune serve` runs it; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = build_server(model, "127.0.0.1", port, settings, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(model, settings) as (url, _):
+        yield url
 
 
 def client(url: str, key: str = KEY) -> openai.OpenAI:

@@ -3,7 +3,8 @@
 The estimate counts tensors: the weights as they are held (fp32; a LoRA run's frozen base in bf16 on a GPU,
 4-bit under QLoRA), gradients and AdamW's two moments for the trainable weights, and the activations one
 optimizer step keeps for backward, for a batch of the longest texts (per layer, after Korthikanti et al. 2022:
-~(10h + 2i) values per token plus 2 attention maps and a dropout mask per head). A decoder's loss adds one chunk
+~(10h + 2i) values per token plus 2 attention maps and a dropout mask per head; with SDPA on a GPU the fused
+kernels keep no maps, only the batch's one mask). A decoder's loss adds one chunk
 of fp32 logits (LOSS_CHUNK positions x the vocabulary: causal-lm's loss never holds more). It leaves out the
 Python process and its libraries.
 """
@@ -49,17 +50,21 @@ class MemoryEstimate:
 
 
 def estimate(model: torch.nn.Module, batch: int, seq: int, half_precision: bool, checkpointing: bool,
-             state_bytes: int = 8) -> MemoryEstimate:
+             state_bytes: int = 8, fused_attention: bool = False) -> MemoryEstimate:
     """Peak bytes of one training step with `batch` texts of `seq` tokens; `state_bytes`: the optimizer's per trained
-    weight (AdamW's two fp32 moments: 8; bitsandbytes' 8-bit AdamW: 2)."""
+    weight (AdamW's two fp32 moments: 8; bitsandbytes' 8-bit AdamW: 2). `fused_attention`: attention runs in kernels
+    that keep no per-head maps (SDPA's flash or memory-efficient kernels on a GPU): at 2,048 tokens the eager maps
+    would be most of a decoder's estimate, and a batch that fits would be refused."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     c = model.config
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
     inner = getattr(c, "intermediate_size", None) or 4 * hidden
     value = 2 if half_precision else 4
     tokens = batch * seq
-    one_layer = tokens * (10 * hidden + 2 * inner) * value + batch * heads * seq * seq * (2 * value + 1)
+    maps = 0 if fused_attention else batch * heads * seq * seq * (2 * value + 1)
+    one_layer = tokens * (10 * hidden + 2 * inner) * value + maps
     kept = layers * tokens * hidden * value + one_layer if checkpointing else layers * one_layer
+    kept += batch * seq * seq if fused_attention else 0  # the one mask all layers read (packing: block-diagonal)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     head = model.get_output_embeddings()  # a decoder's vocabulary-sized output layer; None for a classifier
     loss = 2 * LOSS_CHUNK * head.weight.shape[0] * 4 if head is not None else 0  # one chunk's logits, recomputed
@@ -91,13 +96,14 @@ def check_fits(need: MemoryEstimate, free: int | None, where: str, advice: str =
 
 
 def auto_batch_size(model: torch.nn.Module, seq: int, half_precision: bool, checkpointing: bool, free: int | None,
-                    where: str, advice: str = KNOBS, state_bytes: int = 8) -> int:
+                    where: str, advice: str = KNOBS, state_bytes: int = 8, fused_attention: bool = False) -> int:
     """The largest power of two (up to 256) whose estimate fits in AUTO_BUDGET of the free memory."""
     if free is None:
         raise ConfigError(f"train.batch_size=auto cannot see how much memory {where} has free; set a number")
     batch = AUTO_MAX
     while batch >= 1:
-        if estimate(model, batch, seq, half_precision, checkpointing, state_bytes).total <= AUTO_BUDGET * free:
+        if estimate(model, batch, seq, half_precision, checkpointing, state_bytes, fused_attention).total <= \
+                AUTO_BUDGET * free:
             return batch
         batch //= 2
     raise ConfigError(f"even one text of {seq} tokens does not fit in {free / 1e9:.2f} GB free on {where}; try {advice}")

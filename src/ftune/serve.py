@@ -82,12 +82,13 @@ class ServeSettings:
                 raise ConfigError(f"--allowed-hosts: '{pattern}' is neither a host name nor a pattern like "
                                   f"*.example.com; fix or remove it")
 
-    @property
-    def body_limit(self) -> int:
+    def body_limit(self, chat: bool = False) -> int:
+        """Bytes a request body may have: --max-body-bytes, else room for max_texts texts of max_chars characters
+        (the chat API: for max_prompt_chars characters of messages)."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         # 6 bytes a character: json.dumps (and most clients) escape every non-ASCII character as \uXXXX
-        return max(self.max_texts * self.max_chars, self.max_prompt_chars) * 6 + 65_536
+        return (self.max_prompt_chars if chat else self.max_texts * self.max_chars) * 6 + 65_536
 
 
 def check_api_key(key: str) -> None:
@@ -205,7 +206,7 @@ def create_app(predictor: Labeler | dict[str, Labeler] | Generator, settings: Se
                                settings.max_wait_ms / 1000, settings.max_waiting, settings.batching)
         tasks = sorted({model.task.name for model in models.values()})
         description = f"Answers texts with {len(models)} fine-tuned model(s) (task: {', '.join(tasks)})."
-    limits = asdict(settings) | {"api_key": settings.api_key is not None, "max_body_bytes": settings.body_limit}
+    limits = asdict(settings) | {"api_key": settings.api_key is not None, "max_body_bytes": settings.body_limit(chat is not None)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -216,7 +217,7 @@ def create_app(predictor: Labeler | dict[str, Labeler] | Generator, settings: Se
     app = FastAPI(title="ftune", version="1", lifespan=lifespan, description=description)
     app.router.route_class = _StrictJSONRoute
     app.state.batcher = batcher
-    app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit,
+    app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit(chat is not None),
                        read_timeout_s=settings.read_timeout_s)
     if settings.allowed_hosts is not None:  # added last, so it runs first: a Host check against DNS rebinding
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)

@@ -557,15 +557,18 @@ def _batch_size(config: Config, model, train: Encoded, accelerator: Accelerator,
     half = accelerator.mixed_precision != "no"
     free = free_bytes(accelerator.device)
     where = str(accelerator.device)
+    # SDPA on a GPU keeps no attention maps (on a CPU it may fall back to the math kernel, which does)
+    fused = accelerator.device.type == "cuda" and \
+        getattr(model.config, "_attn_implementation", None) in ("sdpa", "flash_attention_2")
     saved = list_checkpoints(resuming) if resuming else []
     if saved:  # a resumed run keeps its batches, whatever `auto` would choose today
         batch = read_json(saved[-1] / "state.json").get("batch_size") or cfg.batch_size
     elif cfg.batch_size == "auto":
         batch = auto_batch_size(model, seq, half, cfg.gradient_checkpointing, free, where, knobs(config.task.name),
-                                STATE_BYTES[cfg.optimizer])
+                                STATE_BYTES[cfg.optimizer], fused)
     else:
         batch = cfg.batch_size
-    need = estimate(model, batch, seq, half, cfg.gradient_checkpointing, STATE_BYTES[cfg.optimizer])
+    need = estimate(model, batch, seq, half, cfg.gradient_checkpointing, STATE_BYTES[cfg.optimizer], fused)
     check_fits(need, free, where, knobs(config.task.name))
     chosen = " (auto)" if cfg.batch_size == "auto" else ""
     free_text = f" of {free / 1e9:.1f} GB free" if free else ""
