@@ -92,12 +92,13 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from side_by_side import cli, run_process  # bench/: on sys.path as the script's own folder
 
 RESULTS = Path(__file__).parent / "results"
 TITLES = {
@@ -200,18 +201,6 @@ def run_trainer(args, model: str, epochs: int, grouped: bool, scored: bool, data
         accuracy = right / len(test)
     return {"samples": len(train) * epochs, "seconds": seconds,
             "tokens": sum(len(x["input_ids"]) for x in train) * epochs, "accuracy": accuracy}
-
-
-def cli(argv: list[str]) -> None:
-    """`ftune ARGV` in this process; its own error line (or click's usage error) is already on stderr when it fails."""
-    from ftune.cli import main
-
-    sys.argv = ["ftune", *argv]
-    try:
-        main()
-    except SystemExit as e:  # click ends every command with SystemExit, 0 on success
-        if e.code not in (0, None):
-            sys.exit(e.code)
 
 
 def time_compile_in_training() -> dict:
@@ -501,32 +490,9 @@ def write_inputs(args, work: Path) -> None:
     pd.DataFrame({"text": texts[:64]}).to_csv(work / "warmup.csv", index=False)
 
 
-def last_line(text: str) -> str:
-    """The last line that says something (rich draws usage errors in a box: strip its frame)."""
-    lines = [line.strip(" \t│╭╮╰╯─") for line in text.splitlines()]
-    return next((line for line in reversed(lines) if line), "no output")
-
-
 def run_row(name: str, work: Path, timeout: int) -> dict:
-    command = [sys.executable, __file__, *sys.argv[1:], "--one", name, "--work", str(work)]
-    # its own process group: on a timeout (or after it ends) whatever it started goes too (a server, compile workers)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        return {"error": f"timed out after {timeout} s (--row-timeout)"}
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # anything of the row's still running
-        except (ProcessLookupError, PermissionError):
-            pass
-    result = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if process.returncode or not result:
-        return {"error": last_line(stderr or stdout)}
-    return json.loads(result[-1].removeprefix("RESULT "))
+    return run_process([sys.executable, __file__, *sys.argv[1:], "--one", name, "--work", str(work)], timeout,
+                        hint=" (--row-timeout)")
 
 
 def environment() -> dict:

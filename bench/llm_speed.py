@@ -94,6 +94,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from side_by_side import cli, last_line, run_process  # bench/: on sys.path as the script's own folder
+
 STARTED = time.perf_counter()  # a probe's time runs from its process's start, as the parent's timeout does
 RESULTS = Path(__file__).parent / "results"
 IGNORE = -100
@@ -499,18 +501,6 @@ def run_trl(args, shape: str, fast: bool, qlora: bool) -> dict:
             **steady(clock.step_ends, counts, args.warmup_steps), **setup}
 
 
-def cli(argv: list[str]) -> None:
-    """`ftune ARGV` in this process; its own error line is already on stderr when it fails."""
-    from ftune.cli import main
-
-    sys.argv = ["ftune", *argv]
-    try:
-        main()
-    except SystemExit as e:  # click ends every command with SystemExit, 0 on success
-        if e.code not in (0, None):
-            sys.exit(e.code)
-
-
 def ftune_settings(args, shape: str, qlora: bool, batch: int, train: Path, out: Path) -> list[str]:
     """`--set` overrides of an ftune row (the data and model paths included): the same for the row and its probe."""
     folder = Path(args.work) / shape
@@ -690,24 +680,11 @@ def one(args) -> None:
 
 # ---------------------------------------------------------------- the parent: set-up, one process per row, the table
 
-def last_line(text: str) -> str:
-    """The last line that says something (rich draws errors in a box: strip its frame)."""
-    lines = [line.strip(" \t│╭╮╰╯─") for line in text.splitlines()]
-    return next((line for line in reversed(lines) if line), "no output")
-
-
 def run_row(name: str, work: Path, timeout: int) -> dict:
     command = [sys.executable, __file__, *sys.argv[1:], "--one", name, "--work", str(work), "--budget", str(timeout)]
     env = {**os.environ, "FTUNE_CACHE": str(work / "ftune-cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not result:
-        return {"error": last_line(done.stderr or done.stdout)}
-    return json.loads(result[-1].removeprefix("RESULT "))
+    return run_process(command, timeout, env)
 
 
 def versions() -> dict:

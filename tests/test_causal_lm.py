@@ -25,9 +25,9 @@ OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old":
              "early": "late", "happy": "sad", "open": "closed", "rich": "poor"}
 
 
-def instructions(n: int, seed: int = 0) -> list[dict]:
+def instructions(n: int, seed: int = 0, opposites: dict[str, str] = OPPOSITES) -> list[dict]:
     rng = random.Random(seed)
-    words = list(OPPOSITES.items()) + [(b, a) for a, b in OPPOSITES.items()]
+    words = list(opposites.items()) + [(b, a) for a, b in opposites.items()]
     return [{"prompt": f"what is the opposite of {w} ?", "response": f"the opposite of {w} is {o} ."}
             for w, o in (rng.choice(words) for _ in range(n))]
 

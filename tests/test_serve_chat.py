@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import ftune
 from ftune.generate import Generator
 from ftune.serve import ServeSettings, build_server
 from ftune.tiny import build_tiny_decoder
+from test_causal_lm import instructions
 from test_serve import running as serving
 
 KEY = "chat-test-key"
@@ -31,17 +31,10 @@ SYSTEM = "answer in one short sentence ."
 OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark"}
 
 
-def instructions(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    words = list(OPPOSITES.items()) + [(b, a) for a, b in OPPOSITES.items()]
-    return [{"prompt": f"what is the opposite of {w} ?", "response": f"the opposite of {w} is {o} ."}
-            for w, o in (rng.choice(words) for _ in range(n))]
-
-
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("chat")
-    rows = instructions(200)
+    rows = instructions(200, opposites=OPPOSITES)
     decoder = build_tiny_decoder(root / "decoder", [f"{SYSTEM} {r['prompt']} {r['response']}" for r in rows])
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = ftune.load_config(overrides={

@@ -603,18 +603,12 @@ def _read_input(source: str, column: str):
     """The input table with every column kept, plus the texts to label in `_text`."""
     import pandas as pd
 
-    from ftune.config import DataConfig
-    from ftune.data import select_columns
-    from ftune.data.sources import read_source, read_stdin_lines, read_text_lines
+    from ftune.data.prepare import text_table
+    from ftune.data.sources import read_stdin_lines
 
     if source == "-":
         return pd.DataFrame({"text": read_stdin_lines()})
-    if source.endswith(".txt"):
-        return pd.DataFrame({"text": read_text_lines(source)})
-    table = read_source(source)
-    if isinstance(table, dict):
-        table = next(iter(table.values()))
-    texts = select_columns(table, DataConfig(text_column=column), source, need_label=False)["text"]
+    table, texts = text_table(source, column)
     return table.reset_index(drop=True).assign(_text=texts)
 
 

@@ -86,12 +86,19 @@ def load_eval_frame(source: str, cfg: DataConfig, labels: list[str]) -> pd.DataF
 
 
 def read_texts(source: str, column: str | None) -> list[str]:
-    """The texts of an unlabeled file: a .txt file a line each, or the text column of a table (data.unlabeled)."""
+    """The texts of an unlabeled file (data.unlabeled): see text_table."""
+    return text_table(source, column)[1]
+
+
+def text_table(source: str, column: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """A file of texts without labels, as read (every column kept) and its texts: a .txt file a line each, or a
+    table's text column (its first table, where the source holds several)."""
     if source.endswith(".txt"):
-        return read_text_lines(source)
+        texts = read_text_lines(source)
+        return pd.DataFrame({"text": texts}), texts
     table = read_source(source)
     table = next(iter(table.values())) if isinstance(table, dict) else table
-    return select_columns(table, DataConfig(text_column=column), source, need_label=False)["text"].tolist()
+    return table, select_columns(table, DataConfig(text_column=column), source, need_label=False)["text"].tolist()
 
 
 def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True) -> pd.DataFrame:
