@@ -6,29 +6,28 @@ training run takes seconds. Dropout is off so runs can be compared exactly.
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
+import os
 
-import pandas as pd
-import pytest
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker's torch, and each ftune process a test
+# starts, gets one thread: two workers with two threads each would fight over the cores. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests read what ftune prints, and rich sizes tables to the terminal: xdist workers have none (80 columns), a
+# developer's may be narrow. One width for every runner keeps the assertions about content, not about line wraps.
+os.environ["COLUMNS"] = "200"
 
-from ftune.config import load_config
+from pathlib import Path  # noqa: E402
 
-POSITIVE = ["great", "excellent", "wonderful", "superb", "delightful", "brilliant"]
-NEGATIVE = ["awful", "terrible", "boring", "dreadful", "bad", "dull"]
-FILLER = "the movie was really quite a film with story acting plot and it felt long short new old".split()
+import pytest  # noqa: E402
+
+from ftune.config import load_config  # noqa: E402
+from helpers import synthetic_reviews  # noqa: E402
 
 
-def synthetic_reviews(n: int, seed: int = 0) -> pd.DataFrame:
-    """Sentences whose label is given by the one sentiment word they contain."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        words = rng.sample(FILLER, rng.randint(3, 10)) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append({"review": " ".join(words), "stars": label})
-    return pd.DataFrame(rows)
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests first (the longest take 10-35 s), so that the two workers
+    finish together instead of one of them starting a long test at the end."""
+    items.sort(key=lambda item: not (item.get_closest_marker("e2e") or item.get_closest_marker("slow")))
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,8 @@ from ftune.data.sources import read_source
 from ftune.errors import DataError
 from ftune.models import load_tokenizer
 from ftune.tasks import tagging
+from helpers import entity_sentences, synthetic_reviews
 
-from conftest import synthetic_reviews
-from test_tagging import entity_sentences
 
 
 def cfg(path, **kw) -> DataConfig:
@@ -267,7 +266,7 @@ def test_a_tag_only_in_test_is_a_warning_and_counts_as_wrong(tiny_config, tmp_pa
 
 
 def test_the_cli_says_it_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
-    from test_cli import ftune_cli
+    from helpers import ftune_cli
 
     monkeypatch.chdir(tmp_path)
     synthetic_reviews(40).assign(stars="pos").to_csv("one.csv", index=False)

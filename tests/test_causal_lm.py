@@ -20,16 +20,7 @@ from ftune.tasks import causal_lm
 from ftune.tasks.base import cross_entropy_sum
 from ftune.tasks.causal_lm import CausalLM, encode_chats, end_of_turn_ids, pack
 from ftune.tiny import build_tiny_decoder
-
-OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark",
-             "early": "late", "happy": "sad", "open": "closed", "rich": "poor"}
-
-
-def instructions(n: int, seed: int = 0, opposites: dict[str, str] = OPPOSITES) -> list[dict]:
-    rng = random.Random(seed)
-    words = list(opposites.items()) + [(b, a) for a, b in opposites.items()]
-    return [{"prompt": f"what is the opposite of {w} ?", "response": f"the opposite of {w} is {o} ."}
-            for w, o in (rng.choice(words) for _ in range(n))]
+from helpers import OPPOSITES, instructions
 
 
 @pytest.fixture(scope="module")

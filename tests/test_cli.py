@@ -1,23 +1,15 @@
 """The command line: verbs end to end on the tiny model, and user errors as one line with exit code 2."""
 
 import json
+import os
+import re
+import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from ftune.cli import main
-
-
-def ftune_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftune", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from helpers import ftune_cli
 
 
 @pytest.fixture
@@ -80,3 +72,35 @@ def test_user_errors_are_one_line_and_exit_2(args, message, reviews_csv, tmp_pat
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()  # a mistake leaves nothing behind
+
+
+# Every line a LoRA run writes, as ftune writes it (COLUMNS is wide, so no line wraps).
+FTUNE_STDERR = re.compile(r"(memory|lora|data warning|report): |learning rate |epoch \d|train ━")
+FTUNE_STDOUT = re.compile(r"\s*test split, |[┏┃┡│└]|(diagnosis|run directory): ")
+
+
+@pytest.mark.e2e
+def test_a_lora_run_prints_no_line_from_another_library(tiny_model, reviews_csv, tmp_path):
+    """What a user sees in a normal LoRA run is ftune's alone. (With bitsandbytes installed, peft imports it in every
+    LoRA run, and it used to log that it could not fetch a kernel from the model hub.)"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}
+    env.pop("USE_HUB_KERNELS", None)
+    done = subprocess.run([sys.executable, "-m", "ftune", "train", "--model", tiny_model, "--data", str(reviews_csv),
+                           "--text-column", "review", "--label-column", "stars", "--method", "lora", "--set",
+                           "data.max_length=32", "--set", "train.epochs=1", "--tracking", "none", "--output-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    foreign = [line for line in done.stderr.splitlines() if line.strip() and not FTUNE_STDERR.match(line)]
+    foreign += [line for line in done.stdout.splitlines() if line.strip() and not FTUNE_STDOUT.match(line)]
+    assert not foreign, "\n".join(foreign)
+
+
+def test_no_kernel_is_fetched_from_the_hub(tiny_model):
+    """transformers kernelizes every model it loads, and bitsandbytes its 4-bit CPU path, with compiled code fetched
+    from the model hub by the `kernels` package; importing ftune turns both off (USE_HUB_KERNELS=YES lets them)."""
+    from ftune.models import load_classifier
+
+    if os.environ["USE_HUB_KERNELS"].upper() in {"1", "ON", "YES", "TRUE"}:
+        pytest.skip("this test run itself sets USE_HUB_KERNELS=YES")
+    assert sys.modules["kernels"] is None
+    assert not load_classifier(tiny_model, ["a", "b"]).use_kernels

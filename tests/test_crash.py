@@ -14,6 +14,7 @@ import pytest
 import ftune
 from ftune.checkpoint import repair
 from ftune.run import read_history
+from helpers import ftune_message
 
 SETTINGS = {"data.max_length": 32, "train.epochs": 3, "train.batch_size": 16, "train.learning_rate": 3e-3,
             "train.warmup_ratio": 0.0, "train.log_steps": 1, "train.save_steps": 2, "train.save_total_limit": 2,
@@ -50,6 +51,7 @@ def uninterrupted(tiny_model, reviews_csv, tmp_path_factory):
     return ftune.train(cfg, quiet=True)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_a_random_step_then_resume_ends_like_the_uninterrupted_run(seed, uninterrupted, tiny_model,
                                                                               reviews_csv, tmp_path):
@@ -68,12 +70,13 @@ def test_sigkill_at_a_random_step_then_resume_ends_like_the_uninterrupted_run(se
     assert b["validation"]["best_step"] == a["validation"]["best_step"]
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resume_finishes_the_same(uninterrupted, tiny_model,
                                                                               reviews_csv, tmp_path):
     command = train_command(tiny_model, reviews_csv, tmp_path / "run")
     stopped = start_and_signal_at_step(command, tmp_path / "run", 7, signal.SIGTERM)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
-    message = stopped.stderr.strip()
+    message = ftune_message(stopped.stderr)
     assert message.startswith("stopped: stopped by SIGTERM at step") and "--resume" in message
     assert len(message.splitlines()) <= 2  # one line, folded by the terminal width at most
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -7,8 +7,8 @@ from ftune.data import encode, load_splits
 from ftune.data.batching import eval_batches, train_batches
 from ftune.data.sources import read_source
 from ftune.errors import DataError
+from helpers import synthetic_reviews
 
-from conftest import synthetic_reviews
 
 
 def cfg(path, **kw) -> DataConfig:

@@ -14,7 +14,9 @@ from ftune.errors import ConfigError
 from ftune.inference import resolve_device, resolve_precision, to_device
 from ftune.predictors import Predictor
 from ftune.predictors.onnx import onnx_providers
-from test_cli import ftune_cli
+from helpers import ftune_cli
+
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
 
 CUDA = torch.cuda.is_available()
 

@@ -7,7 +7,7 @@ import pytest
 import ftune
 from ftune.diagnosis import diagnose, lines
 from ftune.runs import run_row
-from test_cli import ftune_cli
+from helpers import ftune_cli
 
 
 def test_a_learning_rate_far_too_low_is_named_and_a_good_run_gets_no_diagnosis(tiny_config, tiny_model, reviews_csv,

@@ -14,10 +14,10 @@ from ftune.config import load_config
 from ftune.distill import distill_loss, kept_layers
 from ftune.predictors import Predictor
 from ftune.tasks.base import cross_entropy_sum
+from helpers import entity_sentences, ftune_cli, synthetic_reviews
 
-from conftest import synthetic_reviews
-from test_cli import ftune_cli
-from test_tagging import entity_sentences
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 
 
 def _overrides(tiny_model, reviews_csv, out, **more):

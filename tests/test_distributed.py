@@ -12,7 +12,7 @@ import pytest
 import ftune
 from ftune.distributed import torchrun_command, without_launch_options
 from ftune.errors import ConfigError, RunError
-from test_cli import ftune_cli
+from helpers import ftune_cli
 
 # Global micro-batch 8 and 2 accumulation steps in both runs: 1 process x 8, or 2 processes x 4.
 COMMON = {"data.max_length": 32, "train.epochs": 2, "train.learning_rate": 3e-3, "train.warmup_ratio": 0.0,
@@ -44,6 +44,7 @@ def runs(tiny_model, reviews_csv, tmp_path_factory):
     return root, one, ftune.Run(root / "two"), done
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     root, one, two, done = runs
     a, b = one.metrics, two.metrics
@@ -59,6 +60,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     assert sorted(p.name for p in (two.path / "checkpoints").iterdir()) == ["best", "step-0000018", "step-0000036"]
 
 
+@pytest.mark.e2e
 def test_an_interrupted_two_process_run_resumes_to_the_same_end(runs, tiny_model, reviews_csv):
     root, _, two, _ = runs
     cut = root / "cut"  # as if killed right after epoch 1's checkpoint: drop everything written later

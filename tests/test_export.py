@@ -10,7 +10,9 @@ import ftune
 from ftune.export import export_onnx
 from ftune.predictors.onnx import OnnxPredictor
 from ftune.predictors import Predictor, load_predictor
-from tests.test_cli import ftune_cli
+from helpers import ftune_cli
+
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
 
 TEXTS = ["a superb film", "dull", "the acting was really quite excellent and the story was long but wonderful",
          "story plot boring old"]

@@ -15,8 +15,8 @@ from ftune.data import select_columns
 from ftune.data.sources import read_source
 from ftune.errors import ConfigError, DataError
 from ftune.serve import ServeSettings
-from test_serve import KEY, SlowLabeler, running
-from test_serve_hostile import MarkerLabeler, normal_request_works, port_of, post_head, read_response, status_of
+from helpers import (KEY, MarkerLabeler, SlowLabeler, normal_request_works, port_of, post_head, read_response, running,
+                     status_of)
 
 KEYS = ["model", "data", "method", "train", "tracking", "distributed", "output_dir", "name", "epochs", "r", "train",
         "learning_rate", "batch_size", "max_length", "backend", "strategy", "lora", "full", "freeze", "layers"]

@@ -20,7 +20,7 @@ from ftune.export import export_onnx
 from ftune.models import ALIASES, HUB_IDS
 from ftune.predictors import Predictor, load_predictor
 from ftune.run import write_json
-from tests.test_cli import ftune_cli
+from helpers import ftune_cli
 
 TEXTS = ["a superb film", "dull", "the acting was really quite excellent and the story was long but wonderful"]
 HUB_ID = "ftune-test/tiny-bert"  # a hub id the tiny model is cached under, offline

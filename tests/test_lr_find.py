@@ -13,6 +13,8 @@ from ftune import lr_find
 from ftune.config import load_config, to_yaml
 from ftune.errors import ConfigError
 
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 
 def test_auto_picks_a_rate_writes_the_curve_and_the_run_starts_as_with_that_rate(tiny_config, tmp_path):
     common = {"train.epochs": 2, "train.baselines": False}

@@ -389,8 +389,9 @@ def test_save_predictions_reads_like_a_classification_csv(tmp_path):
 
 # --- end to end: a tiny run through the CLI ---------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_train_predict_eval_and_export_through_the_cli(tiny_model, tmp_path, monkeypatch, capsys):
-    from test_cli import ftune_cli
+    from helpers import ftune_cli
 
     data = tmp_path / "topics.csv"
     frame = topic_texts(240)
@@ -452,7 +453,7 @@ def test_train_predict_eval_and_export_through_the_cli(tiny_model, tmp_path, mon
 
 
 def test_bad_labels_through_the_cli_are_one_line_and_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
-    from test_cli import ftune_cli
+    from helpers import ftune_cli
 
     frame = topic_texts(40)
     frame.loc[5, "label"] = ""

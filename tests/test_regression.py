@@ -19,8 +19,8 @@ from ftune.errors import ConfigError, DataError
 from ftune.tasks import task_for
 from ftune.tasks.regression import (OUTPUT, Regression, bootstrap_rmse, loss_value, parse_targets, regression_metrics,
                                     tfidf_ridge_predictions)
+from helpers import ftune_cli
 
-from test_cli import ftune_cli
 
 GOOD = ["great", "excellent", "wonderful", "superb", "delightful", "brilliant"]
 FILLER = "the movie was really quite a film with story acting plot and it felt long short new old".split()

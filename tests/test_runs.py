@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import ftune
-from test_cli import ftune_cli
+from helpers import ftune_cli
 
 
 @pytest.fixture(autouse=True)

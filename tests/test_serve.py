@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import socket
-from contextlib import contextmanager
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +12,8 @@ import pytest
 import ftune
 from ftune.batching_queue import MicroBatcher, Overloaded
 from ftune.predictors import Predictor
-from ftune.serve import ServeSettings, build_server, create_app
-from ftune.tasks.classification import Classification
-
-KEY = "test-key"
+from ftune.serve import ServeSettings, create_app
+from helpers import KEY, SlowLabeler, post, rss_mb, running
 
 
 @pytest.fixture(scope="module")
@@ -29,49 +25,10 @@ def predictor(tiny_model, reviews_csv, tmp_path_factory):
     return Predictor(ftune.train(ftune.load_config(overrides=overrides), quiet=True).path)
 
 
-@contextmanager
-def running(predictor, settings=None):
-    """The service under uvicorn in a thread, as `ftune serve` runs it; yields its base URL and the app."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = build_server(predictor, "127.0.0.1", port, settings, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", server.config.app
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(predictor):
     with running(predictor, ServeSettings(max_texts=4, max_chars=200, max_wait_ms=20, api_key=KEY)) as (url, app):
         yield url, app
-
-
-class SlowLabeler:
-    """A stand-in model that takes `seconds` per forward pass, to overload and time out the service."""
-
-    kind = "slow"
-    task = Classification  # its answers have classification's shape
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        time.sleep(self.seconds)
-        return [{"label": "pos", "score": 1.0, "scores": {"pos": 1.0}} for _ in texts]
-
-    def describe(self) -> dict:
-        return {"kind": self.kind}
-
-
-def post(url: str, body=None, key: str | None = KEY, **kwargs) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=30, **kwargs)
 
 
 def test_health_model_and_openapi(server, predictor):
@@ -250,17 +207,14 @@ def test_under_bounded_overload_every_request_gets_a_result_or_503_and_memory_st
     with running(SlowLabeler(0.05), ServeSettings(max_batch=4, max_waiting=max_waiting, max_wait_ms=1)) as (url, app):
         threading.Thread(target=watch_queue, args=(app.state.batcher,), daemon=True).start()
         first = asyncio.run(burst(url, 200))  # 25x what the queue holds
-        rss_after_first = _rss_mb()
+        rss_after_first = rss_mb()
         second = asyncio.run(burst(url, 200))
         stop.set()
         assert set(first) | set(second) <= {200, 503}  # an answer or a clear refusal, nothing else
         assert first.count(503) > 0 and first.count(200) > 0 and second.count(200) > 0
         assert max(seen) <= max_waiting  # the backlog never grows past the bound
-        assert _rss_mb() - rss_after_first < 30  # a second burst does not grow memory
+        assert rss_mb() - rss_after_first < 30  # a second burst does not grow memory
         assert httpx.get(f"{url}/health").json()["waiting"] == 0
         assert httpx.post(f"{url}/v1/predict", json={"texts": ["after"]}, timeout=30).status_code == 200
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024

@@ -4,7 +4,6 @@ Host headers. Each is refused cheaply, and a normal client is served afterwards.
 
 import asyncio
 import logging
-import re
 import socket
 import subprocess
 import sys
@@ -16,78 +15,8 @@ import pytest
 
 from ftune.errors import ConfigError
 from ftune.serve import LOOPBACK_HOSTS, ServeSettings, build_server, connection_limit
-from ftune.tasks.classification import Classification
-from test_cli import ftune_cli
-from test_serve import KEY, _rss_mb, running
-
-AUTH = f"Authorization: Bearer {KEY}\r\n".encode()
-
-
-class MarkerLabeler:
-    """A stand-in model: the label is the text's length; a text containing POISON breaks the whole forward pass."""
-
-    kind = "marker"
-    task = Classification  # its answers have classification's shape
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        self.calls.append(texts)
-        time.sleep(0.02)
-        if any("POISON" in text for text in texts):
-            raise RuntimeError("this text breaks the model")
-        return [{"label": str(len(text)), "score": 1.0, "scores": {str(len(text)): 1.0}} for text in texts]
-
-    def describe(self) -> dict:
-        return {"kind": self.kind}
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-def status_of(response: bytes) -> int | None:
-    match = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
-    return int(match[1]) if match else None
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """What the server sends until it has answered (headers and Content-Length bytes), closed, or gone quiet."""
-    data, deadline = b"", time.monotonic() + 15
-    try:
-        while time.monotonic() < deadline:
-            head, blank_line, body = data.partition(b"\r\n\r\n")
-            length = re.search(rb"(?i)content-length: (\d+)", head)
-            if blank_line and length and len(body) >= int(length[1]):
-                return data
-            chunk = sock.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return data
-
-
-def exchange(port: int, data: bytes, wait_s: float = 10) -> bytes:
-    """Sends `data` on a new connection and returns the answer (b"" when the server closed without one)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
-        sock.sendall(data)
-        return read_response(sock)
-
-
-def post_head(length: int | None, key: bool = True) -> bytes:
-    """A request's headers for a body of `length` bytes (None: chunked)."""
-    size = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
-    return (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + size
-            + (AUTH if key else b"") + b"\r\n")
-
-
-def normal_request_works(url: str) -> bool:
-    response = httpx.post(f"{url}/v1/predict", json={"texts": ["fine"]}, headers={"Authorization": f"Bearer {KEY}"},
-                          timeout=30)
-    return response.status_code == 200 and response.json()["predictions"][0]["label"] == "4"
+from helpers import (KEY, MarkerLabeler, exchange, ftune_cli, normal_request_works, port_of, post_head, read_response,
+                     rss_mb, running, status_of)
 
 
 @contextmanager
@@ -192,7 +121,7 @@ def test_a_request_that_breaks_the_model_fails_alone():
 def test_an_unauthenticated_body_is_refused_before_it_is_read(server):
     url, _ = server
     megabyte = b"x" * 2**20
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
         sock.sendall(post_head(100 * 2**20, key=False) + megabyte)
         answer = read_response(sock)  # arrives while 99 MB are still unsent: the server did not wait for the body
@@ -202,7 +131,7 @@ def test_an_unauthenticated_body_is_refused_before_it_is_read(server):
                 sock.sendall(megabyte)
         except (BrokenPipeError, ConnectionResetError):
             pass  # or the connection was cut at the read deadline: fine too
-    assert _rss_mb() - rss_before < 30  # the server runs in this process; the old one kept the whole body (>100 MB)
+    assert rss_mb() - rss_before < 30  # the server runs in this process; the old one kept the whole body (>100 MB)
     assert normal_request_works(url)
 
 
@@ -301,6 +230,7 @@ serve(Lengths(), "127.0.0.1", int(sys.argv[1]), ServeSettings(read_timeout_s=1),
 """
 
 
+@pytest.mark.e2e
 def test_a_flood_of_idle_connections_past_the_open_file_limit_passes_without_tracebacks(tmp_path):
     """The reported case, scaled down: more idle connections than the server may open files (300 at 256), in a
     subprocess with that limit. It used to log thousands of accept() tracebacks a second and answer nobody."""

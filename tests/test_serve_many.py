@@ -9,13 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 import ftune
-from conftest import synthetic_reviews
 from ftune.errors import ConfigError
 from ftune.predictors import Predictor
 from ftune.predictors.many import answer_items, load_many
 from ftune.serve import ServeSettings, create_app
-from test_cli import ftune_cli
-from test_serve import KEY, post, running
+from helpers import KEY, ftune_cli, post, running, synthetic_reviews
 
 TEXTS = ["a superb film", "dull and dreadful", "the plot was long", "great acting, boring story"]
 

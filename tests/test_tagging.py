@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pandas as pd
@@ -15,32 +14,7 @@ from ftune.data.tagged import read_tagged
 from ftune.data.tokenize import IGNORE
 from ftune.models import load_tokenizer
 from ftune.tasks.tagging import encode_words, is_entity_scheme, tagging_metrics
-
-FIRST = ["john", "mary", "paul", "anna"]
-LAST = ["smith", "jones", "brown"]
-CITIES = ["paris", "london", "berlin", "rome"]
-OTHER = "the a visited saw met in at from yesterday today and with".split()
-
-
-def entity_sentences(n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
-    """Sentences with person names (B-PER I-PER) and cities (B-LOC) among other words (O)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words, tags = [], []
-        for _ in range(rng.randint(3, 8)):
-            kind = rng.random()
-            if kind < 0.25:
-                words += [rng.choice(FIRST), rng.choice(LAST)]
-                tags += ["B-PER", "I-PER"]
-            elif kind < 0.45:
-                words.append(rng.choice(CITIES))
-                tags.append("B-LOC")
-            else:
-                words.append(rng.choice(OTHER))
-                tags.append("O")
-        rows.append((words, tags))
-    return rows
+from helpers import entity_sentences
 
 
 @pytest.fixture

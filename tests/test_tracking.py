@@ -17,6 +17,8 @@ from ftune.config import TrackingConfig
 from ftune.errors import ConfigError
 from ftune.trackers import connect
 
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 
 @pytest.fixture(scope="module")
 def tracked(tiny_model, reviews_csv, tmp_path_factory):

@@ -14,6 +14,8 @@ import ftune.training
 from ftune.errors import RunError
 from ftune.run import Run
 
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 
 def test_full_fine_tuning_learns_and_writes_a_complete_run(tiny_config):
     run = ftune.train(tiny_config(), quiet=True)

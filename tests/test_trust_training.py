@@ -16,6 +16,8 @@ import ftune
 from ftune.config import DEFAULT_LEARNING_RATES, load_config
 from ftune.errors import ConfigError, RunError
 
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 
 def interrupted_copy(run, where: Path, keep_checkpoints: int) -> Path:
     """The run as a kill after its first `keep_checkpoints` checkpoints would have left it."""

@@ -10,11 +10,13 @@ import optuna
 import pytest
 import yaml
 
-from test_cli import ftune_cli
 from ftune.config import DEFAULT_LEARNING_RATES, load_config, to_yaml
 from ftune.errors import ConfigError
 from ftune.runs import compare_runs, run_row
 from ftune.tune import Choices, Range, default_space, load_space, tune
+from helpers import ftune_cli
+
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
 
 # Fast trials: one epoch each, a learning rate the tiny model learns with, two batch sizes.
 SPACE = {"train.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}, "train.batch_size": {"choices": [32, 64]}}

@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 
 import ftune
-from conftest import synthetic_reviews
 from ftune.data import Encoded, Splits
 from ftune.data.validate import data_warnings
-from test_cli import ftune_cli
+from helpers import ftune_cli, synthetic_reviews
 
 
 def splits_of(train: list[tuple[str, int]], test: list[tuple[str, int]], labels=("neg", "pos")) -> Splits:

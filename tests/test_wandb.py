@@ -19,6 +19,8 @@ import ftune  # noqa: E402
 from ftune.cli import main  # noqa: E402
 from ftune.tracking_wandb import NOT_LOGGED_IN, offline_reason  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
+
 BLOCK = 32 * 1024  # the .wandb file is a LevelDB log: 32 KiB blocks of records, each with a 7-byte header
 
 

@@ -5,6 +5,18 @@
     run.predict(["the plot was thin but the acting carried it"])
 """
 
+import os
+import sys
+
+# ftune runs no code from the model hub that the user did not ask for. transformers (5.2x) "kernelizes" every model it
+# loads with compiled kernels fetched from the hub when the `kernels` package is installed (it comes with
+# transformers), and bitsandbytes, which peft imports in every LoRA run, fetches and loads a 4-bit CPU kernel the same
+# way on CPUs with AVX512-BF16. USE_HUB_KERNELS=NO is transformers' own switch; a `None` entry in sys.modules makes
+# bitsandbytes' `import kernels` fail, which it treats as "not installed". A user who sets USE_HUB_KERNELS=YES gets
+# what the libraries do by themselves.
+if os.environ.setdefault("USE_HUB_KERNELS", "NO").upper() not in {"1", "ON", "YES", "TRUE"}:
+    sys.modules.setdefault("kernels", None)
+
 from ftune.config import Config, load_config
 from ftune.errors import ConfigError, DataError, FtuneError, ModelError, RunError
 from ftune.predictors import Run

@@ -1,0 +1,219 @@
+"""Helpers the test modules share: synthetic data, running the CLI in-process, and serving on a loopback port.
+
+Test modules import from here, never from each other (pytest's conftest.py holds only fixtures)."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pandas as pd
+
+from ftune.cli import main
+from ftune.serve import build_server
+from ftune.tasks.classification import Classification
+
+
+POSITIVE = ["great", "excellent", "wonderful", "superb", "delightful", "brilliant"]
+NEGATIVE = ["awful", "terrible", "boring", "dreadful", "bad", "dull"]
+FILLER = "the movie was really quite a film with story acting plot and it felt long short new old".split()
+
+
+def synthetic_reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    """Sentences whose label is given by the one sentiment word they contain."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = rng.sample(FILLER, rng.randint(3, 10)) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"review": " ".join(words), "stars": label})
+    return pd.DataFrame(rows)
+
+
+def ftune_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["ftune", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+FIRST = ["john", "mary", "paul", "anna"]
+LAST = ["smith", "jones", "brown"]
+CITIES = ["paris", "london", "berlin", "rome"]
+OTHER = "the a visited saw met in at from yesterday today and with".split()
+
+
+def entity_sentences(n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """Sentences with person names (B-PER I-PER) and cities (B-LOC) among other words (O)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(3, 8)):
+            kind = rng.random()
+            if kind < 0.25:
+                words += [rng.choice(FIRST), rng.choice(LAST)]
+                tags += ["B-PER", "I-PER"]
+            elif kind < 0.45:
+                words.append(rng.choice(CITIES))
+                tags.append("B-LOC")
+            else:
+                words.append(rng.choice(OTHER))
+                tags.append("O")
+        rows.append((words, tags))
+    return rows
+
+
+OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark",
+             "early": "late", "happy": "sad", "open": "closed", "rich": "poor"}
+
+
+def instructions(n: int, seed: int = 0, opposites: dict[str, str] = OPPOSITES) -> list[dict]:
+    rng = random.Random(seed)
+    words = list(opposites.items()) + [(b, a) for a, b in opposites.items()]
+    return [{"prompt": f"what is the opposite of {w} ?", "response": f"the opposite of {w} is {o} ."}
+            for w, o in (rng.choice(words) for _ in range(n))]
+
+
+KEY = "test-key"
+
+
+@contextmanager
+def running(predictor, settings=None):
+    """The service under uvicorn in a thread, as `ftune serve` runs it; yields its base URL and the app."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = build_server(predictor, "127.0.0.1", port, settings, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", server.config.app
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class SlowLabeler:
+    """A stand-in model that takes `seconds` per forward pass, to overload and time out the service."""
+
+
+    kind = "slow"
+    task = Classification  # its answers have classification's shape
+
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        time.sleep(self.seconds)
+        return [{"label": "pos", "score": 1.0, "scores": {"pos": 1.0}} for _ in texts]
+
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+
+def post(url: str, body=None, key: str | None = KEY, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=30, **kwargs)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+AUTH = f"Authorization: Bearer {KEY}\r\n".encode()
+
+
+class MarkerLabeler:
+    """A stand-in model: the label is the text's length; a text containing POISON breaks the whole forward pass."""
+
+
+    kind = "marker"
+    task = Classification  # its answers have classification's shape
+
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        self.calls.append(texts)
+        time.sleep(0.02)
+        if any("POISON" in text for text in texts):
+            raise RuntimeError("this text breaks the model")
+        return [{"label": str(len(text)), "score": 1.0, "scores": {str(len(text)): 1.0}} for text in texts]
+
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def status_of(response: bytes) -> int | None:
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    return int(match[1]) if match else None
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """What the server sends until it has answered (headers and Content-Length bytes), closed, or gone quiet."""
+    data, deadline = b"", time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline:
+            head, blank_line, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: (\d+)", head)
+            if blank_line and length and len(body) >= int(length[1]):
+                return data
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def exchange(port: int, data: bytes, wait_s: float = 10) -> bytes:
+    """Sends `data` on a new connection and returns the answer (b"" when the server closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(data)
+        return read_response(sock)
+
+
+def post_head(length: int | None, key: bool = True) -> bytes:
+    """A request's headers for a body of `length` bytes (None: chunked)."""
+    size = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
+    return (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + size
+            + (AUTH if key else b"") + b"\r\n")
+
+
+def normal_request_works(url: str) -> bool:
+    response = httpx.post(f"{url}/v1/predict", json={"texts": ["fine"]}, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=30)
+    return response.status_code == 200 and response.json()["predictions"][0]["label"] == "4"
+
+
+def ftune_message(stderr: str) -> str:
+    """ftune's own closing line (`error: ...` or `stopped: ...`) in a process's stderr; a library may log before it,
+    and whether ftune prints anything else is tested once, in test_cli's LoRA-run test."""
+    lines = [line for line in stderr.splitlines() if line.startswith(("error: ", "stopped: "))]
+    assert lines, f"ftune printed no error or stopped line:\n{stderr[-2000:]}"
+    return lines[-1]
