@@ -16,7 +16,9 @@ from ftune.data import load_splits
 from ftune.errors import RunError
 from ftune.runs import compare_runs
 from ftune.seeds import train_seeds
-from test_cli import ftune_cli
+from helpers import ftune_cli
+
+pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
 
 SEEDS = [0, 1, 2]
 
@@ -143,7 +145,7 @@ def test_resume_skips_complete_seeds_and_continues_the_unfinished_one(tiny_confi
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seeds", "a,b"], "--seeds: 'a' is not a seed (a whole number 0 or more)"),
+    (["--seeds", "a,b"], "--seeds: 'a' is not a seed (a whole number from 0 to 4294967295)"),
     (["--seeds", ""], "--seeds is empty"),
     (["--seeds", " , "], "--seeds is empty"),
     (["--seeds", "0,1,1"], "--seeds: seed 1 is given twice"),

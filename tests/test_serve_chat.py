@@ -21,8 +21,7 @@ import ftune
 from ftune.generate import Generator
 from ftune.serve import ServeSettings, build_server
 from ftune.tiny import build_tiny_decoder
-from test_causal_lm import instructions
-from test_serve import running as serving
+from helpers import instructions, running as serving
 
 KEY = "chat-test-key"
 CAP = 32  # the server's --max-new-tokens
@@ -179,6 +178,7 @@ def test_the_served_model_is_listed_and_another_name_is_404(chat, url):
      "messages[0].content must be a string or a list of text parts"),
     ({"messages": []}, "messages: List should have at least 1 item"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be a non-empty string or a list of up to 4"),
+    ({"stop": ["a", "q" * 257]}, "stop: a stop string of 257 characters is over this server's limit of 256"),
     ({"temperature": 3}, "temperature: Input should be less than or equal to 2"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: this server's model cannot call tools"),
     ({"messages": [{"role": "user", "content": "hot " * 600}]}, "the messages hold 2400 characters; this server's "
@@ -258,6 +258,18 @@ def test_a_full_queue_is_503_a_client_that_leaves_stops_its_generation_and_a_lat
             time.sleep(0.05)
         assert slow.written[1] < full  # the timed-out generation was stopped too
         assert ask(chat, max_tokens=2).choices[0].finish_reason == "length"  # and the service goes on
+
+
+def test_a_stream_is_cut_at_the_servers_timeout_so_it_cannot_hold_the_model(generator):
+    slow = slowed(generator, 0.3)  # 0.3 s a token: the whole answer takes ~3 s
+    full = generator.complete(generator.prompt([{"role": "user", "content": QUESTION}]), CAP)
+    with running(slow, ServeSettings(api_key=KEY, max_new_tokens=CAP, timeout_s=1.0)) as url:
+        chat = client(url)
+        pieces, finish, chunks = streamed(chat, stream_options={"include_usage": True})
+        assert finish == "length" and 1 <= chunks[-1].usage.completion_tokens == slow.written[0] < len(full)
+        whole = generator.tokenizer.decode(full, skip_special_tokens=True).strip()
+        assert whole.startswith("".join(pieces))  # what was written until then
+        assert ask(chat, max_tokens=1).choices[0].finish_reason == "length"  # the model thread is free again
 
 
 def test_ftune_serve_serves_a_causal_lm_run_and_refuses_it_beside_others(run_path, monkeypatch):

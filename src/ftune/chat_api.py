@@ -9,7 +9,12 @@ a time in the model thread: a MicroBatcher with batching off, whose waiting requ
 beyond --max-waiting). A stopping criterion sees every new token, before generation decides whether to go on: it
 decodes the answer so far and sends on the part more tokens can no longer change, holding back a tail that could be
 the start of a stop string (and trailing space), so a streamed answer is cut where the whole answer is. It also
-ends the generation at a stop string, when a streaming client has gone, and when a request has timed out.
+ends the generation at a stop string, when a streaming client has gone, when a request has timed out, and once a
+generation has run for the server's timeout (a stream is cut there: finish_reason "length").
+
+What one request may cost is bounded beyond the body limit: at most MAX_STOPS stop strings of MAX_STOP_CHARS
+characters (the stop check on every token looks only at the text's tail), a prompt of at most --max-prompt-chars
+tokens (as well as characters) that fits the model, and the server's timeout of generation.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ if TYPE_CHECKING:  # ftune.serve builds this module's app: importing it here wou
     from ftune.serve import ServeSettings
 
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
+# Characters per stop string. OpenAI sets no limit, but the stop check on every token costs up to a stop string's
+# length squared (which of its beginnings the answer ends with): 350,000 characters took 44 s for 10 tokens.
+MAX_STOP_CHARS = 256
 log = logging.getLogger("uvicorn.error")  # where the server's other errors go
 
 
@@ -55,10 +63,14 @@ class ChatRequest(BaseModel):
                                                           "a string or a list of text parts")
     max_tokens: int | None = Field(None, ge=1, description="tokens to write at most (default: the server's limit)")
     max_completion_tokens: int | None = Field(None, ge=1, description="the same as max_tokens (OpenAI's newer name)")
-    temperature: float | None = Field(None, ge=0, le=2, description="0: greedy; default 1, as OpenAI's")
-    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (with temperature > 0)")
-    stop: Any = Field(None, description=f"a string or up to {MAX_STOPS}: the answer ends before the first one")
-    seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - 1, description="sampling seed (default: not reset)")
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False,
+                                      description="0 (or below 1e-5): greedy; default 1, as OpenAI's")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                description="nucleus sampling (with temperature > 0)")
+    stop: Any = Field(None, description=f"a string or up to {MAX_STOPS}, each of up to {MAX_STOP_CHARS} characters: "
+                                        f"the answer ends before the first one")
+    seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - 1,
+                             description="sampling seed (default: a fresh random one per request)")
     n: int | None = Field(None, description="answers per request: only 1")
     stream: bool | None = Field(False, description="server-sent events as the answer is written")
     stream_options: dict | None = Field(None, description='{"include_usage": true}: a last event with the usage')
@@ -109,39 +121,51 @@ def stop_strings(stop: Any) -> list[str]:
     stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
     if not (isinstance(stops, list) and len(stops) <= MAX_STOPS and all(isinstance(s, str) and s for s in stops)):
         raise _Refused(400, f"stop must be a non-empty string or a list of up to {MAX_STOPS} of them", "stop")
+    if (longest := max(map(len, stops), default=0)) > MAX_STOP_CHARS:
+        raise _Refused(400, f"stop: a stop string of {longest} characters is over this server's limit of "
+                            f"{MAX_STOP_CHARS}; send shorter ones", "stop")
     return stops
 
 
 class _Answer(StoppingCriteria):
     """Called by generate after every new token, in the model thread: decodes the answer so far (stripped, as
     `ftune generate` strips it), cuts it before the first stop string, and sends on (`emit`) what more tokens can no
-    longer change. Ends the generation at a stop string or once `cancel` is set. `content`: all that was sent."""
+    longer change. Ends the generation at a stop string, once `cancel` is set, or at `deadline` (time.monotonic();
+    then `out_of_time`). `content`: all that was sent."""
 
     def __init__(self, tokenizer, lock: threading.Lock, prompt_length: int, stops: list[str], cancel: threading.Event,
-                 emit: Callable[[str], None] | None = None):
+                 deadline: float, emit: Callable[[str], None] | None = None):
         self.tokenizer, self.lock, self.prompt_length, self.stops = tokenizer, lock, prompt_length, stops
-        self.cancel, self.emit = cancel, emit
-        self.text, self.content, self.stopped = "", "", False
+        self.cancel, self.deadline, self.emit = cancel, deadline, emit
+        self.text, self.content, self.stopped, self.out_of_time = "", "", False, False
+        self.longest = max(map(len, stops), default=0)
+        self.searched = 0  # characters of the answer already searched for stop strings
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         with self.lock:  # the event loop tokenizes prompts meanwhile: a Rust tokenizer is not to be shared unguarded
             text = self.tokenizer.decode(input_ids[0, self.prompt_length:].tolist(), skip_special_tokens=True)
         text = text.lstrip()
-        found = [text.find(stop) for stop in self.stops if stop in text]
+        # A stop string new to this token ends in its text: search from a stop string's length before that (and a
+        # few characters more: a multi-byte character's U+FFFD becomes the character once its last byte comes).
+        # Searching the whole answer on every token would cost its length squared.
+        start, self.searched = max(0, self.searched - self.longest - 4), len(text)
+        found = [at for stop in self.stops if (at := text.find(stop, start)) >= 0]
         if found:
             text, self.stopped = text[:min(found)], True
         self.text = text
         if not self.stopped:
             self._send(self._settled(text))
-        return torch.full((input_ids.shape[0],), self.stopped or self.cancel.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        self.out_of_time = time.monotonic() > self.deadline
+        done = self.stopped or self.cancel.is_set() or self.out_of_time
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
     def finish(self) -> None:
         self._send(self.text.rstrip())
 
     def _settled(self, text: str) -> str:
         """The text without what the next tokens may still change: a tail that begins a stop string, trailing space
-        (the whole answer is stripped) and a character whose bytes are not all written yet (U+FFFD)."""
+        (the whole answer is stripped) and a character whose bytes are not all written yet (U+FFFD). (Up to
+        MAX_STOPS * MAX_STOP_CHARS comparisons of at most MAX_STOP_CHARS characters a token.)"""
         held = max((k for stop in self.stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
         text = text[:len(text) - held]
         while text != (shorter := text.rstrip().rstrip("\ufffd")):
@@ -207,13 +231,17 @@ class ChatService:
     def _write(self, job: _Job) -> _Written:
         """In the model thread: one answer, its text put on job.pieces as it settles."""
         job.loop.call_soon_threadsafe(_set, job.started)
-        answer = _Answer(self.generator.tokenizer, self.lock, len(job.ids), job.stops, job.cancel,
+        # No generation holds the model thread past the timeout: a stream has no other deadline once it started
+        deadline = time.monotonic() + self.settings.timeout_s
+        answer = _Answer(self.generator.tokenizer, self.lock, len(job.ids), job.stops, job.cancel, deadline,
                          lambda piece: job.loop.call_soon_threadsafe(job.pieces.put_nowait, piece))
         try:
             written = self.generator.complete(job.ids, job.max_tokens, job.temperature, job.top_p, job.seed, [answer])
             answer.finish()
         finally:
             job.loop.call_soon_threadsafe(job.pieces.put_nowait, None)
+        if answer.out_of_time:
+            log.warning("an answer was cut after %d tokens at the %g s timeout", len(written), self.settings.timeout_s)
         ended = answer.stopped or (written and written[-1] in self.generator.stop_ids)
         return _Written(answer.content, len(job.ids), len(written), "stop" if ended else "length")
 
@@ -248,6 +276,10 @@ class ChatService:
                 ids = self.generator.prompt(messages)
         except (FtuneError, TemplateError) as e:  # e.g. several turns for a model without a chat template
             raise _Refused(400, f"the model's prompt layout refused these messages: {e}", "messages") from None
+        # A token per character: a prompt's tokens bound its first forward pass, which no deadline can interrupt
+        if len(ids) > settings.max_prompt_chars:
+            raise _Refused(400, f"the prompt is {len(ids)} tokens; this server's limit is {settings.max_prompt_chars} "
+                                f"(ftune serve --max-prompt-chars limits tokens as well as characters)", "messages")
         room = positions - len(ids) if positions else settings.max_new_tokens  # positions left for the answer
         max_tokens = asked or min(settings.max_new_tokens, room)  # unasked: as many as fit, as OpenAI does
         if room < 1:

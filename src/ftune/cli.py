@@ -148,7 +148,11 @@ def distill(
     if (layers is None) == (student is None):
         raise ConfigError("ftune distill: pass --layers N (the teacher cut to N layers) or --student MODEL (a smaller "
                           "pretrained model), one of them")
-    raw = Run(teacher).config.model_dump(mode="json")  # the teacher's data and settings; refuses an unfinished run
+    teacher_run = Run(teacher)  # the teacher's data and settings; refuses an unfinished run
+    raw = teacher_run.config.model_dump(mode="json")
+    source = teacher_run.manifest.get("model_source")
+    if isinstance(source, str) and Path(source).is_dir():  # the base as found at training, not relative to here
+        raw["model"]["name"] = source
     raw["train"]["learning_rate"] = None  # the student's method's default, not the teacher's
     default_dir = Path("runs") / f"{teacher.resolve().name}-student-{layers or 'model'}-{datetime.now():%Y%m%d-%H%M%S}"
     raw.update(method={"name": method}, distill={"teacher": str(teacher)}, output_dir=output_dir or str(default_dir))
@@ -226,8 +230,13 @@ def predict(
     """Label texts with a fine-tuned run or its ONNX export."""
     import pandas as pd
 
+    from ftune.predict_io import check_output, check_texts, echo, write_predictions
     from ftune.predictors import load_predictor
 
+    if output is not None:
+        check_output(output)
+    if text:
+        check_texts(text, "--text")
     predictor = load_predictor(source, variant, trust_remote_code, device, precision)
     if text:
         frame = pd.DataFrame({"text": text})
@@ -240,11 +249,11 @@ def predict(
     texts = frame.pop("_text").tolist() if "_text" in frame else frame["text"].tolist()
     results = predictor.predict(texts)
     if output:
-        _write_predictions(frame, texts, results, output)
-        out.print(f"wrote {len(texts)} predictions to {output}")
+        write_predictions(frame, results, output)
+        out.print(f"wrote {len(texts)} predictions to {output}", highlight=False)
     else:
         for text_, result in zip(texts, results):
-            print(json.dumps({"text": text_, **result}, ensure_ascii=False))
+            print(echo(text_, result))
 
 
 @app.command()
@@ -407,10 +416,16 @@ def config_keys(
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Write the run's report.html, report.md and plots/ again from its files."""
+    from ftune.errors import RunError
     from ftune.report import write_reports
-    from ftune.run import Run
+    from ftune.run import Run, damaged_run_fix
 
-    write_reports(Run(run).path)
+    path = Run(run).path
+    try:
+        write_reports(path)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:  # a hand-edited metrics.json, say
+        raise RunError(f"{path}: metrics.json (or run.json, config.yaml) is not shaped as ftune writes it "
+                       f"({type(e).__name__}: {str(e)[:80]}); {damaged_run_fix(path)}") from None
     out.print(f"report: {run / 'report.html'}", highlight=False)
 
 
@@ -610,19 +625,6 @@ def _read_input(source: str, column: str):
         return pd.DataFrame({"text": read_stdin_lines()})
     table, texts = text_table(source, column)
     return table.reset_index(drop=True).assign(_text=texts)
-
-
-def _write_predictions(frame, texts: list[str], results: list[dict], path: Path) -> None:
-    if path.suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as f:
-            for text, result in zip(texts, results):
-                f.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
-    else:
-        # A column per field of the task's answer that fits a cell: label and score, the word/TAG pairs of a tagged
-        # text, a label set, a value; per-class scores and word lists stay in the .jsonl output.
-        simple = [k for k in (results[0] if results else {}) if k not in ("scores", "tokens")]
-        columns = {k: ["|".join(r[k]) if isinstance(r[k], list) else r[k] for r in results] for k in simple}
-        frame.assign(**columns).to_csv(path, index=False)
 
 
 def main() -> None:

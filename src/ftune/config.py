@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
+from ftune import safe_yaml
 from ftune.errors import ConfigError
 from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, METHODS, DataConfig, DistillConfig,  # noqa: F401
                           DistributedConfig,
@@ -140,7 +140,7 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
         if err["type"] == "union_tag_invalid":
             got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             names = TASKS if loc[0] == "task" else METHOD_NAMES
-            raise ConfigError(f"{where}: {loc[0]}.name must be one of {', '.join(names)} (got {got!r})") from None
+            raise ConfigError(f"{where}: {loc[0]}.name must be one of {', '.join(names)} (got {_SHORT.repr(got)})") from None
         raise ConfigError(f"{where}: {key}: {err['msg']} (got {_SHORT.repr(err['input'])})") from None
 
 
@@ -150,9 +150,10 @@ def _task_section(raw: dict[str, Any]) -> dict[str, Any]:
     task = {"name": "classification", **({"name": task} if isinstance(task, str) else task)} \
         if isinstance(task, (str, dict)) else task
     data = raw.get("data")
-    if isinstance(task, dict) and isinstance(data, dict) and any(key in data for key in MOVED_TO_TASK):
+    known = isinstance(task, dict) and isinstance(task["name"], str) and task["name"] in TASKS  # else: named below
+    if known and isinstance(data, dict) and any(key in data for key in MOVED_TO_TASK):
         data, task = dict(data), dict(task)
-        own = TASKS[task["name"]].Options.model_fields if task["name"] in TASKS else {}
+        own = TASKS[task["name"]].Options.model_fields
         for key in [k for k in MOVED_TO_TASK if k in data]:
             value = data.pop(key)
             owner = next(t for t in TASKS.values() if key in t.Options.model_fields)
@@ -167,24 +168,9 @@ def _task_section(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "task": task}
 
 
-_SHORT = reprlib.Repr()  # a bad value, shown in one line however large it is (keyword arguments need Python 3.12)
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
-MAX_CONFIG_VALUES = 100_000  # far above any real config; a YAML alias bomb expands past it long before memory runs out
-
-
-def _check_size(raw: Any, where: str) -> None:
-    """Refuse a YAML tree whose aliases expand without bound: validating or printing it would never end."""
-    count, stack = 0, [raw]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded; "
-                              f"a config needs far fewer: remove the repeated aliases (&name / *name)")
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+_SHORT = safe_yaml._SHORT
+MAX_CONFIG_VALUES = safe_yaml.MAX_VALUES
+_check_size = safe_yaml.check_size
 
 
 def _printable(text: str) -> str:
@@ -199,15 +185,9 @@ def to_yaml(config: Config) -> str:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path to a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    raw = safe_yaml.load(path, f"config file {path}")
     if raw is None:
         return {}
-    _check_size(raw, f"config file {path}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, method, train)")
     return raw
@@ -220,7 +200,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=2")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     _check_size(parsed, f"override {key.strip()}")
     return key.strip(), parsed

@@ -51,7 +51,8 @@ def cut_student(teacher: Predictor, layers: int, pick: str) -> nn.Module:
     """A copy of the teacher's model (a LoRA teacher merged) keeping `layers` of its layers, with its embeddings and
     head: a model `from_pretrained` loads as it is, since its config says how many layers it has."""
     model = copy.deepcopy(teacher.model)
-    model = model.merge_and_unload() if teacher.is_adapter else model
+    if teacher.is_adapter:  # peft froze the base; merged, it is a plain model whose every weight the student trains
+        model = model.merge_and_unload().requires_grad_(True)
     stack = encoder_layers(model)
     if layers >= len(stack):
         raise ConfigError(f"distill.layers={layers}: the teacher has {len(stack)} layers; a student keeps fewer "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from ftune.errors import ConfigError, RunError
-from ftune.integrity import MANIFEST_KEY, TMP_SUFFIX, manifest, remove_stale, staged_dir, write_json
+from ftune.integrity import MANIFEST_KEY, TMP_SUFFIX, manifest, read_json_file, remove_stale, staged_dir, write_json
 from ftune.data import Encoded
 from ftune.predictors import EXPORT_FILE, Predictor
 from ftune.tasks import TASKS, task_for
@@ -102,9 +101,9 @@ def _foreign(folder: Path, also: list[str] = ()) -> list[str]:
     listed: set = set()
     try:
         if not (folder / EXPORT_FILE).is_symlink():  # a link could lead anywhere: not read (and is itself foreign)
-            old = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
+            old = read_json_file(folder / EXPORT_FILE, "")  # within the size limit of every json read from a folder
             listed = {name for name in old.get(MANIFEST_KEY, {}) if isinstance(name, str) and "/" not in name}
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+    except (RunError, AttributeError, TypeError):
         pass  # missing or damaged: only the names every export writes count as its own
     ours = EXPORT_NAMES | listed | set(also)
     return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()

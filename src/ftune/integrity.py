@@ -96,9 +96,29 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(aside)
 
 
+def restore_aside(parent: Path, name: str) -> Path | None:
+    """A kill between `replace_dir`'s two renames leaves no folder at `parent/name`, only the old one under its
+    hidden aside name: rename it back (the newest, of a process that is gone). Returns the restored path."""
+    target = parent / name
+    if target.exists() or target.is_symlink() or not parent.is_dir():
+        return None
+    pattern = re.compile(rf"\.{re.escape(name)}-(\d+)-old-[a-z0-9_]{{8}}")
+    asides = [p for p in parent.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()
+              and not _alive(int(m.group(1)))]
+    if not asides:
+        return None
+    try:
+        os.replace(max(asides, key=lambda p: p.stat().st_mtime), target)
+    except OSError:  # a folder we may not write: the caller then finds nothing there and says so
+        return None
+    return target
+
+
 def remove_stale(parent: Path, name: str, ours) -> None:
     """Remove the hidden folders `staged_dir` / `replace_dir` made for `parent/name` in a process that was killed:
-    only when that process is gone and the folder holds nothing but what `ours(folder)` accepts."""
+    only when that process is gone and the folder holds nothing but what `ours(folder)` accepts. A folder that a
+    kill left only aside is first put back (`restore_aside`)."""
+    restore_aside(parent, name)
     # mkdtemp's 8 random characters after the name and pid; without a pid: the staging of earlier ftune exports
     pattern = re.compile(rf"\.{re.escape(name)}-(?:(\d+)-)?(?:old-)?[a-z0-9_]{{8}}")
     for path in parent.iterdir() if parent.is_dir() else []:
@@ -129,6 +149,16 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
+def weights_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of each weights file in a model folder: the identity of a LoRA run's base, which the adapter
+    is meaningless without (a base changed in place under the same path would load silently)."""
+    return {path.name: sha256(path) for pattern in WEIGHT_PATTERNS for path in sorted(Path(folder).glob(pattern))
+            if path.is_file()}
 
 
 def manifest(folder: Path, names: Iterable[str]) -> dict[str, str]:
@@ -184,11 +214,18 @@ def _not_elsewhere(path: Path, fix: str) -> None:
         raise RunError(f"{path} is a symbolic link that leads outside {path.parent}; {fix}")
 
 
+MAX_JSON_BYTES = 64 << 20  # far above any json ftune writes into a run (metrics.json of a long run: well under 1 MB)
+
+
 def read_json_file(path: Path, fix: str) -> Any:
     """JSON from a file someone may have edited or cut short: any problem is one RunError naming it."""
     _not_elsewhere(path, fix)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise RunError(f"{path} is larger than {MAX_JSON_BYTES:,} bytes, far more than ftune writes there; {fix}")
+        return json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path} is missing; {fix}") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -197,17 +234,14 @@ def read_json_file(path: Path, fix: str) -> Any:
 
 
 def read_yaml_file(path: Path, fix: str) -> dict:
-    """A YAML mapping (a run's config.yaml) from a file someone may have edited: any problem is one RunError."""
-    import yaml
+    """A YAML mapping (a run's config.yaml) from a file someone may have edited: read with the limits of a config
+    the user wrote (ftune.safe_yaml); any problem is one RunError."""
+    from ftune import safe_yaml
 
     _not_elsewhere(path, fix)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; {fix}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
-        detail = e.strerror if isinstance(e, OSError) else type(e).__name__
-        raise RunError(f"{path} cannot be read as YAML ({detail}); {fix}") from None
+    if not path.exists():
+        raise RunError(f"{path} is missing; {fix}")
+    raw = safe_yaml.load(path, str(path), RunError, fix)
     if not isinstance(raw, dict):
         raise RunError(f"{path} is not a config (a YAML mapping); {fix}")
     return raw

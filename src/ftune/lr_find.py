@@ -4,7 +4,8 @@ Rates for Training Neural Networks", 2015; as fastai's `lr_find` and Lightning's
 AdamW, as the run uses it, takes 60 steps on random batches of the training split (a small split is reused)
 while the rate grows exponentially from 1e-6 to 0.1; the loss is smoothed, and the test stops once the smoothed
 loss passes 4x its minimum. The rate chosen is one third of the rate at the smoothed minimum, clamped to
-1e-6..1e-2. The test costs those 60 steps whatever the run's length.
+1e-6..1e-2. The test costs those 60 steps whatever the run's length; a run of under 16 steps skips it and takes
+the method's default rate.
 Then the weights (LoRA adapters and new heads too), the random state and train/eval mode are put back
 exactly, so the run starts as it would with that rate written in the config.
 
@@ -46,16 +47,29 @@ BETA = 0.975        # smoothing: fastai's 0.98 per step at 14 points a decade, t
 DIVERGED = 4.0      # stop once the smoothed loss is this many times its minimum
 LOWEST, HIGHEST = 1e-6, 1e-2  # below: a few epochs learn next to nothing; above: AdamW on transformers is unstable
 FRACTION = 3
+# A run shorter than this gets the method's default rate, untested: the test's STEPS would cost several times the
+# run (5 rows: 186 s of test for a 1-step run), and a handful of steps learns little at any rate.
+MIN_RUN_STEPS = 16
 RULE = "one third of the rate at the smoothed loss minimum"
 
 
 def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded, batch_size: int, task: Task,
                          pad_id: int, param_groups: list[dict],
-                         accelerator: Accelerator, run_dir: Path, resume: bool, progress: TrainProgress) -> Config:
+                         accelerator: Accelerator, run_dir: Path, resume: bool, progress: TrainProgress,
+                         run_steps: int | None = None) -> Config:
     """The config with `train.learning_rate: auto` replaced by the rate the range test chooses (or chose, before an
     interruption: --resume reuses it). Every process runs the same test and takes the main process's choice, so no
-    process waits in a collective meanwhile and all train with one rate; only the main process writes."""
+    process waits in a collective meanwhile and all train with one rate; only the main process writes. A run of
+    under MIN_RUN_STEPS optimizer steps (`run_steps`) gets the method's default instead."""
     saved = on_main_then_share(accelerator, lambda: saved_choice(run_dir) if resume else None)
+    if saved is None and run_steps is not None and run_steps < MIN_RUN_STEPS:
+        rate = default_learning_rate(config.task.name, config.method.name)
+        source = (f"default for {config.method.name}: the run has {run_steps} optimizer steps, under "
+                  f"{MIN_RUN_STEPS}, and a range test takes {STEPS}")
+        on_main_then_share(accelerator, lambda: update_manifest(run_dir, learning_rate={"value": rate,
+                                                                                        "source": source}))
+        progress.note(f"learning rate {rate:.1e}: the {source}, so none was run (train.learning_rate=auto)")
+        return config.model_copy(update={"train": config.train.model_copy(update={"learning_rate": rate})})
     if saved is not None:
         rate = saved
         line = f"learning rate {rate:.1e}: chosen by this run's range test before it was interrupted ({FILE})"

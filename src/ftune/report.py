@@ -15,8 +15,8 @@ import pandas as pd
 
 from ftune import plots
 from ftune.diagnosis import lines
-from ftune.integrity import own_dir, write_text
-from ftune.run import RUN_FILE, read_history, read_json
+from ftune.integrity import own_dir, read_yaml_file, write_text
+from ftune.run import RUN_FILE, damaged_run_fix, read_history, read_json
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
         ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
@@ -84,10 +84,8 @@ def write_reports(run_dir: Path) -> None:
 
 
 def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
-    import yaml
-
+    config = read_yaml_file(run_dir / "config.yaml", damaged_run_fix(run_dir))  # within a config's limits first
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    config = yaml.safe_load(config_text)
     labels: list[str] = read_json(run_dir / "labels.json")
     metrics = read_json(run_dir / "metrics.json")
     manifest = read_json(run_dir / RUN_FILE)

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
 
 from ftune import integrity
 from ftune.config import Config, to_yaml, validate
@@ -36,6 +35,7 @@ from ftune.errors import RunError
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 TASK_FILE = "task.json"
+MAX_HISTORY_BYTES = 512 << 20  # metrics.jsonl: a line per logging step, a few hundred bytes each
 
 
 def damaged_run_fix(path: Path) -> str:
@@ -58,13 +58,19 @@ def read_history(path: Path) -> list[dict]:
     """metrics.jsonl in step order; after a resume, the re-run entry for a step replaces the first one."""
     file = path / "metrics.jsonl"
     entries = {}
-    if file.is_file():
-        for line in file.read_text(encoding="utf-8").splitlines():
+    if not file.is_file():
+        return []
+    if file.stat().st_size > MAX_HISTORY_BYTES:  # a run folder handed over may hold anything
+        raise RunError(f"{file} is over {MAX_HISTORY_BYTES >> 20} MB, far more than training writes; "
+                       f"{damaged_run_fix(path)}")
+    with file.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:  # blank, or the half line of a process killed mid-write
+            except (json.JSONDecodeError, RecursionError):  # blank, or the half line of a process killed mid-write
                 continue
-            entries[(entry["type"], entry["step"])] = entry
+            if isinstance(entry, dict) and isinstance(entry.get("type"), str) and type(entry.get("step")) is int:
+                entries[(entry["type"], entry["step"])] = entry
     return sorted(entries.values(), key=lambda e: (e["step"], e["type"] == "eval"))
 
 
@@ -149,7 +155,7 @@ def _check_resumable(path: Path, config: Config, data_hash: str | None) -> None:
     status = manifest.get("status")
     if status == "complete":
         raise RunError(f"{path} is a complete run; nothing to resume (use another --output-dir for a new run)")
-    saved = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")), str(path / "config.yaml"))
+    saved = validate(integrity.read_yaml_file(path / "config.yaml", damaged_run_fix(path)), str(path / "config.yaml"))
     new = config.model_copy(update={"output_dir": saved.output_dir})
     diff = _first_difference(saved.model_dump(), new.model_dump())
     if diff:
@@ -229,6 +235,9 @@ class Run:
         self.config = validate(integrity.read_yaml_file(self.path / "config.yaml", fix), str(self.path))
         self.labels: list[str] = integrity.read_labels(self.path / "labels.json", fix)
         self.metrics: dict = integrity.read_json_file(self.path / "metrics.json", fix)
+        if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("test"), dict):
+            raise RunError(f"{self.path / 'metrics.json'} is not what ftune writes (a mapping with a 'test' section); "
+                           f"{fix}")
         state = self.path / TASK_FILE  # what the task calibrated after training (e.g. thresholds), if anything
         self.task_state: dict = integrity.read_json_file(state, fix) if state.is_file() else {}
         if not isinstance(self.task_state, dict):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
-import yaml
 
 from ftune import plots
 from ftune.errors import RunError
 from ftune.diagnosis import headline
 from ftune.report import Section, title, to_html, to_markdown
-from ftune.run import RUN_FILE, Run, read_history, read_json
+from ftune.integrity import read_yaml_file
+from ftune.run import RUN_FILE, Run, damaged_run_fix, read_history, read_json
 from ftune.seeds import compared_entry
 
 def _finetuned(metrics: dict) -> dict:
@@ -79,7 +80,7 @@ def run_row(path: Path) -> dict:
 
 def _row(path: Path) -> dict:
     manifest = read_json(path / RUN_FILE)
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
+    config = read_yaml_file(path / "config.yaml", damaged_run_fix(path)) if (path / "config.yaml").is_file() else {}
     row = {"name": path.name, "model": _short((config.get("model") or {}).get("name", "?")),
            "method": manifest.get("method", "?"), "data": _short(manifest.get("data", "?")), "status": manifest.get("status", "?"),
            "started": (manifest.get("started_at") or "")[:16].replace("T", " "), "test score": "", "best validation": "",
@@ -104,6 +105,11 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
         raise RunError("compare needs at least two run directories, e.g. `ftune runs compare runs/a runs/b`")
     # Each must be a complete run (the error names the one that is not), or a seeds folder: its mean ± sd
     runs = [compared_entry(p) for p in paths]
+    tasks = [run.config.task.name for run in runs]
+    if len(set(tasks)) > 1:  # their scores are different things: the table would hold no row they share
+        other = next(i for i, t in enumerate(tasks) if t != tasks[0])
+        raise RunError(f"{paths[0]} is a {tasks[0]} run and {paths[other]} a {tasks[other]} run; their scores "
+                       f"measure different things: compare runs of one task")
     names = _unique_names(runs)
     header = ["metric", *names, *(f"{n} − {names[0]}" for n in names[1:])]
     rows = []
@@ -119,7 +125,7 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
                         ("data", lambda r: r.config.data.train)):
         rows.append((label, *(read(r) for r in runs), *([""] * (len(runs) - 1))))
 
-    folder = Path(output) if output else runs[0].path.parent / f"compare-{'-vs-'.join(names)}"
+    folder = Path(output) if output else runs[0].path.parent / _folder_name(names)
     plots.compare_curves({n: read_history(r.path) for n, r in zip(names, runs)}, folder / "curves.png")
     title = f"ftune: {' vs '.join(names)}"
     sections = [Section("Metrics", "Test scores are each run's best-validation weights on its own test split; "
@@ -128,6 +134,15 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
     (folder / "compare.md").write_text(to_markdown(title, sections, image_dir="."), encoding="utf-8")
     (folder / "compare.html").write_text(to_html(title, sections, folder), encoding="utf-8")
     return header, rows, folder
+
+
+def _folder_name(names: list[str]) -> str:
+    """compare-A-vs-B (a name that is a path flattened, so the folder stays beside the first run), or when that is
+    longer than a file name may be (255 bytes), cut short with a digest of the names, so it stays distinct."""
+    name = "compare-" + "-vs-".join(names).replace("/", "_")
+    if len(name.encode()) <= 120:
+        return name
+    return name.encode()[:80].decode(errors="ignore") + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _short(name: str) -> str:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+MAX_SEED = 2**32 - 1  # what numpy's seeding takes; another seed would fail only after the run folder is made
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -43,7 +45,7 @@ class DataConfig(Section):
     split_column: str | None = Field(None, description="column naming each row's split: train/validation/test")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test when no test set is given")
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the rest held out for validation")
-    split_seed: int | None = Field(None, ge=0, description="seed of the held-out splits and subsampling; unset: "
+    split_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the held-out splits and subsampling; unset: "
                                    "train.seed (ftune train --seeds holds it at the config's seed)")
     max_length: int = Field(128, ge=8, description="tokens per text (classification: longer texts follow task.long_text)")
     max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
@@ -102,7 +104,8 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None turns it off")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on a GPU that has it, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% slower")
-    seed: int = Field(0, description="seed of the new head, the shuffles and (unless data.split_seed) the splits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the new head, the shuffles and (unless data.split_seed) "
+                                                        "the splits")
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N optimizer steps; None: each epoch")
     save_steps: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps, between "
                                                            "evaluations; None: at each evaluation only")

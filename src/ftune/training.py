@@ -35,7 +35,7 @@ from ftune.distill import cut_student, distill_loss, load_teacher, teacher_score
 from ftune.distributed import check_strategy, gathered, gathered_outputs, make_accelerator, on_main_then_share
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.inference import to_device
-from ftune.integrity import remove_stale, run_manifest, staged_dir
+from ftune.integrity import remove_stale, run_manifest, staged_dir, weights_digests
 from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, knobs, out_of_memory_message
 from ftune.methods import METHODS, count_parameters, frozen_to
@@ -184,7 +184,8 @@ class _Fit:
         if cfg.learning_rate == "auto":  # the optimizer below is built with the rate a range test chooses
             self.config = config = choose_learning_rate(
                 config, self.model, self.data["train"], self.batch_size, task, self.pad_id,
-                _param_groups(self.model, cfg.weight_decay), self.accelerator, self.run_dir, self.resume, self.progress)
+                _param_groups(self.model, cfg.weight_decay), self.accelerator, self.run_dir, self.resume, self.progress,
+                run_steps=self.total_steps)
             cfg = config.train
         optimizer = _optimizer(config, _param_groups(self.model, cfg.weight_decay), self.device)
         self.scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=self.total_steps,
@@ -478,7 +479,7 @@ def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_i
         task.save_predictions(run_dir, splits, data, outputs, splits.labels)
     # sha256 (integrity.MANIFEST_KEY): what a predictor loads, checked when it loads (a kill or a partial copy)
     update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
-                    model_source=source, device=_device_name(device), sha256=run_manifest(run_dir))
+                    device=_device_name(device), sha256=run_manifest(run_dir), **base_identity(config, source))
     write_reports(run_dir)
     update_manifest(run_dir, status="complete")  # last: a run is complete only with all of its files
 
@@ -495,6 +496,17 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
+
+
+def base_identity(config: Config, source: str) -> dict:
+    """Where the base model was (a folder as an absolute path: a relative one would name another base when the run
+    is used from another folder) and, for an adapter run, what its weights were, so a changed base is refused."""
+    if not Path(source).is_dir():
+        return {"model_source": source}  # a hub id
+    identity = {"model_source": str(Path(source).resolve())}
+    if config.method.name == "lora":
+        identity["base_sha256"] = weights_digests(Path(source))
+    return identity
 
 
 def _save_model(model, full_state: dict | None, tokenizer, run_dir: Path, config: Config, labels: list[str]) -> None:

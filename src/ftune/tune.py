@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ftune import safe_yaml
 from ftune.config import Config, default_learning_rate, validate
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.integrity import atomic_path, write_text
@@ -111,16 +113,13 @@ def load_space(path: Path, config: Config) -> Space:
     where = f"space file {path}"
     if not path.is_file():
         raise ConfigError(f"{where} does not exist; pass a YAML file of key: {{low, high}} or key: {{choices: [...]}}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError(f"{where} is not valid YAML; fix its syntax") from None
+    raw = safe_yaml.load(path, where)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where} must map dotted config keys to ranges, e.g. train.epochs: {{low: 1, high: 4}}")
     space: Space = {}
     for key, spec in raw.items():
         if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: {key} must be {{low, high, log}} or {{choices: [...]}} (got {spec!r})")
+            raise ConfigError(f"{where}: {key} must be {{low, high, log}} or {{choices: [...]}} (got {safe_yaml.short(spec)})")
         kind = Choices if "choices" in spec else Range
         try:
             param = kind.model_validate(spec)
@@ -199,6 +198,7 @@ def tune(config: Config, trials: int, output_dir: str | Path | None = None, stor
     preflight(config, resume=False, check_output=False)  # bad data or model: one error now, not one per trial
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says what Optuna's would
+    _not_mlflow(storage)
     study = _open_study(config, space, name, storage, pruner)
     tracking = _StudyTracking(config, study)
     metric = config.train.metric
@@ -213,12 +213,12 @@ def tune(config: Config, trials: int, output_dir: str | Path | None = None, stor
         run_dir = folder / f"trial-{trial.number:03d}"
         if run_dir.exists():
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise RunError(f"{run_dir} already exists, but study {name} in {storage} is at trial {trial.number}: "
+            raise RunError(f"{run_dir} already exists, but study {name} in {shown(storage)} is at trial {trial.number}: "
                            f"its database was replaced; pass another --output-dir or --study-name")
         _run_trial(study, trial, config, space, run_dir, say)
         tracking.file_trial(run_dir)
     rows = trial_rows(study, folder)
-    result = TuneResult(name, storage, folder, metric, rows, _best(study, rows), None, [])
+    result = TuneResult(name, shown(storage), folder, metric, rows, _best(study, rows), None, [])
     _write_outputs(study, result, config, space)
     tracking.finish(result)
     return result
@@ -303,7 +303,10 @@ def _open_study(config: Config, space: Space, name: str, storage: str, pruner):
                                     pruner=pruner or optuna.pruners.MedianPruner())
     except Exception as e:  # a bad URL, a missing driver, an unreachable server: the message names which
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {storage}: cannot open the study ({reason}); pass sqlite:///PATH.db or "
+        password = _password(storage)  # a driver may repeat the URL or the password in its message
+        reason = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", reason)
+        reason = reason.replace(password, "***") if password else reason
+        raise ConfigError(f"--storage {shown(storage)}: cannot open the study ({reason}); pass sqlite:///PATH.db or "
                           f"another database URL Optuna supports") from None
     # Tracking and output folder do not change what a trial learns; every other key must match.
     settings = config.model_dump(mode="json", exclude={"output_dir", "tracking"})
@@ -315,7 +318,7 @@ def _open_study(config: Config, space: Space, name: str, storage: str, pruner):
             study.set_user_attr(key, value)
     elif started != base:
         which = "config" if started["config"] != base["config"] else "search space"
-        raise ConfigError(f"study {name} in {storage} was started with another {which}; run it with the same config, "
+        raise ConfigError(f"study {name} in {shown(storage)} was started with another {which}; run it with the same config, "
                           f"--set and --space, or pass another --study-name")
     return study
 
@@ -325,13 +328,61 @@ def _claiming(storage: str) -> Iterator[None]:
     """For a SQLite study, an exclusive lock on a file beside it while a process counts trials and asks for one;
     Optuna's MaxTrialsCallback counts after each trial, so processes finishing together would each start one more.
     A server database has no such lock: there, processes finishing at the same instant may run one extra trial each."""
-    if not storage.startswith("sqlite:///"):
+    path = _sqlite_path(storage)
+    if path is None:  # a server database, or SQLite in memory: no other process can share that one
         yield
         return
-    lock = Path(storage.removeprefix("sqlite:///") + ".lock")
+    lock = Path(str(path) + ".lock")
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
         yield
+
+
+def _sqlite_path(storage: str) -> Path | None:
+    """The file of a sqlite:/// URL (its query left off); None for other databases and for SQLite in memory."""
+    if not storage.startswith("sqlite:///"):
+        return None
+    path = storage.removeprefix("sqlite:///").split("?")[0]
+    return None if path in ("", ":memory:") or path.startswith("file::memory:") else Path(path)
+
+
+def _password(storage: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).password or None
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: Optuna's own error says so
+        return None
+
+
+def shown(storage: str) -> str:
+    """The storage URL as it may be printed: a password in it replaced by ***."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]*:)[^@]*@", r"\1***@", storage, flags=re.IGNORECASE)
+
+
+MLFLOW_TABLES = {"experiments", "runs", "metrics", "params"}
+
+
+def _not_mlflow(storage: str) -> None:
+    """Refuse MLflow's tracking database as Optuna's storage before Optuna adds its tables to it: both keep an
+    `alembic_version` table, so Optuna would then refuse it with a message about a schema version that confuses."""
+    path = _sqlite_path(storage)
+    if storage.startswith("sqlite") and (path is None or not path.is_file()):
+        return  # a new file (or memory): nothing there yet; checked without creating it
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001 - unreachable or not a database: Optuna's error on opening it says which
+        return
+    if MLFLOW_TABLES <= tables and "studies" not in tables:
+        raise ConfigError(f"--storage {shown(storage)} is an MLflow tracking database (it has MLflow's tables "
+                          f"experiments and runs); give the study a database of its own, e.g. --storage "
+                          f"sqlite:///runs/study.db (or leave --storage out)")
 
 
 def _write_outputs(study, result: TuneResult, config: Config, space: Space) -> None:

@@ -60,7 +60,26 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise DataError(f"{cfg.train}: every row of the training split has label '{labels[found[0]]}'{held}; "
                         f"classification needs at least 2 classes in the training split: add rows of the other "
                         f"class(es), or check data.label_column")
+    _check_labels_repeat(splits, cfg)
     return splits
+
+
+def _check_labels_repeat(splits: Splits, cfg: DataConfig) -> None:
+    """Refuse a label column whose values (nearly) never repeat, an id or a free text: every held-out label is then
+    unseen in training, and the run would train to 0% with no more than an imbalance warning."""
+    rows = len(splits.train) + len(splits.validation) + len(splits.test)
+    seen = set(splits.train["label"].tolist())
+    unseen = int((~splits.validation["label"].isin(seen)).sum())
+    if not ((len(splits.labels) >= 20 and len(splits.labels) >= 0.9 * rows)
+            or (len(splits.validation) >= 5 and unseen == len(splits.validation))):
+        return
+    name = cfg.label_column or "label"
+    numeric = all(re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", n) for n in splits.labels)
+    task = "; if it is a number to predict, use task: regression" if numeric else ""
+    raise DataError(f"{cfg.train}: label column '{name}' has {len(splits.labels)} distinct values in {rows} rows, and "
+                    f"{unseen} of the {len(splits.validation)} validation rows have a label no training row has, so "
+                    f"the model could not learn them: it looks like an id or a free text, not a class; set "
+                    f"data.label_column (--label-column) to the column holding the classes{task}")
 
 
 def complete_splits(given: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, labels: list[str]) -> Splits:

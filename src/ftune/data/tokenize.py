@@ -86,17 +86,41 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, use_cache: bool = Tr
                        full_lengths=full_lengths)
     # The key hashes the whole tokenizer definition (~100 ms): only worth it when the cache is used.
     path = cache_dir() / "tokens" / f"{_cache_key(texts, pairs, tokenizer, max_length)}.npz" if use_cache else None
-    if path is not None and path.is_file():
-        with np.load(path) as z:
-            ids = np.split(z["ids"], z["offsets"][1:-1])
-            types = np.split(z["types"], z["offsets"][1:-1]) if "types" in z else None
-        return Encoded(ids, types, labels)
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    cached = load_ragged(path, len(texts)) if path is not None and path.is_file() else None
+    if cached is not None and "ids" in cached:
+        return Encoded(cached["ids"], cached.get("types"), labels)
+    enc = _truncated(texts, pairs, tokenizer, max_length)
     ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
     types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
     if path is not None:
         _save(path, ids, types)
     return Encoded(ids, types, labels)
+
+
+CHARS_PER_TOKEN = 64  # a window's tokens span far fewer characters than this each, unless the text is mostly blanks
+
+
+def _truncated(texts: list[str], pairs: list[str] | None, tokenizer, max_length: int) -> dict:
+    """The tokenizer's truncated encoding, without tokenizing all of a text far longer than the window (a 20 MB
+    line took 3.6 GB): such a text is cut at a blank after max_length * CHARS_PER_TOKEN characters, which keeps
+    its first tokens as they were; if the cut text does not fill the window, the whole text is tokenized after all."""
+    budget = max_length * CHARS_PER_TOKEN
+    long = [i for i, text in enumerate(texts) if len(text) > budget] if pairs is None else []
+    if not long:
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    heads = list(texts)
+    for i in long:
+        head = texts[i][:budget]
+        blank = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+        heads[i] = head[:blank] if blank > 0 else head
+    enc = tokenizer(heads, truncation=True, max_length=max_length)
+    short = [i for i in long if len(enc["input_ids"][i]) < max_length]  # mostly blanks: read the whole text
+    if short:
+        again = tokenizer([texts[i] for i in short], truncation=True, max_length=max_length)
+        for key in enc:
+            for i, row in zip(short, again[key]):
+                enc[key][i] = row
+    return enc
 
 
 def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, cap: int | None = None
@@ -180,7 +204,19 @@ def save_ragged(path: Path, **columns: list[np.ndarray]) -> None:
     tmp.replace(path)
 
 
-def load_ragged(path: Path) -> dict[str, list[np.ndarray]]:
-    """What save_ragged wrote: each column split back into one array per example."""
-    with np.load(path) as z:
-        return {name: np.split(z[name], z["offsets"][1:-1]) for name in z.files if name != "offsets"}
+def load_ragged(path: Path, count: int) -> dict[str, list[np.ndarray]] | None:
+    """What save_ragged wrote, each column split back into one array per example (`count` of them); None when the
+    entry is damaged (cut short by a kill or a full disk, or not one of ours): a miss, tokenized again and rewritten,
+    never a crash (a zero-length entry used to end the run with a bare "Aborted.")."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        offsets = arrays.pop("offsets")
+        ok = (offsets.ndim == 1 and len(offsets) == count + 1 and offsets[0] == 0 and bool(np.all(np.diff(offsets) >= 0))
+              and all(a.ndim == 1 and a.dtype.kind == "i" and len(a) == offsets[-1] for a in arrays.values()))
+    except Exception:  # noqa: BLE001 - whatever a damaged file makes numpy raise, the cache only misses
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+        return None
+    return {name: np.split(column, offsets[1:-1]) if count else [] for name, column in arrays.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftune import run as run_dir
 from ftune.errors import ConfigError, RunError
+from ftune.integrity import restore_aside
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.pytorch import Predictor, load_run_model
 from ftune.tasks import task_for
@@ -37,6 +38,7 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
     `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export).
     `device`: auto (the GPU when there is one), cpu or cuda; `precision` (PyTorch only): fp32, bf16 or fp16."""
     path = Path(path)
+    restore_aside(path.parent, path.name)  # an export (or model) folder a kill left aside mid-swap: put back
     if (path / EXPORT_FILE).is_file():
         from ftune.predictors.onnx import OnnxPredictor
 

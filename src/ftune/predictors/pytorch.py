@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from ftune.errors import RunError
 from ftune.inference import PerRow, predict_outputs, resolve_device, resolve_precision, use_gpu_well
 from ftune.integrity import (MANIFEST_KEY, check_label_order, check_tokenizer, check_trust, check_weights_format,
-                             config_labels, read_labels, verify)
+                             config_labels, read_labels, verify, weights_digests)
 from ftune.models import load_tokenizer, resolve_model
 from ftune.predictors.base import Labeler
 from ftune.run import RUN_FILE, Run, damaged_run_fix
@@ -107,7 +107,16 @@ def base_source(run: Run) -> str:
     """Where an adapter run's base model is: as found on this machine at training, else (a run copied from
     elsewhere) found by name."""
     source = run.manifest.get("model_source")
-    return source if isinstance(source, str) and Path(source).is_dir() else resolve_model(run.config.model.name)
+    source = source if isinstance(source, str) and Path(source).is_dir() else resolve_model(run.config.model.name)
+    expected = run.manifest.get("base_sha256")  # runs from before it was recorded load as they did
+    if isinstance(expected, dict) and Path(source).is_dir():
+        found = weights_digests(Path(source))
+        if found != expected:
+            changed = sorted(set(found) ^ set(expected) | {k for k in found if found[k] != expected.get(k)})
+            raise RunError(f"{run.path} is a LoRA adapter of the base model in {source}, but that base's weights "
+                           f"changed since training ({', '.join(changed)} differ from run.json's base_sha256); put "
+                           f"the original base back there, or train the adapter again on this base")
+    return source
 
 
 @contextmanager

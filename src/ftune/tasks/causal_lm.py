@@ -249,8 +249,8 @@ def encode_chats(chats: list[list[dict]], tokenizer, max_length: int, use_cache:
     elsewhere; cut at max_length. `use_cache`: from the token cache when these chats, this tokenizer and length were
     seen before. `per_turn`: every chat by the per-turn method (the reference the one-render method equals)."""
     path = cache_path(list(_cache_texts(chats, tokenizer)), tokenizer, max_length) if use_cache and chats else None
-    if path is not None and path.is_file():
-        cached = load_ragged(path)
+    cached = load_ragged(path, len(chats)) if path is not None and path.is_file() else None
+    if cached is not None and {"ids", "labels"} <= set(cached):
         return Encoded(cached["ids"], None, cached["labels"])
     unclosed = _end_for_unclosed_turns(tokenizer)
     rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(chats)
@@ -412,7 +412,7 @@ def prompt_ids(tokenizer, chat: list[dict]) -> list[int]:
     """The ids of a conversation so far, ending where the assistant's answer begins."""
     if tokenizer.chat_template:
         return _as_ids(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
-    return tokenizer(_plain(chat))["input_ids"]
+    return tokenizer(plain_layout(chat))["input_ids"]
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -451,7 +451,7 @@ def _template_ids(tokenizer, chat: list[dict]) -> list[int]:
     return prompt_ids(tokenizer, chat[:-1]) + answer + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
-def _plain(chat: list[dict]) -> str:
+def plain_layout(chat: list[dict]) -> str:
     """Without a chat template: an optional system text, then the user's turn as the instruction."""
     if [m["role"] for m in chat if m["role"] != "system"] != ["user"]:
         raise DataError("multi-turn chats need a tokenizer with a chat template; this one has none: use one-turn "

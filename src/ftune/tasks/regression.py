@@ -35,6 +35,9 @@ from ftune.tasks.base import Task, TaskOptions
 OUTPUT = "value"  # the head's one output: the run's labels.json is [OUTPUT]
 # Cells that mean "no value": the classification markers, plus NA / N/A, which for a number cannot be a real value.
 MISSING_TARGETS = MISSING_LABELS | {"NA", "N/A", "na", "n/a", "NaN", "nan"}
+# Squares of targets (and of their differences) must stay normal doubles, or the scale, the loss and RMSE overflow
+# to inf or underflow to 0 (1e199 targets made task.json unusable; 1e-301 ones were "all the same").
+MAX_TARGET, MIN_SPREAD = 1e150, 1e-150
 OUTLIER_SDS = 5.0  # training targets this many standard deviations from the mean are worth a warning under MSE
 HISTOGRAM_BINS = 20
 
@@ -78,9 +81,14 @@ class Regression(Task):
         given = given_splits(data, read_source, self.select)
         splits = complete_splits(given, data, seed, [OUTPUT])
         targets = splits.train["label"].to_numpy(dtype=np.float64)
-        if not targets.std() > 0:
+        spread = float(targets.max() - targets.min())
+        if spread == 0:
             raise DataError(f"{data.train}: every target in the training split is {_number(targets[0])}; regression "
                             f"needs targets that vary: add rows with other values, or check data.label_column")
+        if spread < MIN_SPREAD:  # their squared differences underflow to 0: the std, the loss and RMSE with them
+            raise DataError(f"{data.train}: the training targets differ by at most {spread:.2g} (from "
+                            f"{_number(targets.min())} to {_number(targets.max())}), too little for float arithmetic "
+                            f"to tell apart once squared; rescale the column (multiply it by a power of ten)")
         if "mean" not in self.state:
             self.state = {**self.state, **target_scale(targets)}
         return splits
@@ -249,6 +257,10 @@ def parse_targets(values: pd.Series, where: str, name: str) -> np.ndarray:
     if kind == "nested":
         raise DataError(f"{place}: column '{name}' holds {shown}, not one number per row; give each row a single "
                         f"number ({count} such rows)")
+    if kind == "too large":
+        raise DataError(f"{place}: target {shown} in column '{name}' is beyond ±{MAX_TARGET:.0e}, where squared "
+                        f"errors overflow; rescale the column (divide it by a power of ten, or take its logarithm) "
+                        f"({count} such rows)")
     if kind == "not finite":
         raise DataError(f"{place}: target {shown} in column '{name}' is not a finite number; replace it with a "
                         f"finite number or remove the row ({count} such rows)")
@@ -273,7 +285,7 @@ def _parse_target(value) -> tuple[float, str | None]:
         number = float(value)
         if math.isnan(number):
             return math.nan, "missing"
-        return (number, None) if math.isfinite(number) else (math.nan, "not finite")
+        return _in_range(number)
     if not isinstance(value, str):
         return math.nan, "not a number"
     text = value.strip()
@@ -283,8 +295,13 @@ def _parse_target(value) -> tuple[float, str | None]:
     if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity)", text,
                         flags=re.IGNORECASE | re.ASCII):
         return math.nan, "not a number"
-    number = float(text)
-    return (number, None) if math.isfinite(number) else (math.nan, "not finite")
+    return _in_range(float(text))
+
+
+def _in_range(number: float) -> tuple[float, str | None]:
+    if not math.isfinite(number):
+        return math.nan, "not finite"
+    return (number, None) if abs(number) <= MAX_TARGET else (math.nan, "too large")
 
 
 # --- scores -----------------------------------------------------------------------------------------------------
