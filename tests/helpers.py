@@ -4,6 +4,7 @@ Test modules import from here, never from each other (pytest's conftest.py holds
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -77,6 +79,22 @@ def entity_sentences(n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]
 
 OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark",
              "early": "late", "happy": "sad", "open": "closed", "rich": "poor"}
+
+
+def chat_run(root: Path, rows: list[dict], texts: list[str], **train: float) -> str:
+    """A finished causal-lm run of a tiny decoder (its vocabulary from `texts`) trained on the instruction `rows`;
+    `train` sets train.* keys (epochs, batch_size, learning_rate) and data.max_length (`max_length`)."""
+    import ftune
+    from ftune.tiny import build_tiny_decoder
+
+    decoder = build_tiny_decoder(root / "decoder", texts)
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"max_length": 32, "epochs": 1, "batch_size": 32, "learning_rate": 1e-3} | train
+    cfg = ftune.load_config(overrides={
+        "task": "causal-lm", "model.name": str(decoder), "data.train": str(root / "data.jsonl"),
+        "data.max_length": settings.pop("max_length"), **{f"train.{k}": v for k, v in settings.items()},
+        "method.name": "full", "train.baselines": False, "tracking.backend": "none", "output_dir": str(root / "run")})
+    return str(ftune.train(cfg, quiet=True).path)
 
 
 def instructions(n: int, seed: int = 0, opposites: dict[str, str] = OPPOSITES) -> list[dict]:

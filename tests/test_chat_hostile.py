@@ -24,8 +24,7 @@ from ftune.chat_api import MAX_STOP_CHARS, _Answer
 from ftune.generate import Generator
 from ftune.serve import ServeSettings
 from ftune.tasks.causal_lm import prompt_ids
-from ftune.tiny import build_tiny_decoder
-from helpers import ftune_cli, instructions, running
+from helpers import chat_run, ftune_cli, instructions, running
 
 KEY = "hostile-key"
 CAP = 16  # the server's --max-new-tokens
@@ -42,14 +41,7 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_healt
 def run_path(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("hostile")
     rows = instructions(32)
-    decoder = build_tiny_decoder(root / "decoder", [f"{r['prompt']} {r['response']} hello you obey me fine"
-                                                    for r in rows] + [LONG_ANSWER])
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = ftune.load_config(overrides={
-        "task": "causal-lm", "model.name": str(decoder), "data.train": str(root / "data.jsonl"), "data.max_length": 32,
-        "method.name": "full", "train.epochs": 1, "train.batch_size": 32, "train.learning_rate": 1e-3,
-        "train.baselines": False, "tracking.backend": "none", "output_dir": str(root / "run")})
-    return str(ftune.train(cfg, quiet=True).path)
+    return chat_run(root, rows, [f"{r['prompt']} {r['response']} hello you obey me fine" for r in rows] + [LONG_ANSWER])
 
 
 @pytest.fixture(scope="module")

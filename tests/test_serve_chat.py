@@ -5,7 +5,6 @@ called with the official openai client. A tiny decoder built here is fine-tuned 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,8 +19,7 @@ from typer.testing import CliRunner
 import ftune
 from ftune.generate import Generator
 from ftune.serve import ServeSettings, build_server
-from ftune.tiny import build_tiny_decoder
-from helpers import instructions, running as serving
+from helpers import chat_run, instructions, running as serving
 
 KEY = "chat-test-key"
 CAP = 32  # the server's --max-new-tokens
@@ -34,13 +32,8 @@ OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old":
 def run_path(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("chat")
     rows = instructions(200, opposites=OPPOSITES)
-    decoder = build_tiny_decoder(root / "decoder", [f"{SYSTEM} {r['prompt']} {r['response']}" for r in rows])
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = ftune.load_config(overrides={
-        "task": "causal-lm", "model.name": str(decoder), "data.train": str(root / "data.jsonl"), "data.max_length": 64,
-        "method.name": "full", "train.epochs": 2, "train.batch_size": 16, "train.learning_rate": 3e-3,
-        "train.baselines": False, "tracking.backend": "none", "output_dir": str(root / "run")})
-    return str(ftune.train(cfg, quiet=True).path)
+    return chat_run(root, rows, [f"{SYSTEM} {r['prompt']} {r['response']}" for r in rows], max_length=64, epochs=2,
+                    batch_size=16, learning_rate=3e-3)
 
 
 @pytest.fixture(scope="module")
