@@ -140,8 +140,8 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
         if err["type"] == "union_tag_invalid":
             got = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             names = TASKS if loc[0] == "task" else METHOD_NAMES
-            raise ConfigError(f"{where}: {loc[0]}.name must be one of {', '.join(names)} (got {_SHORT.repr(got)})") from None
-        raise ConfigError(f"{where}: {key}: {err['msg']} (got {_SHORT.repr(err['input'])})") from None
+            raise ConfigError(f"{where}: {loc[0]}.name must be one of {', '.join(names)} (got {safe_yaml.short(got)})") from None
+        raise ConfigError(f"{where}: {key}: {err['msg']} (got {safe_yaml.short(err['input'])})") from None
 
 
 def _task_section(raw: dict[str, Any]) -> dict[str, Any]:
@@ -166,11 +166,6 @@ def _task_section(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"data.{key} applies to task {owner.name}, not {task['name']}; drop it")
         raw = {**raw, "data": data}
     return {**raw, "task": task}
-
-
-_SHORT = safe_yaml._SHORT
-MAX_CONFIG_VALUES = safe_yaml.MAX_VALUES
-_check_size = safe_yaml.check_size
 
 
 def _printable(text: str) -> str:
@@ -202,7 +197,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except (yaml.YAMLError, RecursionError):
         parsed = value
-    _check_size(parsed, f"override {key.strip()}")
+    safe_yaml.check_size(parsed, f"override {key.strip()}")
     return key.strip(), parsed
 
 

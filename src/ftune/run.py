@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-
 from ftune import integrity
 from ftune.config import Config, to_yaml, validate
 from ftune.errors import RunError

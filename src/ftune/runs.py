@@ -6,7 +6,6 @@ import hashlib
 import os
 from pathlib import Path
 
-
 from ftune import plots
 from ftune.errors import RunError
 from ftune.diagnosis import headline

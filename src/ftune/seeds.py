@@ -18,10 +18,10 @@ import numpy as np
 
 from ftune.config import Config, validate
 from ftune.errors import ConfigError, RunError, TrainingStopped
-from ftune.schema import MAX_SEED
 from ftune.integrity import read_yaml_file, write_text
 from ftune.progress import TrainProgress
 from ftune.report import ROWS, Section, to_html, to_markdown
+from ftune.schema import MAX_SEED
 from ftune.run import RUN_FILE, Run, check_run_dir, default_output_dir, read_json, write_json
 
 SUMMARY = "summary.json"
@@ -92,10 +92,10 @@ def check_seeds(seeds: list[int]) -> list[int]:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:  # the same seed twice is the same run twice: it would shrink the spread for nothing
         raise ConfigError(f"--seeds: seed {repeated[0]} is given twice; list each seed once, e.g. --seeds 0,1,2")
-    if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in seeds):
-        bad = next(s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED)
+    bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED]
+    if bad:
         raise ConfigError(f"--seeds: seeds are whole numbers from 0 to {MAX_SEED} (2**32-1, what numpy takes); got "
-                          f"{str(bad)[:30]}; e.g. --seeds 0,1,2")
+                          f"{str(bad[0])[:30]}; e.g. --seeds 0,1,2")
     if len(seeds) < 2:
         raise ConfigError(f"--seeds needs at least two seeds to measure a spread (got {len(seeds)}); e.g. "
                           f"--seeds 0,1,2, or train one run with --set train.seed=N")

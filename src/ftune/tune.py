@@ -303,9 +303,7 @@ def _open_study(config: Config, space: Space, name: str, storage: str, pruner):
                                     pruner=pruner or optuna.pruners.MedianPruner())
     except Exception as e:  # a bad URL, a missing driver, an unreachable server: the message names which
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        password = _password(storage)  # a driver may repeat the URL or the password in its message
-        reason = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", reason)
-        reason = reason.replace(password, "***") if password else reason
+        reason = shown(reason, storage)  # a driver may repeat the URL or the password in its message
         raise ConfigError(f"--storage {shown(storage)}: cannot open the study ({reason}); pass sqlite:///PATH.db or "
                           f"another database URL Optuna supports") from None
     # Tracking and output folder do not change what a trial learns; every other key must match.
@@ -355,9 +353,12 @@ def _password(storage: str) -> str | None:
         return None
 
 
-def shown(storage: str) -> str:
-    """The storage URL as it may be printed: a password in it replaced by ***."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]*:)[^@]*@", r"\1***@", storage, flags=re.IGNORECASE)
+def shown(text: str, storage: str | None = None) -> str:
+    """A storage URL, or a message about the URL `storage`, as it may be printed: a URL's password replaced by ***,
+    and so is the password wherever the text repeats it."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    password = _password(storage or text)
+    return text.replace(password, "***") if password else text
 
 
 MLFLOW_TABLES = {"experiments", "runs", "metrics", "params"}
