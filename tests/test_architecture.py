@@ -113,3 +113,20 @@ def test_every_task_is_in_the_readme_task_table():
     for name, task in TASKS.items():
         module = inspect.getmodule(task).__name__.rsplit(".", 1)[-1]
         assert re.search(rf"\| `{re.escape(name)}` \| `tasks/{module}\.py`", text), name
+
+
+HEAVY = ("torch", "transformers", "peft", "sklearn", "pandas", "accelerate", "huggingface_hub", "matplotlib")
+
+
+def test_the_cli_and_the_config_start_without_the_heavy_libraries():
+    """`ftune --help` and a config error answer before torch (about 2 s) or scikit-learn would have imported: the
+    CLI imports its commands' modules inside them, the task modules import torch and pandas on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ftune.cli, ftune.config\n"
+            "from ftune.config import load_config\n"
+            "load_config(None, ['method.name=lora', 'task.name=multi-label'])\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""

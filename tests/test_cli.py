@@ -75,7 +75,7 @@ def test_user_errors_are_one_line_and_exit_2(args, message, reviews_csv, tmp_pat
 
 
 # Every line a LoRA run writes, as ftune writes it (COLUMNS is wide, so no line wraps).
-FTUNE_STDERR = re.compile(r"(memory|lora|data warning|report): |learning rate |epoch \d|train ━")
+FTUNE_STDERR = re.compile(r"(memory|lora|data warning|report|train): |learning rate |epoch \d|train ━|train step \d")
 FTUNE_STDOUT = re.compile(r"\s*test split, |[┏┃┡│└]|(diagnosis|run directory): ")
 
 
@@ -104,3 +104,30 @@ def test_no_kernel_is_fetched_from_the_hub(tiny_model):
         pytest.skip("this test run itself sets USE_HUB_KERNELS=YES")
     assert sys.modules["kernels"] is None
     assert not load_classifier(tiny_model, ["a", "b"]).use_kernels
+
+
+def test_config_keys_in_a_log_are_whole_lines_and_as_json(monkeypatch, capsys):
+    """80 columns cannot hold the key table without splitting keys mid-word: each key is then one plain line."""
+    from rich.console import Console
+
+    import ftune.cli
+
+    monkeypatch.setattr(ftune.cli, "out", Console(width=80))
+    code, out, _ = ftune_cli(monkeypatch, capsys, "config", "--method", "lora")
+    keys = [line.split()[0] for line in out.splitlines()[1:]]
+    assert code == 0 and "task.long_text.strategy" in keys and "method.target_modules" in keys
+    code, out, _ = ftune_cli(monkeypatch, capsys, "config", "--method", "lora", "--json")
+    rows = {row["key"]: row for row in json.loads(out)}
+    assert rows["method.r"]["default"] == "16" and rows.keys() == set(keys)
+
+
+def test_the_command_line_starts_before_torch_could_import(tmp_path):
+    """`ftune --help`, a config typo and a missing column answer without importing torch (see bench/cli_start.py)."""
+    probe = ("import runpy, sys; sys.argv = ['ftune', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('ftune', run_name='__main__')\n"
+             "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    (tmp_path / "reviews.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    for args, code in ((["--help"], 0), (["train", "--set", "train.epoch=2"], 2),
+                       (["train", "--data", "reviews.csv", "--label-column", "stars"], 2)):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert done.stdout.splitlines()[-1] == f"exit {code} False", done.stdout + done.stderr

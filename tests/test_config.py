@@ -53,3 +53,22 @@ def test_bad_yaml_names_the_file_and_line(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_mistake_names_its_place_the_file_or_the_command_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  epoch: 2\n")
+    with pytest.raises(ConfigError, match=r"^.*run\.yaml: unknown key 'train\.epoch'"):
+        load_config(config, ["train.epochs=1"])
+    config.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'train\.epoch'; did you mean 'train\.epochs'"):
+        load_config(config, ["train.epoch=1"])
+    with pytest.raises(ConfigError, match=r"^command line: train\.metric=rmse is not a score"):
+        load_config(overrides=["train.metric=rmse"])
+
+
+def test_model_and_method_may_be_named_alone_as_task_is(tmp_path):
+    config = tmp_path / "short.yaml"
+    config.write_text("task: regression\nmodel: minilm\nmethod: lora\n")
+    loaded = load_config(config)
+    assert (loaded.task.name, loaded.model.name, loaded.method.name, loaded.method.r) == ("regression", "minilm", "lora", 16)

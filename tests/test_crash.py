@@ -4,6 +4,7 @@ checkpoint and exits cleanly; what a kill mid-write leaves behind is repaired or
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,6 +44,14 @@ def start_and_signal_at_step(command: list[str], output_dir, step: int, signum: 
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+def follow(message: str) -> subprocess.CompletedProcess:
+    """Run the command a message quotes in backticks, as printed (`ftune` as this interpreter's module)."""
+    hint = shlex.split(message.split("`")[1])
+    assert hint[0] == "ftune", message
+    return subprocess.run([sys.executable, "-m", "ftune", *hint[1:]], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "FTUNE_PROGRESS_SECONDS": "0"})
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_model, reviews_csv, tmp_path_factory):
     cfg = ftune.load_config(overrides={"model.name": tiny_model, "data.train": str(reviews_csv),
@@ -61,9 +70,14 @@ def test_sigkill_at_a_random_step_then_resume_ends_like_the_uninterrupted_run(se
     assert killed.returncode == -signal.SIGKILL, f"the run ended before step {step}: {killed.stderr[-2000:]}"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "running"
 
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # what a user meets next: the run refused with a hint, which is followed exactly as printed, from the folder alone
+    refused = subprocess.run([sys.executable, "-m", "ftune", "predict", str(tmp_path / "run"), "--text", "good"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    message = ftune_message(refused.stderr)
+    assert refused.returncode == 2 and "(status: interrupted)" in message, refused.stderr[-2000:]
+    resumed = follow(message)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train step" in resumed.stderr  # not a terminal: plain progress lines
     a, b = uninterrupted.metrics, ftune.Run(tmp_path / "run").metrics
     assert b["train"]["steps"] == a["train"]["steps"]
     assert b["test"]["finetuned"]["loss"] == pytest.approx(a["test"]["finetuned"]["loss"], abs=1e-6), f"killed at {step}"
@@ -84,8 +98,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resume_finishes_the_same(u
     step = int(message.split("at step ")[1].split(":")[0])
     assert (tmp_path / "run" / "checkpoints" / f"step-{step:07d}").is_dir()
 
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    resumed = follow(message)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ftune.Run(tmp_path / "run").metrics["test"]["finetuned"]["loss"] == \
         pytest.approx(uninterrupted.metrics["test"]["finetuned"]["loss"], abs=1e-6)

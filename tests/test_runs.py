@@ -53,6 +53,7 @@ def test_runs_compare_prints_both_runs_differences_and_writes_curves(two_runs, t
     row = next(line for line in out.splitlines() if "test accuracy " in line and "CI" not in line)
     assert f"{a:.4f}" in row and f"{b:.4f}" in row and f"{b - a:+.4f}" in row
     assert "lora − full" in out and "trainable parameters" in out
+    assert next(line for line in out.splitlines() if "method.r " in line)  # a setting only the LoRA run has
     assert (tmp_path / "cmp" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "data:image/png;base64," in page and f"{b - a:+.4f}" in page
@@ -93,3 +94,45 @@ def test_report_command_rewrites_the_report(two_runs, monkeypatch, capsys):
     (lora.path / "report.html").unlink()
     code, out, _ = ftune_cli(monkeypatch, capsys, "report", str(lora.path))
     assert code == 0 and (lora.path / "report.html").is_file() and "report.html" in out
+
+
+def test_runs_list_and_compare_in_a_log_and_as_json(two_runs, monkeypatch, capsys):
+    """In 80 columns that cannot hold the table, a run is one plain line; --json carries the same rows."""
+    from rich.console import Console
+
+    import ftune.cli
+
+    root, full, lora = two_runs
+    monkeypatch.setattr(ftune.cli, "out", Console(width=80))  # as in a log file or CI
+    code, out, _ = ftune_cli(monkeypatch, capsys, "runs", "list", str(root))
+    assert code == 0 and max(map(len, out.splitlines())) > 80  # one line per run, however long, never folded
+    assert [line.split()[0] for line in out.splitlines()] == ["full", "lora"]
+    code, out, _ = ftune_cli(monkeypatch, capsys, "runs", "list", str(root), "--json")
+    rows = json.loads(out)
+    assert [(r["name"], r["method"], r["status"].split()[0]) for r in rows] == [("full", "full", "complete"),
+                                                                                 ("lora", "lora", "complete")]
+    code, out, _ = ftune_cli(monkeypatch, capsys, "runs", "compare", str(full.path), str(lora.path), "--json")
+    table = json.loads(out)
+    method = next(row for row in table["rows"] if row["metric"] == "method.name")
+    assert (method["full"], method["lora"]) == ("full", "lora") and table["html"].endswith("compare.html")
+
+
+def test_a_killed_run_is_listed_as_interrupted_not_running(two_runs, monkeypatch, capsys):
+    from ftune.run import _lock, release_run_dir
+
+    root, full, _ = two_runs
+    killed = root / "killed"
+    shutil.copytree(full.path, killed, ignore=shutil.ignore_patterns("metrics.json", "model", "checkpoints"))
+    manifest = json.loads((killed / "run.json").read_text())
+    (killed / "run.json").write_text(json.dumps({**manifest, "status": "running"}))  # as SIGKILL leaves it
+    try:
+        status = {r["name"]: r["status"] for r in json.loads(ftune_cli(monkeypatch, capsys, "runs", "list", str(root),
+                                                                        "--json")[1])}
+        assert status["killed"] == "interrupted"
+        _lock(killed)  # a process training there now
+        status = {r["name"]: r["status"] for r in json.loads(ftune_cli(monkeypatch, capsys, "runs", "list", str(root),
+                                                                        "--json")[1])}
+        assert status["killed"] == "running"
+    finally:
+        release_run_dir(killed)
+        shutil.rmtree(killed)

@@ -39,6 +39,12 @@ def test_health_model_and_openapi(server, predictor):
     assert KEY not in str(info)
     spec = httpx.get(f"{url}/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and "/health" in spec["paths"]
+    # /docs works offline: its page loads Swagger UI from this server (no key needed), never from a CDN
+    page = httpx.get(f"{url}/docs").text
+    assert "/static-offline-docs/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    script = httpx.get(f"{url}/static-offline-docs/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert httpx.get(f"{url}/redoc").status_code == 200
 
 
 def test_predict_returns_label_score_and_all_scores(server, predictor):

@@ -16,6 +16,7 @@ import ftune
 from ftune.config import TrackingConfig
 from ftune.errors import ConfigError
 from ftune.trackers import connect
+from ftune.tracking import runs_table_url
 
 pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this module out
 
@@ -109,7 +110,7 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config):
 
 
 def test_runs_ui_serves_the_local_store_and_takes_runs_over_http(tracked, tiny_config):
-    _, _, root = tracked
+    _, client, root = tracked
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -126,6 +127,11 @@ def test_runs_ui_serves_the_local_store_and_takes_runs_over_http(tracked, tiny_c
             except OSError:
                 time.sleep(1)
         assert names is not None and "tests" in names
+        # the UI opens on the experiment's table of training runs, not MLflow's GenAI overview
+        experiment = client.get_experiment_by_name("tests")
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert runs_table_url(str(root / "store"), "127.0.0.1", port, "tests") == \
+            f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
 
         # The same server is an MLflow tracking server: a run can log to it by URI, artifacts included.
         uri = f"http://127.0.0.1:{port}"

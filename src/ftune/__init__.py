@@ -5,8 +5,10 @@
     run.predict(["the plot was thin but the acting carried it"])
 """
 
+import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 # ftune runs no code from the model hub that the user did not ask for. transformers (5.2x) "kernelizes" every model it
 # loads with compiled kernels fetched from the hub when the `kernels` package is installed (it comes with
@@ -16,25 +18,44 @@ import sys
 # what the libraries do by themselves.
 if os.environ.setdefault("USE_HUB_KERNELS", "NO").upper() not in {"1", "ON", "YES", "TRUE"}:
     sys.modules.setdefault("kernels", None)
+    # bitsandbytes then warns, when peft imports it (every LoRA run, and transformers' scheduler module), that the
+    # kernel is missing; no ftune run on a CPU uses it (QLoRA needs CUDA). Set here, before anything imports it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from ftune.config import Config, load_config
 from ftune.errors import ConfigError, DataError, FtuneError, ModelError, RunError
-from ftune.predictors import Run
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from ftune.config import Config
+    from ftune.predictors import Run
 
-def train(config: Config, resume: bool = False, quiet: bool = False) -> Run:
+
+def __getattr__(name: str):
+    """`ftune.Config`, `ftune.load_config` and `ftune.Run` on first use: the CLI imports this package, and `ftune
+    --help` must not wait for pydantic's models or torch."""
+    if name in ("Config", "load_config"):
+        from ftune import config
+
+        return getattr(config, name)
+    if name == "Run":
+        from ftune.predictors import Run
+
+        return Run
+    raise AttributeError(f"module 'ftune' has no attribute {name!r}")
+
+
+def train(config: "Config", resume: bool = False, quiet: bool = False) -> "Run":
     """Fine-tune as configured; returns the finished Run (see ftune.training)."""
     from ftune.training import train as _train
 
     return _train(config, resume=resume, quiet=quiet)
 
 
-def evaluate(run: str | Run, data: str, trust_remote_code: bool = False, **columns: str) -> dict:
+def evaluate(run: "str | Run", data: str, trust_remote_code: bool = False, **columns: str) -> dict:
     """Score a finished run on another labeled file; columns as in data.text_column etc. `trust_remote_code` lets a
     run whose config asks for it run model code from its folder."""
-    from ftune.predictors import evaluate_run
+    from ftune.predictors import Run, evaluate_run
 
     return evaluate_run(run if isinstance(run, Run) else Run(run), data, trust_remote_code, **columns)
 

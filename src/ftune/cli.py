@@ -25,14 +25,17 @@ app.add_typer(runs_app, name="runs")
 out = Console()
 
 Opt = Optional[str]
-# Options shared by `train` and `data validate`: the same keys, the same help.
-ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it")]
+# Options shared by `train`, `tune` and `data validate`: the same keys, the same help.
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it (train: or a run "
+                                                              "directory to --resume)")]
 DataOpt = Annotated[Opt, typer.Option(help="data.train: built-in name or file")]
 ValidationOpt = Annotated[Opt, typer.Option(help="data.validation file")]
 TestOpt = Annotated[Opt, typer.Option(help="data.test file")]
 TextOpt = Annotated[Opt, typer.Option(help="data.text_column")]
 PairOpt = Annotated[Opt, typer.Option(help="data.text_pair_column")]
 LabelOpt = Annotated[Opt, typer.Option(help="data.label_column")]
+TaskOpt = Annotated[Opt, typer.Option("--task", help="task.name: classification, multi-label, regression, "
+                                                     "token-classification or causal-lm (default: read off the data)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")]
 # Commands that load a run someone may have handed you: its config alone never makes them run its code.
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run model code shipped in the run's folder when "
@@ -51,6 +54,7 @@ def train(
     text_column: TextOpt = None,
     text_pair_column: PairOpt = None,
     label_column: LabelOpt = None,
+    task_name: TaskOpt = None,
     method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
     learning_rate: Annotated[Opt, typer.Option(help="train.learning_rate: a number, or auto (range test)")] = None,
@@ -69,18 +73,25 @@ def train(
                                             "then mean, sd and 95% interval in OUTPUT/summary.html")] = None,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
+    if config is not None and config.is_dir():  # `ftune train RUN --resume`: the run's own config and folder
+        output_dir, config = output_dir or str(config), config / "config.yaml"
+    if resume and config is None and output_dir and (Path(output_dir) / "config.yaml").is_file():
+        config = Path(output_dir) / "config.yaml"  # resume from the run directory alone: its config is the base
+    cfg = _config(config, set_, {
+        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
+        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
+        "task.name": task_name, "method.name": method, "train.epochs": epochs, "train.learning_rate": learning_rate,
+        "output_dir": output_dir,
+        "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+        "tracking.backend": tracking})
+    if "LOCAL_RANK" not in os.environ:  # launched processes: training's first process reads (and fetches) the data
+        _check_data(cfg)
+    if seeds is not None:
+        return _train_seeds(cfg, seeds, resume, quiet, nproc * nnodes)
     from ftune.distributed import launch_env, launched, torchrun_command
     from ftune.training import preflight
     from ftune.training import train as run_training
 
-    cfg = _config(config, set_, {
-        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
-        "method.name": method, "train.epochs": epochs, "train.learning_rate": learning_rate, "output_dir": output_dir,
-        "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-        "tracking.backend": tracking})
-    if seeds is not None:
-        return _train_seeds(cfg, seeds, resume, quiet, nproc * nnodes)
     if (nproc > 1 or nnodes > 1) and not launched():  # start the processes, each running this same command
         preflight(cfg, resume, check_output=node_rank == 0)
         command = torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)
@@ -97,12 +108,10 @@ def _show_run(run) -> None:
     if not _main_process():
         return
     header, rows = before_after_table(run.metrics["test"], run.metrics.get("scores"))
-    table = Table(title=f"test split, {run.metrics['test']['finetuned']['n']} examples" if rows else None)
-    for col in header:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table if rows else run.metrics["test"]["note"], highlight=False)  # train.evaluate_test=false
+    if rows:
+        _print_table(header, rows, f"test split, {run.metrics['test']['finetuned']['n']} examples")
+    else:  # train.evaluate_test=false
+        out.print(run.metrics["test"]["note"], highlight=False)
     for line in diagnosis_lines(run.metrics.get("diagnosis")):  # a run that learned nothing says so, last thing seen
         out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
@@ -175,13 +184,8 @@ def _train_seeds(cfg, text: str, resume: bool, quiet: bool, processes: int) -> N
     examples = summary.runs[0].metrics["test"]["finetuned"].get("n")
     for title, (header, rows) in ((f"fine-tuned, test split ({examples} examples), {len(seeds)} seeds",
                                    summary_table(summary)), ("baselines, same split", baseline_table(summary))):
-        table = Table(title=title)
-        for col in header:
-            table.add_column(col, justify="left" if col in ("metric", "baseline") else "right")
-        for row in rows:
-            table.add_row(*row)
         if rows:
-            out.print(table)
+            _print_table(header, rows, title, right=[c for c in header if c not in ("metric", "baseline")])
     out.print(interval_note(len(seeds)), highlight=False, soft_wrap=True)
     for line in diagnosis_lines(summary):
         out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
@@ -190,22 +194,28 @@ def _train_seeds(cfg, text: str, resume: bool, quiet: bool, processes: int) -> N
 
 @app.command("eval")
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run directory")],
+    run: Annotated[Path, typer.Argument(metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder")],
     data: Annotated[str, typer.Option(help="labeled file to score")],
     text_column: Annotated[Opt, typer.Option()] = None,
     text_pair_column: Annotated[Opt, typer.Option()] = None,
     label_column: Annotated[Opt, typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+    variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
     trust_remote_code: TrustOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
 ) -> None:
-    """Score a finished run on another labeled file."""
-    from ftune.predictors import evaluate_run
+    """Score a finished run, or its ONNX export, on another labeled file."""
+    from ftune.predictors import evaluate_export, evaluate_run, is_export, load_predictor
     from ftune.run import Run
 
-    metrics = evaluate_run(Run(run), data, trust_remote_code, device, precision, text_column=text_column,
-                           text_pair_column=text_pair_column, label_column=label_column)
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+    if variant is None and not is_export(run):
+        metrics = evaluate_run(Run(run), data, trust_remote_code, device, precision, **columns)
+    else:  # an export; --variant on a run is refused by load_predictor, with the fix
+        predictor = load_predictor(run, variant, trust_remote_code, device, precision)
+        Console(stderr=True).print(predictor.using(), highlight=False, markup=False, soft_wrap=True)
+        metrics = evaluate_export(predictor, data, **columns)
     if json_out:
         print(json.dumps(metrics, indent=2))
         return
@@ -238,6 +248,8 @@ def predict(
     if text:
         check_texts(text, "--text")
     predictor = load_predictor(source, variant, trust_remote_code, device, precision)
+    if hasattr(predictor, "using"):  # an export: which of its models answers, on stderr (stdout has the answers)
+        Console(stderr=True).print(predictor.using(), highlight=False, markup=False, soft_wrap=True)
     if text:
         frame = pd.DataFrame({"text": text})
     elif input_ == "-":
@@ -275,17 +287,33 @@ def export(
         folder = export_onnx(run, output, quantize, data, trust_remote_code=trust_remote_code)
     parity = read_json(folder / "export.json")["parity"]
     metric = parity["metric"]
-    table = Table(title=f"parity on {parity['texts']} held-out texts")
-    for col in ("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"):
-        table.add_column(col)
-    table.add_row("pytorch", _score(parity["pytorch"][metric]), "", "", "")
-    for name in ("onnx-fp32", "onnx-int8"):
-        if name in parity:
-            row = parity[name]
-            table.add_row(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row.get("same_label_as_pytorch")),
-                          f"{row['bytes'] / 1e6:.1f}")
-    out.print(table)
+    rows = [("pytorch", _score(parity["pytorch"][metric]), "", "", "")]
+    rows += [(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row.get("same_label_as_pytorch")),
+              f"{row['bytes'] / 1e6:.1f}") for name, row in ((n, parity[n]) for n in ("onnx-fp32", "onnx-int8")
+                                                              if n in parity)]
+    _print_table(("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"), rows,
+                 f"parity on {parity['texts']} held-out texts")
     out.print(f"export folder: {folder}")
+
+
+@app.command()
+def push(
+    source: Annotated[Path, typer.Argument(metavar="RUN|EXPORT_DIR", help="finished run directory or `ftune export` "
+                                                                          "folder")],
+    repo_id: Annotated[str, typer.Argument(help="hub model repo, OWNER/NAME (created when missing)")],
+    private: Annotated[bool, typer.Option(help="create the repo private (an existing repo keeps its visibility)")
+                       ] = False,
+    token: Annotated[Opt, typer.Option(help="hub token with write access (default: HF_TOKEN, or the token of "
+                                            "`hf auth login`)")] = None,
+    revision: Annotated[Opt, typer.Option(help="branch to commit to, created when missing (default: main)")] = None,
+) -> None:
+    """Publish a run (its model/ folder, else adapter/, with its model card, plus report.md) or an export folder
+    to the Hugging Face hub, in one commit."""
+    from ftune.push import push as push_to_hub
+
+    with out.status(f"pushing {source} to {repo_id}"):
+        url = push_to_hub(source, repo_id, token, private, revision)
+    out.print(f"pushed {source} to {repo_id}: {url}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -395,6 +423,7 @@ def config_keys(
     task: Annotated[str, typer.Option(help="the task whose keys to list")] = "classification",
     method: Annotated[str, typer.Option(help="the method whose keys to list: full, freeze or lora")] = "full",
     markdown: Annotated[bool, typer.Option(help="print the README's tables for every task and method instead")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the keys as a JSON list")] = False,
 ) -> None:
     """Every config key of a task and method, with its type, default and description (from the schema itself)."""
     from ftune.config import METHOD_NAMES, TASKS, config_markdown, describe_keys
@@ -405,12 +434,14 @@ def config_keys(
     if task not in TASKS or method not in METHOD_NAMES:
         raise FtuneError(f"--task must be one of {', '.join(TASKS)} and --method one of {', '.join(METHOD_NAMES)} "
                          f"(got {task}, {method})")
-    table = Table(title=f"config keys: task {task}, method {method} (set in YAML, or --set key=value)")
-    for col in ("key", "type", "default", "description"):
-        table.add_column(col, overflow="fold")
-    for key, kind, default, text in describe_keys(task, method):
-        table.add_row(key, kind.replace("\\|", "|"), default.strip("`"), text)
-    out.print(table)
+    header = ("key", "type", "default", "description")
+    rows = [(key, kind.replace("\\|", "|"), default.strip("`"), text)
+            for key, kind, default, text in describe_keys(task, method)]
+    if json_out:
+        print(json.dumps([dict(zip(header, row)) for row in rows], indent=2))
+        return
+    _print_table(header, rows, f"config keys: task {task}, method {method} (set in YAML, or --set key=value)",
+                 wrap=("type", "default", "description"))
 
 
 @app.command()
@@ -432,6 +463,12 @@ def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
 @app.command()
 def tune(
     config: ConfigArg = None,
+    data: DataOpt = None,
+    validation_data: ValidationOpt = None,
+    test_data: TestOpt = None,
+    text_column: TextOpt = None,
+    label_column: LabelOpt = None,
+    task_name: TaskOpt = None,
     trials: Annotated[int, typer.Option(min=1, help="trials in the study in all; processes sharing it count together, "
                                                     "and running the command again only adds the missing ones")] = 20,
     space: Annotated[Optional[Path], typer.Option(help="YAML of dotted keys, each {low, high, log} or {choices: [...]}; "
@@ -456,7 +493,9 @@ def tune(
         if not quiet:
             out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    cfg = _config(config, set_, {"tracking.backend": tracking})
+    cfg = _config(config, set_, {
+        "data.train": data, "data.validation": validation_data, "data.test": test_data, "data.text_column": text_column,
+        "data.label_column": label_column, "task.name": task_name, "tracking.backend": tracking})
     result = run_study(cfg, trials, output_dir, storage, study_name or (config.stem if config else None),
                        load_space(space, cfg) if space else None, seed, say=say)
     states = [r.state.lower() for r in result.rows]
@@ -464,12 +503,7 @@ def tune(
     out.print(f"study {result.study_name}: {len(states)} trials ({counts}); validation {result.metric}, * best",
               highlight=False, soft_wrap=True)
     header, rows = table(result)
-    grid = Table()
-    for col in header:
-        grid.add_column(col)
-    for row in rows:
-        grid.add_row(*(Text(cell) for cell in row))  # params and notes are shown as written, never as markup
-    out.print(grid)
+    _print_table(header, rows, wrap=("params", "note"))
     out.print(f"all trials: {result.folder / 'trials.md'}  study: {result.storage}", markup=False, highlight=False,
               soft_wrap=True)
     if result.best is None:
@@ -485,37 +519,37 @@ def tune(
 
 
 @runs_app.command("list")
-def runs_list(root: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
+def runs_list(root: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs"),
+              json_out: Annotated[bool, typer.Option("--json", help="print the runs as a JSON list")] = False) -> None:
     """One line per run: name, model, method, data, test score (the task's headline), best validation, time, status."""
     from ftune.runs import find_runs, run_row
 
-    rows = [run_row(path) for path in find_runs(root)]
+    rows = [{"path": str(path), **run_row(path)} for path in find_runs(root)]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
     if not rows:
         out.print(f"no runs in {root}")
         return
-    table = Table()
-    for col in rows[0]:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row.values())
-    out.print(table)
+    _print_table(list(rows[0])[1:], [list(row.values())[1:] for row in rows])
 
 
 @runs_app.command("compare")
 def runs_compare(
     runs: Annotated[list[Path], typer.Argument(help="two or more finished run directories; the first is the reference")],
     output: Annotated[Optional[Path], typer.Option(help="folder for compare.html/.md and curves.png")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the table as JSON: a row per metric or setting")] = False,
 ) -> None:
-    """Metrics side by side with differences from the first run, and overlaid training curves."""
+    """Metrics and the settings that differ, side by side with differences from the first run, and overlaid training
+    curves."""
     from ftune.runs import compare_runs
 
     header, rows, folder = compare_runs(runs, output)
-    table = Table()
-    for col in header:
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
-    out.print(table)
+    if json_out:
+        print(json.dumps({"columns": header, "rows": [dict(zip(header, map(str, row))) for row in rows],
+                          "html": str(folder / "compare.html")}, indent=2))
+        return
+    _print_table(header, rows, right=header[1:])
     out.print(f"curves and tables: {folder / 'compare.html'}", highlight=False)
 
 
@@ -526,10 +560,10 @@ def runs_ui(
     port: Annotated[int, typer.Option(help="TCP port")] = 5000,
 ) -> None:
     """Start the MLflow UI on the local tracking store."""
-    from ftune.tracking import ui_command
+    from ftune.tracking import runs_table_url, ui_command
 
     command = ui_command(store, host, port)
-    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    out.print(f"MLflow UI on {runs_table_url(store, host, port)} (Ctrl-C stops it)", highlight=False)
     sys.stdout.flush()
     os.execv(command[0], command)  # become the MLflow server: Ctrl-C and kill reach it directly
 
@@ -540,7 +574,42 @@ def _config(path: Path | dict | None, set_: list[str] | None, flags: dict):
 
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_override(item) for item in set_ or [])
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides, infer_task=True)
+    inferred = cfg._task_inferred
+    # Said once, before anything slow, and only where it is news: a column of class names is classification, as it
+    # always was. (Launched processes stay quiet: the command that started them has said it.)
+    if inferred is not None and not inferred.plain and "LOCAL_RANK" not in os.environ:
+        Console(stderr=True).print(f"task: {inferred.task} (inferred: {inferred.reason}; override with --task NAME)",
+                                   markup=False, highlight=False, soft_wrap=True)
+    return cfg
+
+
+def _check_data(cfg) -> None:
+    """Read the data as training will, before torch is imported: a wrong file, column or label is said in a second,
+    not after the libraries' start-up. (Reading a table twice costs far less than that start-up.)"""
+    from ftune.tasks import task_for
+
+    task_for(cfg).load_splits(cfg.train.seed)
+
+
+def _print_table(header, rows, title: str | None = None, right=(), wrap=()) -> None:
+    """A table when it fits the width (the terminal's, or 80 in a log), else the same cells as plain lines, so a log
+    never shows a cut border or a word split in two. Only the `wrap` columns (descriptions) may break, at spaces.
+    Cells are shown as written, never read as markup (they hold data and user text)."""
+    from rich.measure import Measurement
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=col not in wrap)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    if Measurement.get(out, out.options.update(max_width=100_000), table).minimum <= out.width:
+        out.print(table)
+        return
+    if title:
+        print(f"{title}:")
+    for row in rows:  # `first cell  header: cell; header: cell`, empty cells left out
+        print(f"{row[0]}  " + "; ".join(f"{col}: {cell}" for col, cell in zip(header[1:], row[1:]) if str(cell) != ""))
 
 
 def _main_process() -> bool:
@@ -565,28 +634,29 @@ def data_validate(
     text_column: TextOpt = None,
     text_pair_column: PairOpt = None,
     label_column: LabelOpt = None,
+    task_name: TaskOpt = None,
     set_: SetOpt = None,
     strict: Annotated[bool, typer.Option(help="exit 1 when there are warnings")] = False,
 ) -> None:
     """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
-    from ftune.models import load_tokenizer, resolve_model
     from ftune.tasks import task_for
 
     cfg = _config(config, set_, {
         "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column})
+        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
+        "task.name": task_name})
     task = task_for(cfg)
     splits = task.load_splits(cfg.train.seed)
+    from ftune.models import load_tokenizer, resolve_model  # transformers: after the data's own errors
+
     tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
     summary, found = task.summarize(splits, task.encode_splits(splits, tokenizer))
     shown = list(summary.get("classes", {}).get("train", {}))[:8]  # class (or tag) counts, where the task has them
-    table = Table(title=f"{cfg.data.train}: {task.name}" + (f", {len(splits.labels)} classes" if splits.labels else ""))
-    for col in ("split", "rows", *shown):
-        table.add_column(col, justify="right")
-    for name in ("train", "validation", "test"):
-        counts = summary.get("classes", {}).get(name, {})
-        table.add_row(name, str(summary[name]), *(str(counts.get(c, 0)) for c in shown))
-    out.print(table)
+    rows = [(name, str(summary[name]), *(str(summary.get("classes", {}).get(name, {}).get(c, 0)) for c in shown))
+            for name in ("train", "validation", "test")]
+    header = ("split", "rows", *shown)
+    _print_table(header, rows, f"{cfg.data.train}: {task.name}" + (f", {len(splits.labels)} classes" if shown
+                                                                    else ""), right=header)
     example = task.learned_example(splits, tokenizer)
     if example:
         out.print(Text.assemble("The first training example as the model reads it; it learns the text between [[ and "

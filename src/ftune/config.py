@@ -41,6 +41,7 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
     _learning_rate_is_default: bool = PrivateAttr(False)  # train.learning_rate came from the method, not the user
+    _task_inferred: Any = PrivateAttr(None)  # ftune.data.infer.Inferred: the data named the task, not the user
 
     @field_validator("output_dir")
     @classmethod
@@ -97,24 +98,53 @@ def _fits_distill(config: Config) -> None:
                          "classes' balance); drop it")
 
 
-def load_config(path: str | Path | dict | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | dict[str, Any] | None = None, *,
+                infer_task: bool = False) -> Config:
     """Read a YAML config (or start from defaults, or from a config as a dict) and apply `section.key=value`
-    overrides."""
+    overrides. `infer_task`: where neither names the task, read it off a sample of data.train (ftune.data.infer), as
+    the CLI does; the choice and its reason are then in `config._task_inferred`. Off by default, so that a program's
+    config means the same whatever data it is pointed at."""
     raw: dict[str, Any] = {}
-    where = "defaults"
+    where = "command line"  # no file: the defaults are valid, so what is wrong came from a flag or --set
     if isinstance(path, dict):
         raw, where = copy.deepcopy(path), "config"
     elif path is not None:
         where = str(path)
         raw = _read_yaml(Path(path))
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    items = list(overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or []))
     for key, value in items:
         _set_dotted(raw, key, value)
-    return validate(raw, where)
+    inferred = _infer_task(raw) if infer_task else None
+    if inferred is not None:
+        raw = {**raw, "task": {**(raw.get("task") or {}), "name": inferred.task}}
+    config = validate(raw, where, given={key for key, _ in items})
+    config._task_inferred = inferred
+    return config
 
 
-def validate(raw: dict[str, Any], where: str = "config") -> Config:
-    """Build a Config from a plain dict; the first problem becomes one clear ConfigError."""
+def _infer_task(raw: dict[str, Any]) -> Any:
+    """The task read off the data when the config names none (an ftune.data.infer.Inferred), else None. A data
+    section that does not validate is left to validate(), which names the key."""
+    task = raw.get("task")
+    if task is not None and not (isinstance(task, dict) and "name" not in task):
+        return None
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    moved = {key: data[key] for key in MOVED_TO_TASK if key in data}  # an older config's task options under data
+    try:
+        section = DataConfig.model_validate({k: v for k, v in data.items() if k not in moved})
+    except ValidationError:
+        return None
+    from ftune.data.infer import infer_task  # reads data: only when there is a task to infer
+
+    return infer_task(section, {**moved, **(task or {})})
+
+
+def validate(raw: dict[str, Any], where: str = "config", given: set[str] = frozenset()) -> Config:
+    """Build a Config from a plain dict; the first problem becomes one clear ConfigError, which names the command
+    line as its place when the key came from a flag or --set (`given`)."""
+    for section in ("model", "method"):  # `model: minilm`, `method: lora`, as `task: NAME` is read
+        if isinstance(raw.get(section), str):
+            raw = {**raw, section: {"name": raw[section]}}
     method = raw.get("method")
     if isinstance(method, dict) and "name" not in method:
         raw = {**raw, "method": {"name": "full", **method}}
@@ -125,6 +155,8 @@ def validate(raw: dict[str, Any], where: str = "config") -> Config:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]
         key = _printable(".".join(p for p in loc if p not in METHOD_NAMES and p not in TASKS))
+        if given & {key, f"{key}.name", ".".join(loc[:1] + loc[2:])}:  # `--task X` is the override task.name=X
+            where = "command line"
         if err["type"] == "extra_forbidden" and loc[0] == "task":
             owners = [name for name, task in TASKS.items() if loc[-1] in task.Options.model_fields]
             hint = f"; it belongs to task {owners[0]}" if owners else _suggest(key)
@@ -231,7 +263,7 @@ def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else "; see `ftune train --help` for valid keys"
+    return f"; did you mean '{close[0]}'?" if close else "; `ftune config` lists the valid keys"
 
 
 def describe_keys(task: str = "classification", method: str = "full") -> list[tuple[str, str, str, str]]:

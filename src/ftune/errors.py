@@ -21,6 +21,10 @@ class RunError(FtuneError):
     """A run directory that is missing, incomplete or already in use."""
 
 
+class PushError(FtuneError):
+    """A push the hub refused or could not receive: no token, no permission, no network."""
+
+
 class RunPruned(Exception):
     """Raised by a training `on_evaluate` hook to end a run whose scores are not worth finishing (a tuning trial
     pruned); the run is marked `pruned`. Not a user error."""

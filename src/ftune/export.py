@@ -8,6 +8,7 @@ transformers < 4.58, and ftune is on transformers 5.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import tempfile
@@ -18,19 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftune.export_card import export_readme
 from ftune.errors import ConfigError, RunError
-from ftune.integrity import MANIFEST_KEY, TMP_SUFFIX, manifest, read_json_file, remove_stale, staged_dir, write_json
+from ftune.integrity import (MANIFEST_KEY, TMP_SUFFIX, manifest, read_json_file, remove_stale, staged_dir, write_json,
+                             write_text)
 from ftune.data import Encoded
 from ftune.predictors import EXPORT_FILE, Predictor
+from ftune.predictors.onnx import COLUMN_KEYS
 from ftune.tasks import TASKS, task_for
 from ftune.run import Run
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+README = "README.md"  # what the folder holds and how to run it without ftune (ftune.export_card)
 # Every name an export writes, whatever its tokenizer (transformers' file names): a folder that holds only these
 # is an earlier export, safe to replace; any other file there is the user's.
-EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, "labels.json", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, README, "config.json", "labels.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
                 "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
                 "chat_template.json"}
 PARITY_TOLERANCE = 1e-3  # max |logit difference| between PyTorch and fp32 ONNX; float reordering stays ~1e-5
@@ -58,9 +63,11 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
     with staged_dir(out) as staging:
-        inputs = _export_graph(predictor, staging / FP32_FILE, opset)
+        model = predictor.plain_model().eval()  # LoRA merged
+        inputs = _export_graph(model, predictor.tokenizer, staging / FP32_FILE, opset)
         predictor.tokenizer.save_pretrained(str(staging))
         write_json(staging / "labels.json", predictor.labels)
+        _save_config(model, staging)
         files = {"fp32": FP32_FILE}
         if quantize == "int8":
             quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
@@ -68,15 +75,30 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
         info = {"format": "onnx", "files": files, "inputs": inputs, "outputs": ["logits"], "opset": opset,
                 "source_run": str(run.path.resolve()), "base_model": run.config.model.name,
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
-                "text_column": run.config.data.text_column, "task": run.config.task.model_dump(),
+                **{key: getattr(run.config.data, key) for key in COLUMN_KEYS}, "task": run.config.task.model_dump(),
                 "task_state": task.state,
                 "created_at": datetime.now(timezone.utc).isoformat(), "versions": _versions(),
-                MANIFEST_KEY: manifest(staging, (p.name for p in staging.iterdir() if p.name != EXPORT_FILE))}
+                MANIFEST_KEY: _manifest(staging)}
         write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
         info["parity"] = _parity(staging, files, task, held_out, run.labels, reference)
+        info["parity"]["data"] = Path(data).name if data else "the run's test split"  # a name: the README shows it
+        write_text(staging / README, export_readme(run, info, task, predictor.tokenizer))  # with the parity figures
+        info[MANIFEST_KEY] = _manifest(staging)  # the README too: every file but export.json is listed
         write_json(staging / EXPORT_FILE, info)
         _check_output(out, also=[p.name for p in staging.iterdir()])  # nothing of the user's appeared meanwhile
     return out
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    return manifest(folder, (p.name for p in folder.iterdir() if p.name != EXPORT_FILE))
+
+
+def _save_config(model: torch.nn.Module, folder: Path) -> None:
+    """config.json: the model's transformers config (id2label, label2id, architecture), which onnxruntime users
+    and optimum's ORTModel classes read beside the graph."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]  # set by a model's save_pretrained, not by the config's own
+    config.save_pretrained(str(folder))
 
 
 def _check_output(out: Path, also: list[str] = ()) -> None:
@@ -121,12 +143,12 @@ def _parity_data(task, run: Run, data: str | None, limit: int, tokenizer) -> Enc
     return encoded.subset(np.flatnonzero(documents < limit))
 
 
-def _export_graph(predictor: Predictor, path: Path, opset: int) -> list[str]:
+def _export_graph(model: torch.nn.Module, tokenizer, path: Path, opset: int) -> list[str]:
     """Trace the (merged) model with dynamic batch and sequence axes; input names come from the tokenizer."""
-    sample = predictor.tokenizer(["a short text to trace", "and a second, longer one, so the batch holds padding"],
-                                 return_tensors="pt", padding=True)
+    sample = tokenizer(["a short text to trace", "and a second, longer one, so the batch holds padding"],
+                       return_tensors="pt", padding=True)
     names = list(sample.keys())
-    model = _LogitsOnly(predictor.plain_model().eval(), names)
+    model = _LogitsOnly(model, names)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with _quiet():
         torch.onnx.export(model, tuple(sample[n] for n in names), str(path), input_names=names,

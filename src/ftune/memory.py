@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ftune.errors import ConfigError
+from ftune.lazy import lazy
+
+torch = lazy("torch")
 
 KNOBS = ("a smaller train.batch_size with more train.gradient_accumulation_steps (the same global batch), "
          "train.gradient_checkpointing=true, a smaller data.max_length, or method.name=lora")

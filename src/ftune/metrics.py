@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from ftune.lazy import lazy
+
+sk_metrics = lazy("sklearn.metrics")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,13 +23,13 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
     ids = list(range(len(names)))
-    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
+    p, r, f, s = sk_metrics.precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
     return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        "accuracy": float(sk_metrics.accuracy_score(labels, preds)),
+        "macro_f1": float(sk_metrics.f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
         "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, n in enumerate(names)},
-        "confusion": confusion_matrix(labels, preds, labels=ids).tolist(),
+        "confusion": sk_metrics.confusion_matrix(labels, preds, labels=ids).tolist(),
         "n": int(len(labels)),
     }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import warnings
@@ -21,9 +20,6 @@ transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 # torch's note on the pickle protocol of a .bin it refuses asks the user to file an issue with torch: not ours.
 warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-# With bitsandbytes installed, peft imports it for every LoRA run; on a CPU it warns that its optional hub kernel
-# (refused in ftune/__init__.py) is missing, which no ftune run on a CPU uses (QLoRA needs CUDA).
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _minilm() -> str:

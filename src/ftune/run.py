@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -140,6 +141,20 @@ def _lock(path: Path) -> None:
     _LOCKS[path] = handle
 
 
+def live_status(path: Path, manifest: dict) -> str:
+    """The run's status as it is now: a run.json that says `running` while no process holds the run's lock was
+    killed (SIGKILL, a lost machine) before it could say so: `interrupted`, and `--resume` continues it."""
+    status = str(manifest.get("status", "?"))
+    if status != "running" or not (path / LOCK_FILE).is_file():
+        return status
+    try:
+        with open(path / LOCK_FILE) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted: nobody trains here
+    except OSError:  # held by a training process (BlockingIOError), or not ours to open
+        return status
+    return "interrupted"
+
+
 def release_run_dir(path: Path) -> None:
     """Let the run directory go: the next `--resume` may open it."""
     handle = _LOCKS.pop(path, None)
@@ -229,8 +244,8 @@ class Run:
         if not isinstance(self.manifest, dict):
             raise RunError(f"{self.path / RUN_FILE} is not an ftune run manifest; {fix}")
         if self.manifest.get("status") != "complete":
-            raise RunError(f"run {self.path} did not finish (status: {self.manifest.get('status')}); "
-                           f"continue it with `ftune train --output-dir {self.path} --resume`")
+            raise RunError(f"run {self.path} did not finish (status: {live_status(self.path, self.manifest)}); "
+                           f"continue it with `ftune train --output-dir {shlex.quote(str(self.path))} --resume`")
         self.config = validate(integrity.read_yaml_file(self.path / "config.yaml", fix), str(self.path))
         self.labels: list[str] = integrity.read_labels(self.path / "labels.json", fix)
         self.metrics: dict = integrity.read_json_file(self.path / "metrics.json", fix)

@@ -11,7 +11,7 @@ from ftune.errors import RunError
 from ftune.diagnosis import headline
 from ftune.report import Section, title, to_html, to_markdown
 from ftune.integrity import read_yaml_file
-from ftune.run import RUN_FILE, Run, damaged_run_fix, read_history, read_json
+from ftune.run import RUN_FILE, Run, damaged_run_fix, live_status, read_history, read_json
 from ftune.seeds import compared_entry
 
 def _finetuned(metrics: dict) -> dict:
@@ -81,7 +81,7 @@ def _row(path: Path) -> dict:
     manifest = read_json(path / RUN_FILE)
     config = read_yaml_file(path / "config.yaml", damaged_run_fix(path)) if (path / "config.yaml").is_file() else {}
     row = {"name": path.name, "model": _short((config.get("model") or {}).get("name", "?")),
-           "method": manifest.get("method", "?"), "data": _short(manifest.get("data", "?")), "status": manifest.get("status", "?"),
+           "method": manifest.get("method", "?"), "data": _short(manifest.get("data", "?")), "status": live_status(path, manifest),
            "started": (manifest.get("started_at") or "")[:16].replace("T", " "), "test score": "", "best validation": "",
            "train s": ""}
     if (path / "metrics.json").is_file():
@@ -120,9 +120,12 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
         shown = ["" if v is None else _cell(v, fmt) for v in values]
         diffs = ["" if v is None or values[0] is None else _signed(v - values[0], fmt) for v in values[1:]]
         rows.append((label, *shown, *diffs))
-    for label, read in (("method", lambda r: r.config.method.name), ("model", lambda r: r.config.model.name),
-                        ("data", lambda r: r.config.data.train)):
-        rows.append((label, *(read(r) for r in runs), *([""] * (len(runs) - 1))))
+    configs = [_flat(run.config.model_dump(mode="json")) for run in runs]
+    shown = ["method.name", "model.name", "data.train"]  # always, then every other setting the runs differ in
+    shown += [key for key in configs[0].keys() | set().union(*configs[1:])
+              if key not in shown and key != "output_dir" and len({repr(c.get(key)) for c in configs}) > 1]
+    for key in sorted(shown, key=lambda k: (k not in shown[:3], k)):
+        rows.append((key, *(_setting(c.get(key)) for c in configs), *([""] * (len(runs) - 1))))
 
     folder = Path(output) if output else runs[0].path.parent / _folder_name(names)
     plots.compare_curves({n: read_history(r.path) for n, r in zip(names, runs)}, folder / "curves.png")
@@ -133,6 +136,21 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
     (folder / "compare.md").write_text(to_markdown(title, sections, image_dir="."), encoding="utf-8")
     (folder / "compare.html").write_text(to_html(title, sections, folder), encoding="utf-8")
     return header, rows, folder
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}: settings as `--set` names them."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _setting(value) -> str:
+    return "unset" if value is None else str(value)
 
 
 def _folder_name(names: list[str]) -> str:

@@ -11,6 +11,7 @@ randomness (head initialization, batch order, dropout), not which rows happened 
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def train_seeds(config: Config, seeds: list[int], resume: bool = False, quiet: b
             runs.append(train(cfg, resume=step == "resume", quiet=quiet))
         except TrainingStopped as e:  # the run's own advice would resume that one seed, not the others
             raise TrainingStopped(f"seed {seed} stopped, its checkpoint kept in {run_dir}; continue all seeds with the "
-                                  f"same command plus --resume (--output-dir {root})", e.exit_code) from None
+                                  f"same command plus `--resume --output-dir {shlex.quote(str(root))}`", e.exit_code) from None
     summary = summarize(root, seeds, runs, split_seed)
     write_summary(summary)
     return summary

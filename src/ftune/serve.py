@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Union
 import pydantic_core
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # ftune.predictors imports torch, seconds that only these ann
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]  # the Host names a server bound to loopback accepts by default
 PUBLIC_PATHS = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # no key needed
+DOCS_ASSETS = "/static-offline-docs/"  # Swagger UI's and ReDoc's scripts, served from the package (no CDN): public too
 
 
 @dataclass
@@ -123,7 +125,7 @@ class _Guard:
             await JSONResponse({"detail": detail}, status, headers)(scope, receive, send)
 
         headers = Headers(scope=scope)
-        if self.key is not None and scope["path"] not in PUBLIC_PATHS and not self.authorized(headers):
+        if self.key is not None and not _public(scope["path"]) and not self.authorized(headers):
             return await refuse(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
                                 {"WWW-Authenticate": "Bearer"})
         too_large = f"request body over {self.body_limit} bytes: split the texts over several requests"
@@ -187,6 +189,10 @@ def model_name(predictor: Labeler) -> str:
     return Path(source).name if source else predictor.kind
 
 
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS)
+
+
 def create_app(predictor: Labeler | dict[str, Labeler] | Generator, settings: ServeSettings | None = None) -> FastAPI:
     """The service of one model, or of several ({name: predictor}) that requests choose by name; a causal-lm run's
     Generator gets the chat API (ftune.chat_api) instead of /v1/predict."""
@@ -214,7 +220,9 @@ def create_app(predictor: Labeler | dict[str, Labeler] | Generator, settings: Se
         yield
         await batcher.stop()
 
-    app = FastAPI(title="ftune", version="1", lifespan=lifespan, description=description)
+    # FastAPIOffline: /docs and /redoc load their scripts from this server, so they work on a machine with no internet
+    app = FastAPIOffline(title="ftune", version="1", lifespan=lifespan, description=description,
+                         static_url=DOCS_ASSETS.rstrip("/"))
     app.router.route_class = _StrictJSONRoute
     app.state.batcher = batcher
     app.add_middleware(_Guard, api_key=settings.api_key, body_limit=settings.body_limit(chat is not None),

@@ -26,6 +26,24 @@ def local_store_uri(store: Path = LOCAL_STORE) -> str:
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts); with it, on the table
+# of training runs, which is what ftune logs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
+def runs_table_url(store: str | None, host: str, port: int, experiment: str = "ftune") -> str:
+    """The UI's address of the experiment's runs table when the store has it, else the UI's home page."""
+    from mlflow.tracking import MlflowClient
+
+    uri = store if store and "://" in store else local_store_uri(Path(store) if store else LOCAL_STORE)
+    home = f"http://{host}:{port}"
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001  (an unreadable store: `mlflow ui` says why itself)
+        return home
+    return f"{home}/#/experiments/{found.experiment_id}/runs" if found else home
+
+
 def ui_command(store: str | None, host: str, port: int) -> list[str]:
     """`mlflow ui` on a store: a URI, a folder holding mlflow.db, or the default local store."""
     uri = store if store and "://" in store else local_store_uri(Path(store) if store else LOCAL_STORE)
@@ -145,7 +163,10 @@ class MlflowTracker(Tracker):
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(cfg.experiment)
             self.experiment_id = found.experiment_id if found else \
-                self.client.create_experiment(cfg.experiment, artifact_location=artifact_root)
+                self.client.create_experiment(cfg.experiment, artifact_location=artifact_root,
+                                              tags={EXPERIMENT_KIND: "custom_model_development"})
+            if found and EXPERIMENT_KIND not in found.tags:  # made by an older ftune, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         except (MlflowException, OSError, ValueError) as e:
             reason = str(e).splitlines()[0][:200]
             raise ConfigError(f"tracking.uri {uri}: cannot open the MLflow store ({reason}); fix tracking.uri "

@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import json
 import math
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
+from ftune.card import write_cards
 from ftune.checkpoint import (TrainState, list_checkpoints, load_checkpoint, load_weights, repair, rng_state,
                               save_checkpoint, save_weights, trainable_state)
 from ftune.config import Config
@@ -339,8 +341,8 @@ class _Fit:
             if asked:
                 self.progress.stop()
                 raise TrainingStopped(f"stopped by {self.stop.signal.name} at step {state.global_step}: checkpoint "
-                                      f"{saved} saved; continue with the same command plus --resume "
-                                      f"(--output-dir {self.run_dir})", 128 + self.stop.signal.value)
+                                      f"{saved} saved; continue with `ftune train --output-dir "
+                                      f"{shlex.quote(str(self.run_dir))} --resume`", 128 + self.stop.signal.value)
         return False
 
     def log_step(self, batches_done: int, batches: int) -> None:
@@ -477,6 +479,7 @@ def _finish(config: Config, task: Task, splits, data: dict[str, Encoded], data_i
     write_json(run_dir / "metrics.json", metrics)
     if cfg.evaluate_test:
         task.save_predictions(run_dir, splits, data, outputs, splits.labels)
+    write_cards(run_dir)  # model/ and adapter/ README.md, from the final metrics; before the sha256 that lists them
     # sha256 (integrity.MANIFEST_KEY): what a predictor loads, checked when it loads (a kill or a partial copy)
     update_manifest(run_dir, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_hash=splits.fingerprint(),
                     device=_device_name(device), sha256=run_manifest(run_dir), **base_identity(config, source))

@@ -11,12 +11,14 @@ from typing import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import train_test_split
 
+from ftune.lazy import lazy
 from ftune.schema import DataConfig
 from ftune.data.sources import Table, read_source, read_text_lines
 from ftune.errors import DataError
+
+pd = lazy("pandas")
+model_selection = lazy("sklearn.model_selection")
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
@@ -215,7 +217,7 @@ def hold_out(frame: pd.DataFrame, size: float, seed: int, name: str) -> tuple[pd
         raise DataError(f"cannot hold out {size:.0%} of {len(frame)} rows for {name}; add data or give a {name} file")
     counts = frame["label"].value_counts() if "label" in frame else None
     stratify = frame["label"] if counts is not None and counts.min() >= 2 and n_out >= len(counts) else None
-    kept, held = train_test_split(frame, test_size=n_out, random_state=seed, stratify=stratify)
+    kept, held = model_selection.train_test_split(frame, test_size=n_out, random_state=seed, stratify=stratify)
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 

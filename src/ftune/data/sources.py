@@ -14,13 +14,14 @@ import stat
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ftune.data.builtin import CATALOG, builtin_path
 from ftune.errors import DataError
+from ftune.lazy import lazy
+
+pd = lazy("pandas")
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-Table = pd.DataFrame | dict[str, pd.DataFrame]
+Table = "pd.DataFrame | dict[str, pd.DataFrame]"  # for annotations: pandas is imported on first use
 # pandas picks a decompressor from the file name only, so a compressed file named .csv reads as binary garbage;
 # its first bytes say what it is. (Refused rather than read: the line numbers of our errors would be wrong.)
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"PK\x03\x04": ("zip", "unzip -p"), b"BZh": ("bzip2", "bunzip2 -c"),

@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from ftune.lazy import lazy
 from ftune.schema import DataConfig
 from ftune.data.prepare import column
 from ftune.data.sources import Table, check_not_compressed, read_source
 from ftune.errors import DataError
+
+pd = lazy("pandas")
 
 TABLE_SUFFIXES = (".json", ".jsonl", ".parquet")
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
+from ftune.lazy import lazy
 from ftune.schema import LongTextConfig
 from ftune.data.builtin import cache_dir
 from ftune.data.long_text import is_long_text, pool, windows
+
+pd = lazy("pandas")
+torch = lazy("torch")
 
 IGNORE = -100  # a token label that takes no part in the loss (torch's cross-entropy ignore_index)
 

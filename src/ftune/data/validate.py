@@ -4,13 +4,15 @@ imbalance and texts cut at the window. (What cannot be trained on at all is a Da
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from ftune.data.prepare import Splits
+from ftune.lazy import lazy
 from ftune.schema import LongTextConfig
 from ftune.data.long_text import is_long_text
 from ftune.data.summary import SPLITS, text_lengths
 from ftune.data.tokenize import Encoded
+
+pd = lazy("pandas")
 
 IMBALANCE_RATIO = 10.0  # largest class over smallest in train, from which we warn
 

@@ -38,8 +38,7 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
     `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export).
     `device`: auto (the GPU when there is one), cpu or cuda; `precision` (PyTorch only): fp32, bf16 or fp16."""
     path = Path(path)
-    restore_aside(path.parent, path.name)  # an export (or model) folder a kill left aside mid-swap: put back
-    if (path / EXPORT_FILE).is_file():
+    if is_export(path):
         from ftune.predictors.onnx import OnnxPredictor
 
         if precision != "fp32":
@@ -56,15 +55,33 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
     return Predictor(path, trust_remote_code=trust_remote_code, device=device, precision=precision)
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is an `ftune export` folder (one a kill left aside mid-swap is put back first)."""
+    path = Path(path)
+    restore_aside(path.parent, path.name)
+    return (path / EXPORT_FILE).is_file()
+
+
 def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, device: str = "auto",
                  precision: str = "fp32", **columns: str | None) -> dict:
     """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
-    task = task_for(run.config, run.task_state)
     # A damaged or untrusted run, or a device this machine lacks, is refused before the data is read.
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code, device=device, precision=precision)
-    data_cfg = run.config.data.model_copy(update={k: v for k, v in columns.items() if v})
-    data = task.encode_source(source, data_cfg, run.labels, predictor.tokenizer)
-    return task.score(predictor.outputs(data, task.rows), data, run.labels, interval_seed=0)[0]
+    return _score_source(predictor, run.config.data, source, columns)
 
 
-__all__ = ["EXPORT_FILE", "Labeler", "Predictor", "Run", "evaluate_run", "load_predictor", "load_run_model"]
+def evaluate_export(predictor: Labeler, source: str, **columns: str | None) -> dict:
+    """The same metrics (and intervals) from an export's model (`load_predictor(EXPORT_DIR, variant)`), with the
+    run's column names the export keeps unless given: an export scores wherever its run does."""
+    return _score_source(predictor, predictor.data_config, source, columns)
+
+
+def _score_source(predictor: Labeler, data_cfg, source: str, columns: dict) -> dict:
+    data_cfg = data_cfg.model_copy(update={k: v for k, v in columns.items() if v})
+    task = predictor.task
+    data = task.encode_source(source, data_cfg, predictor.labels, predictor.tokenizer)
+    return task.score(predictor.outputs(data, task.rows), data, predictor.labels, interval_seed=0)[0]
+
+
+__all__ = ["EXPORT_FILE", "Labeler", "Predictor", "Run", "evaluate_export", "evaluate_run", "is_export",
+           "load_predictor", "load_run_model"]

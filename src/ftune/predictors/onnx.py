@@ -18,6 +18,9 @@ from ftune.schema import LongTextConfig
 from ftune.tasks import task_for
 
 VARIANTS = ("fp32", "int8")
+# The run's column names an export keeps, so `ftune eval EXPORT --data FILE` reads a file as `ftune eval RUN` does
+# (exports made before the last two were kept: the task's defaults, or the --label-column flags).
+COLUMN_KEYS = ("text_column", "text_pair_column", "label_column")
 
 
 def export_fix(export_dir: Path) -> str:
@@ -41,9 +44,10 @@ def read_export_info(export_dir: Path, fix: str) -> dict:
         raise RunError(f"{path}: 'files' must map {' and/or '.join(VARIANTS)} to model files; {fix}")
     for name in files.values():
         member(export_dir, name, path, fix)
-    if info["max_length"] < 1 or not isinstance(info.get("text_column"), (str, type(None))) \
+    columns = [info.get(key) for key in COLUMN_KEYS]
+    if info["max_length"] < 1 or not all(isinstance(c, (str, type(None))) for c in columns) \
             or not isinstance(info.get("parity", {}), dict):
-        raise RunError(f"{path}: 'max_length', 'text_column' or 'parity' has a value ftune does not write; {fix}")
+        raise RunError(f"{path}: 'max_length', a column name or 'parity' has a value ftune does not write; {fix}")
     try:
         LongTextConfig(**info.get("long_text", {}))
     except (TypeError, ValidationError):
@@ -94,7 +98,7 @@ class OnnxPredictor(Labeler):
         if variant not in files:
             hint = "; export it with `ftune export RUN --quantize int8`" if variant == "int8" else ""
             raise RunError(f"{self.export_dir} has no {variant} model (it has: {', '.join(files)}){hint}")
-        self.kind = f"onnx-{variant}"
+        self.variant, self.kind = variant, f"onnx-{variant}"
         self.file = member(self.export_dir, files[variant], self.export_dir / EXPORT_FILE, fix)
         if not self.file.is_file():
             raise RunError(f"{self.file} is missing; {fix}")
@@ -103,6 +107,7 @@ class OnnxPredictor(Labeler):
         self.max_length = self.info["max_length"]
         self.text_column = self.info.get("text_column")
         self.task = task_for(export_config(self.info, self.export_dir / EXPORT_FILE, fix), self.info.get("task_state"))
+        self.data_config = self.task.config.data.model_copy(update={key: self.info.get(key) for key in COLUMN_KEYS})
         self.tokenizer = load_tokenizer(str(self.export_dir))  # never remote code: an export holds none
         check_tokenizer(self.tokenizer, self.export_dir, fix)
         options = ort.SessionOptions()
@@ -130,11 +135,23 @@ class OnnxPredictor(Labeler):
 
         return batched_outputs(forward, data, self.batch_size, self.tokenizer.pad_token_id or 0)
 
+    def using(self) -> str:
+        """One line saying which model answers: the int8 one, picked by default, may label a few texts otherwise than
+        the run does (its parity figure says how often it agreed), so a user must be able to see it and opt out."""
+        agreed = self.info.get("parity", {}).get(self.kind, {}).get("same_label_as_pytorch")
+        texts = self.info.get("parity", {}).get("texts")
+        parity = f": same label as PyTorch on {agreed:.1%} of {texts} held-out texts" \
+            if isinstance(agreed, float) and isinstance(texts, int) else ""
+        other = "; --variant fp32 for the full-precision model" if self.variant == "int8" else ""
+        return f"using {self.kind} (export folder {self.export_dir}{parity}{other})"
+
     def describe(self) -> dict:
         parity = self.info.get("parity", {})
         metric = parity.get("metric", "accuracy")  # the task's headline; exports before it was named: accuracy
         score = parity.get(self.kind, {}).get(metric)
-        return {"kind": self.kind, "task": self.task.name, "labels": self.labels, "base_model": self.info["base_model"],
+        return {"kind": self.kind, "variant": self.variant, "variants": list(self.info["files"]),
+                "task": self.task.name, "labels": self.labels, "base_model": self.info["base_model"],
                 "method": self.info["method"], "max_length": self.max_length, "source": str(self.export_dir),
                 "file_bytes": self.file.stat().st_size, "device": self.session.get_providers()[0],
-                "metrics": {f"test_{metric}": score, f"pytorch_test_{metric}": parity.get("pytorch", {}).get(metric)}}
+                "metrics": {f"test_{metric}": score, f"pytorch_test_{metric}": parity.get("pytorch", {}).get(metric),
+                            "same_label_as_pytorch": parity.get(self.kind, {}).get("same_label_as_pytorch")}}

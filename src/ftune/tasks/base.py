@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel
 
 from ftune.data.tokenize import IGNORE, encode
 from ftune.errors import ConfigError
+from ftune.lazy import lazy
 from ftune.schema import Section
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 if TYPE_CHECKING:
     from ftune.config import Config

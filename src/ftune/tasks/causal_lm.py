@@ -39,11 +39,6 @@ from itertools import accumulate
 from typing import Literal
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
 from pydantic import BaseModel, Field
 
 from ftune.data import Encoded
@@ -54,8 +49,14 @@ from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tokenize import IGNORE, cache_path, load_ragged, save_ragged
 from ftune.data.validate import window_warning
 from ftune.errors import DataError, RunError
+from ftune.lazy import lazy
 from ftune.memory import LOSS_CHUNK  # one number: the loss's chunk is what the memory estimate counts
 from ftune.tasks.base import Task, TaskOptions
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+torch_checkpoint = lazy("torch.utils.checkpoint")  # .checkpoint(...): activation checkpointing
 
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
 ROLES = ("system", "user", "assistant")
@@ -239,7 +240,7 @@ def token_nll(logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tens
     parts = []
     for start in range(0, max(len(targets), 1), chunk):  # an empty batch runs one empty chunk: the loss keeps a graph
         h, y = hidden[start:start + chunk], targets[start:start + chunk]
-        parts.append(checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
+        parts.append(torch_checkpoint.checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
     return torch.cat(parts)
 
 

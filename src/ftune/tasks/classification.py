@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
 from ftune.data import Encoded, encode, load_eval_frame, load_splits
@@ -14,9 +13,12 @@ from ftune.data.builtin import check_builtin_task
 from ftune.data.summary import SPLITS, data_summary
 from ftune.data.validate import data_warnings
 from ftune.integrity import atomic_path
+from ftune.lazy import lazy
 from ftune.metrics import classification_metrics, logits_metrics, metrics_with_interval, softmax
 from ftune.schema import LongTextConfig
 from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum, text_logits
+
+torch = lazy("torch")
 
 
 class ClassificationOptions(TaskOptions):

@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ftune.data import Encoded, encode
@@ -34,7 +31,12 @@ from ftune.data.summary import SPLITS, text_lengths, token_lengths
 from ftune.data.validate import IMBALANCE_RATIO, repeated_text_warnings, window_warning
 from ftune.errors import DataError, RunError
 from ftune.integrity import atomic_path
+from ftune.lazy import lazy
 from ftune.tasks.base import Task, TaskOptions
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 DEFAULT_THRESHOLD = 0.5  # before calibration, and for a run whose task.json holds none
 GRID = np.round(np.linspace(0.01, 0.99, 99), 2)  # the decision thresholds tried on validation

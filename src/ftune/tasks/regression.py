@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ftune.data.builtin import check_builtin_task
@@ -30,7 +27,12 @@ from ftune.data.tokenize import Encoded, encode
 from ftune.data.validate import repeated_text_warnings, window_warning
 from ftune.errors import DataError, RunError
 from ftune.integrity import atomic_path
+from ftune.lazy import lazy
 from ftune.tasks.base import Task, TaskOptions
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 OUTPUT = "value"  # the head's one output: the run's labels.json is [OUTPUT]
 # Cells that mean "no value": the classification markers, plus NA / N/A, which for a number cannot be a real value.

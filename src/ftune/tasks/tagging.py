@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
-import torch
-
 from pydantic import BaseModel, Field
 
 from ftune.data import Encoded
@@ -29,8 +26,12 @@ from ftune.data.tokenize import IGNORE
 from ftune.data.validate import window_warning
 from ftune.errors import ConfigError
 from ftune.integrity import atomic_path
+from ftune.lazy import lazy
 from ftune.metrics import bootstrap_accuracy, softmax
 from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
+
+pd = lazy("pandas")
+torch = lazy("torch")
 
 CONFUSION_TAGS = 10  # the report's confusion matrix: the most frequent tags
 ENTITY_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
