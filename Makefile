@@ -16,7 +16,7 @@ WORKERS ?= 2
 # process a test starts imports torch, transformers and peft again, about twice as slowly from source.
 RUN_TESTS := env -u PYTHONDONTWRITEBYTECODE HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS)
 
-.PHONY: demo test test-quick setup lock check-newest clean chromium
+.PHONY: demo test test-quick docs setup lock check-newest clean chromium
 
 $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: $(STAMP) chromium  ## the whole test suite, in parallel, including one rea
 
 test-quick: $(STAMP)  ## the day-to-day tier: everything but the tests marked slow or e2e (under 2 minutes)
 	$(RUN_TESTS) -m "not slow and not e2e"
+
+docs: $(STAMP)  ## serve the documentation site (MkDocs + Material, docs/ and mkdocs.yml) on 127.0.0.1:8000, live-reloaded
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lock: $(STAMP)  ## refresh requirements.lock to the newest versions pyproject.toml allows (then run make test)
 	UV=$(UV) FIND_LINKS=$(FIND_LINKS) bash scripts/deps.sh lock

@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pandas as pd
@@ -102,6 +104,77 @@ def instructions(n: int, seed: int = 0, opposites: dict[str, str] = OPPOSITES) -
     words = list(opposites.items()) + [(b, a) for a, b in opposites.items()]
     return [{"prompt": f"what is the opposite of {w} ?", "response": f"the opposite of {w} is {o} ."}
             for w, o in (rng.choice(words) for _ in range(n))]
+
+
+# --- every task's tiny data: tests/test_task_contract.py runs its checks over every task in ftune.tasks.TASKS -----
+
+@dataclass(frozen=True)
+class TinyData:
+    """A task's tiny dataset, written under a folder, that a tiny model learns something of in one short epoch."""
+
+    keys: dict  # the config keys that read it: data.train and its columns (task.* options where the task needs them)
+    texts: list[str]  # every text in it: a tiny decoder's vocabulary is learned from them
+
+
+def _csv(folder: Path, frame: pd.DataFrame) -> str:
+    frame.to_csv(folder / "data.csv", index=False)
+    return str(folder / "data.csv")
+
+
+def _jsonl(folder: Path, rows: list[dict]) -> str:
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(folder / "data.jsonl")
+
+
+def _reviews(folder: Path) -> TinyData:
+    frame = synthetic_reviews(120)
+    return TinyData({"data.train": _csv(folder, frame), "data.text_column": "review", "data.label_column": "stars"},
+                    frame["review"].tolist())
+
+
+def _tagged(folder: Path) -> TinyData:
+    sentences = entity_sentences(80)
+    return TinyData({"data.train": _jsonl(folder, [{"tokens": w, "tags": t} for w, t in sentences])},
+                    [" ".join(words) for words, _ in sentences])
+
+
+def _instructions(folder: Path) -> TinyData:
+    rows = instructions(80)
+    return TinyData({"data.train": _jsonl(folder, rows)}, [text for row in rows for text in row.values()])
+
+
+def _praise_counts(folder: Path) -> TinyData:
+    """A number per text: how many praise words it holds (0-3)."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(120):
+        words = rng.sample(FILLER, rng.randint(3, 8)) + rng.sample(POSITIVE, i % 4)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "stars": i % 4})
+    frame = pd.DataFrame(rows)
+    return TinyData({"data.train": _csv(folder, frame), "data.label_column": "stars"}, frame["text"].tolist())
+
+
+TOPICS = {"sport": ["football", "tennis", "goal"], "food": ["pasta", "bread", "cheese"], "tech": ["laptop", "chip"]}
+
+
+def _topics(folder: Path) -> TinyData:
+    """One or two topics per text, from its keywords; the label cell joins them with '|'."""
+    rng = random.Random(0)
+    rows = []
+    for _ in range(120):
+        topics = sorted(rng.sample(sorted(TOPICS), rng.choice([1, 1, 2])))
+        words = rng.sample(FILLER, 4) + [rng.choice(TOPICS[t]) for t in topics]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "|".join(topics)})
+    frame = pd.DataFrame(rows)
+    return TinyData({"data.train": _csv(folder, frame)}, frame["text"].tolist())
+
+
+# A task registered in TASKS gets the contract suite's checks once it has an entry here.
+TINY_DATA: dict[str, Callable[[Path], TinyData]] = {
+    "classification": _reviews, "token-classification": _tagged, "causal-lm": _instructions,
+    "regression": _praise_counts, "multi-label": _topics}
 
 
 KEY = "test-key"

@@ -1,5 +1,5 @@
 """The code's shape, checked: imports go one way, the loop's step fits a screen, every task is registered and
-documented, and the README's config tables are the schema's own."""
+documented, and the docs' config tables are the schema's own."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from ftune.tasks import TASKS
 from ftune.training import _Fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ftune"
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+CONFIG_PAGE = DOCS / "configuration.md"  # the generated tables, between the config-tables markers
+ARCHITECTURE_PAGE = DOCS / "architecture" / "index.md"  # the task table
 
 
 def _module_name(path: Path) -> str:
@@ -101,15 +103,16 @@ def test_every_config_key_of_every_task_and_method_has_a_description():
             assert missing == [], (task, method)
 
 
-def test_the_readme_config_tables_are_generated_from_the_schema():
-    text = README.read_text(encoding="utf-8")
+def test_the_docs_config_tables_are_generated_from_the_schema():
+    text = CONFIG_PAGE.read_text(encoding="utf-8")
     block = re.search(r"<!-- config-tables: ftune config --markdown -->\n(.*?)<!-- /config-tables -->", text, re.S)
-    assert block, "README lacks the generated config tables"
-    assert block.group(1) == config_markdown(), "regenerate the README's tables with `ftune config --markdown`"
+    assert block, "docs/configuration.md lacks the generated config tables"
+    assert block.group(1) == config_markdown(), \
+        "regenerate docs/configuration.md's tables with `ftune config --markdown` (between the config-tables markers)"
 
 
-def test_every_task_is_in_the_readme_task_table():
-    text = README.read_text(encoding="utf-8")
+def test_every_task_is_in_the_architecture_task_table():
+    text = ARCHITECTURE_PAGE.read_text(encoding="utf-8")
     for name, task in TASKS.items():
         module = inspect.getmodule(task).__name__.rsplit(".", 1)[-1]
         assert re.search(rf"\| `{re.escape(name)}` \| `tasks/{module}\.py`", text), name
@@ -130,3 +133,25 @@ def test_the_cli_and_the_config_start_without_the_heavy_libraries():
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+def test_the_loop_fits_two_screens_and_leaves_the_run_files_to_run_files():
+    """training.py is the loop: set-up is ftune.train_setup (optimizer, precision and compile: ftune.optim), and the
+    finished run's files are ftune.run_files. The loop writes only its own log and checkpoints."""
+    loop = (SRC / "training.py").read_text(encoding="utf-8")
+    assert len(loop.splitlines()) <= 300
+    assert not re.search(r"write_json|save_pretrained|write_text\(|write_reports|write_cards", loop)
+
+
+def test_one_run_class_reads_a_run_and_predicts():
+    """ftune.Run, ftune.run.Run and ftune.predictors.Run are one class; what predictors read is its base, the run
+    folder's reader (ftune.run_folder), so the class can load its model without an import circle."""
+    import ftune
+    import ftune.predictors
+    import ftune.run
+    from ftune.predictors.pytorch import Predictor
+    from ftune.run_folder import RunFolder
+
+    assert ftune.Run is ftune.run.Run is ftune.predictors.Run
+    assert issubclass(ftune.Run, RunFolder) and hasattr(ftune.Run, "predict") and not hasattr(RunFolder, "predict")
+    assert "ftune.run" not in import_graph()[Predictor.__module__]

@@ -131,3 +131,97 @@ def test_the_command_line_starts_before_torch_could_import(tmp_path):
                        (["train", "--data", "reviews.csv", "--label-column", "stars"], 2)):
         done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path)
         assert done.stdout.splitlines()[-1] == f"exit {code} False", done.stdout + done.stderr
+
+
+def test_the_config_and_serve_flags_are_the_schema_fields_with_their_descriptions(monkeypatch, capsys):
+    """Each generated flag's --help is its pydantic field's description, read here from the schema itself
+    (describe_keys, ServeSettings), and the command's --help lists it."""
+    import typer.main
+
+    from ftune.cli import app
+    from ftune.cli_options import FLAGS, param_name
+    from ftune.config import METHOD_NAMES, Config, describe_keys
+    from ftune.serve_settings import ServeSettings
+
+    described = {key: text for key, _, _, text in describe_keys(method="lora")}
+    described["task.name"] = Config.model_fields["task"].description  # the union's own description
+    own = {name: next(t for k, _, _, t in describe_keys(method=name) if k == "method.name") for name in METHOD_NAMES}
+    described["method.name"] = "; ".join(f"{name}: {text}" for name, text in own.items())  # no section description
+    keys = {flag: key for key, flag in FLAGS.items()}
+    root = typer.main.get_command(app)
+    commands = {"train": root.commands["train"], "tune": root.commands["tune"], "distill": root.commands["distill"],
+                "data validate": root.commands["data"].commands["validate"]}
+    seen = set()
+    for name, command in commands.items():
+        for option in command.params:
+            if option.opts[0] in keys and option.name == param_name(keys[option.opts[0]]):  # generated
+                assert option.help == described[keys[option.opts[0]]], (name, option.opts[0])
+                seen.add(option.opts[0])
+    assert seen == set(FLAGS.values())  # every declared flag is on some command
+    train = {option.opts[0] for option in commands["train"].params}
+    assert {"--model", "--data", "--task", "--method", "--epochs", "--batch-size", "--learning-rate", "--output-dir",
+            "--tracking", "--validation-data", "--test-data", "--text-column", "--label-column"} <= train
+    serve = {option.name: option for option in root.commands["serve"].params}
+    for field_name, field in ServeSettings.model_fields.items():
+        assert serve[field_name].help == field.description and serve[field_name].default == field.default
+
+    monkeypatch.setenv("COLUMNS", "300")  # one line per flag, so each flag's description is whole
+    code, out, _ = ftune_cli(monkeypatch, capsys, "train", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    for flag in ("--model", "--data", "--epochs", "--batch-size", "--learning-rate", "--tracking", "--task"):
+        assert flag in out
+    assert " ".join(described["train.epochs"].split()) in text and "INTEGER|auto" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-batch", "0"], "--max-batch: Input should be greater than or equal to 1 (got 0)"),
+    (["--read-timeout-s", "0.01"], "--read-timeout-s: Input should be greater than or equal to 0.1"),
+    (["--allowed-hosts", "api.*.com"], "--allowed-hosts: 'api.*.com' is neither"),
+])
+def test_serve_settings_out_of_bounds_are_one_line_before_any_model_loads(args, message, monkeypatch, capsys, tmp_path):
+    code, _, err = ftune_cli(monkeypatch, capsys, "serve", str(tmp_path / "no-run"), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_generated_flags_keep_their_values_and_types(monkeypatch, capsys):
+    """What the commands receive: the given flags as config keys (a whole --batch-size as a number, auto as a
+    word), and the serve flags as ServeSettings (--allowed-hosts split at commas, FTUNE_API_KEY for --api-key)."""
+    from ftune import cli
+
+    class Given(Exception):
+        pass
+
+    received = {}
+
+    def config(path, set_, flags):
+        received.update({key: value for key, value in flags.items() if value is not None})  # as _config reads them
+        raise Given
+
+    monkeypatch.setattr(cli, "_config", config)
+    for args, flags in (
+            (["--data", "x.csv", "--batch-size", "16", "--learning-rate", "auto", "--epochs", "2", "--task",
+              "regression"], {"data.train": "x.csv", "train.batch_size": 16, "train.learning_rate": "auto",
+                              "train.epochs": 2, "task.name": "regression"}),
+            (["--batch-size", "auto", "--learning-rate", "3e-4"], {"train.batch_size": "auto",
+                                                                   "train.learning_rate": "3e-4"})):
+        received.clear()
+        with pytest.raises(Given):
+            cli.app(["train", *args], standalone_mode=False)
+        assert received == flags
+
+    class Stub:
+        kind = "stub"
+
+        def describe(self) -> dict:
+            return {}
+
+    started = {}
+    monkeypatch.setattr("ftune.serve.load", lambda *args: Stub())
+    monkeypatch.setattr("ftune.serve.serve", lambda served, host, port, settings: started.update(settings=settings))
+    monkeypatch.setenv("FTUNE_API_KEY", "secret")
+    cli.app(["serve", "RUN", "--allowed-hosts", "a.example.com, *.b.org", "--max-texts", "8", "--no-batching"],
+            standalone_mode=False)
+    settings = started["settings"]
+    assert settings.allowed_hosts == ["a.example.com", "*.b.org"] and settings.api_key == "secret"
+    assert (settings.max_texts, settings.batching, settings.max_chars) == (8, False, 10_000)

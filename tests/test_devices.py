@@ -115,12 +115,12 @@ def test_padding_to_a_multiple_trains_the_same_model(tiny_config, tmp_path):
 
 
 def test_adamw_is_fused_where_torch_has_the_kernel(tiny_config):
-    from ftune.training import _fused_adamw
+    from ftune.optim import fused_adamw
 
     cfg = tiny_config()
-    assert _fused_adamw(cfg, torch.device("cpu")) is True  # torch >= 2.4 has a fused CPU AdamW
+    assert fused_adamw(cfg, torch.device("cpu")) is True  # torch >= 2.4 has a fused CPU AdamW
     sharded = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "fsdp"})})
-    assert _fused_adamw(sharded, torch.device("cuda")) is None
+    assert fused_adamw(sharded, torch.device("cuda")) is None
 
 
 def test_a_token_budget_run_learns_and_its_schedule_ends_at_its_last_step(tiny_config, tmp_path, capsys):
@@ -137,16 +137,16 @@ def test_a_token_budget_run_learns_and_its_schedule_ends_at_its_last_step(tiny_c
 
 def test_a_bf16_frozen_base_under_lora_trains_saves_float32_and_merges(tiny_config, tmp_path, monkeypatch):
     """The GPU's LoRA setting (frozen base in bf16 under bf16 autocast), forced on the CPU."""
-    import ftune.training as training
-    from ftune.training import _frozen_dtype
+    import ftune.train_setup as train_setup
+    from ftune.optim import frozen_dtype
 
     cfg = tiny_config(**{"method.name": "lora", "method.r": 4, "method.merge": True, "train.precision": "bf16",
                          "train.baselines": False, "output_dir": str(tmp_path / "lora-bf16")})
-    assert _frozen_dtype(cfg, torch.device("cpu"), "bf16") is None  # on a CPU the base stays float32
-    assert _frozen_dtype(cfg, torch.device("cuda"), "bf16") is torch.bfloat16
-    assert _frozen_dtype(cfg, torch.device("cuda"), "fp16") is None
+    assert frozen_dtype(cfg, torch.device("cpu"), "bf16") is None  # on a CPU the base stays float32
+    assert frozen_dtype(cfg, torch.device("cuda"), "bf16") is torch.bfloat16
+    assert frozen_dtype(cfg, torch.device("cuda"), "fp16") is None
     seen = {}
-    real = training.frozen_to
+    real = train_setup.frozen_to
 
     def spy(model, dtype):
         real(model, dtype)
@@ -154,8 +154,8 @@ def test_a_bf16_frozen_base_under_lora_trains_saves_float32_and_merges(tiny_conf
                                                                                   model.named_parameters() if p.requires_grad})
         return model
 
-    monkeypatch.setattr(training, "_frozen_dtype", lambda *a: torch.bfloat16)
-    monkeypatch.setattr(training, "frozen_to", spy)
+    monkeypatch.setattr(train_setup, "frozen_dtype", lambda *a: torch.bfloat16)
+    monkeypatch.setattr(train_setup, "frozen_to", spy)
     run = ftune.train(cfg, quiet=True)
     trainable = seen.pop("trainable")
     assert trainable and all(seen[n] == torch.float32 for n in trainable)

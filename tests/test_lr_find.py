@@ -40,14 +40,14 @@ def test_auto_picks_a_rate_writes_the_curve_and_the_run_starts_as_with_that_rate
 
 
 def test_the_range_test_puts_back_lora_weights_head_mode_and_random_state(tiny_model, reviews_csv):
-    from ftune.config import LoraMethod
     from ftune.methods import METHODS
     from ftune.models import load_classifier, load_tokenizer
     from ftune.config import load_config
     from ftune.tasks import task_for
-    from ftune.training import _param_groups
+    from ftune.optim import param_groups
 
-    model = METHODS["lora"](load_classifier(tiny_model, ["neg", "pos"]), LoraMethod(r=4), "SEQ_CLS").eval()
+    lora = METHODS["lora"](METHODS["lora"].Options(r=4))
+    model = lora.wrap(load_classifier(tiny_model, ["neg", "pos"]), "SEQ_CLS").eval()
     before = {n: t.clone() for n, t in model.state_dict().items()}
     rng = torch.get_rng_state()
     tokenizer = load_tokenizer(tiny_model)
@@ -55,7 +55,7 @@ def test_the_range_test_puts_back_lora_weights_head_mode_and_random_state(tiny_m
     batch = dict(tokenizer(texts, padding=True, return_tensors="pt"), labels=torch.tensor([1, 0, 1, 0]))
     batches = iter(lambda: [dict(batch)], None)  # the same batch every step, forever
     task = task_for(load_config(overrides={"data.train": str(reviews_csv)}))
-    curve = lr_find.range_test(model, batches, 20, _param_groups(model, 0.01), Accelerator(cpu=True),
+    curve = lr_find.range_test(model, batches, 20, param_groups(model, 0.01), Accelerator(cpu=True),
                                max_grad_norm=1.0, task=task)
     assert len(set(curve["losses"])) > 1  # the weights did move during the test
     after = model.state_dict()
@@ -71,16 +71,16 @@ def test_resume_reuses_the_chosen_rate_without_a_second_range_test(tiny_config, 
     import ftune.training as train_module
 
     cfg = tiny_config(**{"train.learning_rate": "auto", "train.epochs": 1, "train.baselines": False})
-    real_finish = train_module._finish
+    real_finish = train_module.write_run
 
     def explode(*args, **kwargs):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(train_module, "_finish", explode)
+    monkeypatch.setattr(train_module, "write_run", explode)
     with pytest.raises(RuntimeError):
         ftune.train(cfg, quiet=True)
     chosen = json.loads((Path(cfg.output_dir) / "lr_find.json").read_text())["chosen"]
-    monkeypatch.setattr(train_module, "_finish", real_finish)
+    monkeypatch.setattr(train_module, "write_run", real_finish)
 
     def again(*args, **kwargs):
         raise AssertionError("the range test ran again on --resume")

@@ -7,7 +7,7 @@ import torch
 
 import ftune
 import ftune.tasks.base
-import ftune.training
+import ftune.train_setup
 from ftune.errors import ConfigError, RunError
 from ftune.memory import AUTO_BUDGET, auto_batch_size, estimate
 from ftune.models import load_classifier
@@ -36,7 +36,7 @@ def test_auto_picks_the_largest_power_of_two_that_fits(model):
 
 
 def test_a_run_that_would_not_fit_stops_with_the_knobs_and_leaves_nothing(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(ftune.training, "free_bytes", lambda device: 10_000_000)
+    monkeypatch.setattr(ftune.train_setup, "free_bytes", lambda device: 10_000_000)
     with pytest.raises(ConfigError, match=r"this run needs about .* at its peak, but 0.01 GB are free on cpu; try "
                                           r"a smaller train.batch_size .*gradient_checkpointing=true.*method.name=lora"):
         ftune.train(tiny_config(), quiet=True)

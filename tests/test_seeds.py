@@ -111,7 +111,7 @@ def test_resume_refuses_a_finished_seed_trained_with_other_settings(seeds_cli, t
 def test_resume_skips_complete_seeds_and_continues_the_unfinished_one(tiny_config, monkeypatch, capsys):
     import ftune.training as training
 
-    real_finish = training._finish
+    real_finish = training.write_run
 
     def cut_at_seed_1(config, *args, **kwargs):
         if config.train.seed == 1:
@@ -120,10 +120,10 @@ def test_resume_skips_complete_seeds_and_continues_the_unfinished_one(tiny_confi
 
     cfg = tiny_config(**{"train.epochs": 1, "data.max_train_samples": 64, "data.max_eval_samples": 40,
                          "train.baselines": False})
-    monkeypatch.setattr(training, "_finish", cut_at_seed_1)
+    monkeypatch.setattr(training, "write_run", cut_at_seed_1)
     with pytest.raises(RuntimeError, match="power cut"):
         train_seeds(cfg, [0, 1], quiet=True)
-    monkeypatch.setattr(training, "_finish", real_finish)
+    monkeypatch.setattr(training, "write_run", real_finish)
     root = Path(cfg.output_dir)
     first = (root / "seed-0" / "run.json").read_text()
     assert json.loads((root / "seed-1" / "run.json").read_text())["status"] == "failed"

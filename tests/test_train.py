@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import ftune
+import ftune.train_setup
 import ftune.training
 from ftune.errors import RunError
 from ftune.run import Run
@@ -135,13 +136,13 @@ def test_an_8bit_optimizer_it_cannot_run_is_refused_before_the_run_directory(tin
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_layers_train_to_the_same_model(tiny_config, tmp_path, backend, monkeypatch):
-    compiled_layers, real = [], ftune.training.compile_layers
+    compiled_layers, real = [], ftune.train_setup.compile_layers
 
     def counted(model, backend):
         compiled_layers.append(real(model, backend))
         return compiled_layers[-1]
 
-    monkeypatch.setattr(ftune.training, "compile_layers", counted)
+    monkeypatch.setattr(ftune.train_setup, "compile_layers", counted)
     common = {"train.epochs": 1, "train.baselines": False, "train.pad_to_multiple_of": 16}
     plain = ftune.train(tiny_config(**common, output_dir=str(tmp_path / "a")), quiet=True)
     compiled = ftune.train(tiny_config(**common, **{"train.compile": backend}, output_dir=str(tmp_path / "b")),
@@ -189,7 +190,7 @@ def test_a_crashed_run_is_marked_failed_and_cannot_be_used(tiny_config, monkeypa
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(train_module, "_finish", explode)
+    monkeypatch.setattr(train_module, "write_run", explode)
     cfg = tiny_config(**{"train.epochs": 1})
     with pytest.raises(RuntimeError):
         ftune.train(cfg, quiet=True)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import ftune
+import ftune.train_setup
 from ftune.config import DEFAULT_LEARNING_RATES, load_config
 from ftune.errors import ConfigError, RunError
 
@@ -96,7 +97,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tiny_config, t
 def test_a_refused_run_leaves_the_users_empty_folder_in_place(tiny_config, tmp_path, monkeypatch):
     folder = tmp_path / "made-by-hand"
     folder.mkdir()
-    monkeypatch.setattr(ftune.training, "free_bytes", lambda device: 10_000_000)  # refused before training
+    monkeypatch.setattr(ftune.train_setup, "free_bytes", lambda device: 10_000_000)  # refused before training
     with pytest.raises(ConfigError, match="this run needs about"):
         ftune.train(tiny_config(output_dir=str(folder)), quiet=True)
     assert folder.is_dir() and list(folder.iterdir()) == []

@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from ftune.config import Config
-    from ftune.predictors import Run
+    from ftune.run import Run
 
 
 def __getattr__(name: str):
@@ -39,7 +39,7 @@ def __getattr__(name: str):
 
         return getattr(config, name)
     if name == "Run":
-        from ftune.predictors import Run
+        from ftune.run import Run  # the run's files; torch only once it predicts
 
         return Run
     raise AttributeError(f"module 'ftune' has no attribute {name!r}")
@@ -55,7 +55,8 @@ def train(config: "Config", resume: bool = False, quiet: bool = False) -> "Run":
 def evaluate(run: "str | Run", data: str, trust_remote_code: bool = False, **columns: str) -> dict:
     """Score a finished run on another labeled file; columns as in data.text_column etc. `trust_remote_code` lets a
     run whose config asks for it run model code from its folder."""
-    from ftune.predictors import Run, evaluate_run
+    from ftune.predictors import evaluate_run
+    from ftune.run import Run
 
     return evaluate_run(run if isinstance(run, Run) else Run(run), data, trust_remote_code, **columns)
 

@@ -251,8 +251,8 @@ def _usage(facts: RunFacts, folder: str, repo_id: str | None) -> str:
         code = (f"from peft import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{where}\"{names})\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{where}\")")
-        note = ("The adapter holds the LoRA weights and the new head; peft loads the base model named in "
-                "adapter_config.json. The label names are in labels.json (pass them as above).")
+        note = (f"The adapter holds the {facts.config.method.name} weights and the new head; peft loads the base "
+                "model named in adapter_config.json. The label names are in labels.json (pass them as above).")
     else:
         pipeline = PIPELINE_TAGS.get(task, "text-classification")
         extra = {"token-classification": ', aggregation_strategy="simple"', "multi-label": ", top_k=None"}.get(task, "")

@@ -1,5 +1,6 @@
 """OpenAI's chat completions API for a causal-lm run, as `ftune serve RUN` serves it. ftune.serve builds the app
-(the API key, Host, body-size and deadline guards, strict JSON, GET /health); this module adds:
+(with ftune.serve_guards: the API key, Host, body-size and deadline guards, strict JSON; GET /health); this module
+adds:
 
 POST /v1/chat/completions   OpenAI's request and answer; with "stream": true, server-sent events as tokens come
 GET  /v1/models             the served model in OpenAI's list form (GET /v1/models/NAME: the one)
@@ -41,9 +42,9 @@ from ftune.errors import FtuneError
 from ftune.run import RUN_FILE
 from ftune.tasks.causal_lm import ROLES
 
-if TYPE_CHECKING:  # ftune.serve builds this module's app: importing it here would make a circle
+if TYPE_CHECKING:
     from ftune.generate import Generator
-    from ftune.serve import ServeSettings
+    from ftune.serve_settings import ServeSettings
 
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 # Characters per stop string. OpenAI sets no limit, but the stop check on every token costs up to a stop string's
@@ -221,6 +222,7 @@ class ChatService:
 
     def __init__(self, generator: Generator, name: str, settings: ServeSettings):
         self.generator, self.name, self.settings = generator, name, settings
+        self.body_limit = settings.body_limit(chat=True)  # room for max_prompt_chars of messages, not for texts
         self.created = int((generator.path / RUN_FILE).stat().st_mtime)  # when the run finished
         self.lock = threading.Lock()
         self.batcher = MicroBatcher(lambda jobs: [self._write(job) for job in jobs], max_batch=1, max_wait_s=0,

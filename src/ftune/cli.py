@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +14,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ftune.cli_options import DATA, config_flags, settings_flags
 from ftune.errors import FtuneError, TrainingStopped
+from ftune.schema import METHOD_NAMES
+from ftune.serve_settings import ServeSettings
+from ftune.tasks import DEFAULT_TASK
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained transformers on your labeled data.")
@@ -25,17 +29,9 @@ app.add_typer(runs_app, name="runs")
 out = Console()
 
 Opt = Optional[str]
-# Options shared by `train`, `tune` and `data validate`: the same keys, the same help.
+# Flags that set config keys (--data, --epochs, ...) come from the schema: @config_flags (ftune.cli_options).
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; flags and --set override it (train: or a run "
                                                               "directory to --resume)")]
-DataOpt = Annotated[Opt, typer.Option(help="data.train: built-in name or file")]
-ValidationOpt = Annotated[Opt, typer.Option(help="data.validation file")]
-TestOpt = Annotated[Opt, typer.Option(help="data.test file")]
-TextOpt = Annotated[Opt, typer.Option(help="data.text_column")]
-PairOpt = Annotated[Opt, typer.Option(help="data.text_pair_column")]
-LabelOpt = Annotated[Opt, typer.Option(help="data.label_column")]
-TaskOpt = Annotated[Opt, typer.Option("--task", help="task.name: classification, multi-label, regression, "
-                                                     "token-classification or causal-lm (default: read off the data)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, repeatable")]
 # Commands that load a run someone may have handed you: its config alone never makes them run its code.
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="run model code shipped in the run's folder when "
@@ -45,22 +41,10 @@ PrecisionOpt = Annotated[str, typer.Option(help="a run's PyTorch model: fp32, or
 
 
 @app.command()
+@config_flags("model.name", *DATA, "method.name", "train.epochs", "train.learning_rate", "train.batch_size",
+              "output_dir", "tracking.backend")
 def train(
     config: ConfigArg = None,
-    model: Annotated[Opt, typer.Option(help="model.name: 'minilm', a local directory or a hub id")] = None,
-    data: DataOpt = None,
-    validation_data: ValidationOpt = None,
-    test_data: TestOpt = None,
-    text_column: TextOpt = None,
-    text_pair_column: PairOpt = None,
-    label_column: LabelOpt = None,
-    task_name: TaskOpt = None,
-    method: Annotated[Opt, typer.Option(help="method.name: full, freeze or lora")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="train.epochs")] = None,
-    learning_rate: Annotated[Opt, typer.Option(help="train.learning_rate: a number, or auto (range test)")] = None,
-    batch_size: Annotated[Opt, typer.Option(help="train.batch_size: a number, or auto")] = None,
-    output_dir: Annotated[Opt, typer.Option(help="run directory")] = None,
-    tracking: Annotated[Opt, typer.Option(help="tracking.backend: mlflow (default, ./mlruns), tensorboard, wandb or none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
@@ -71,19 +55,15 @@ def train(
     master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
     seeds: Annotated[Opt, typer.Option(help="one run per training seed, e.g. 0,1,2, in OUTPUT/seed-N on one split, "
                                             "then mean, sd and 95% interval in OUTPUT/summary.html")] = None,
+    flags: dict[str, Any] | None = None,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
+    output_dir = flags.get("output_dir")
     if config is not None and config.is_dir():  # `ftune train RUN --resume`: the run's own config and folder
         output_dir, config = output_dir or str(config), config / "config.yaml"
     if resume and config is None and output_dir and (Path(output_dir) / "config.yaml").is_file():
         config = Path(output_dir) / "config.yaml"  # resume from the run directory alone: its config is the base
-    cfg = _config(config, set_, {
-        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
-        "task.name": task_name, "method.name": method, "train.epochs": epochs, "train.learning_rate": learning_rate,
-        "output_dir": output_dir,
-        "train.batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-        "tracking.backend": tracking})
+    cfg = _config(config, set_, flags | {"output_dir": output_dir})
     if "LOCAL_RANK" not in os.environ:  # launched processes: training's first process reads (and fetches) the data
         _check_data(cfg)
     if seeds is not None:
@@ -128,23 +108,15 @@ def _show_run(run) -> None:
 
 
 @app.command()
+@config_flags("distill.layers", "distill.temperature", "distill.alpha", "data.unlabeled", "method.name",
+              "train.epochs", "train.learning_rate", "output_dir")
 def distill(
     teacher: Annotated[Path, typer.Argument(help="a finished classification or token-classification run")],
-    layers: Annotated[Optional[int], typer.Option(help="distill.layers: the student is the teacher's model cut to N "
-                                                       "layers, from its weights")] = None,
     student: Annotated[Opt, typer.Option(help="model.name of a smaller pretrained student (instead of --layers)")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="distill.temperature (default 2)")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="distill.alpha: weight of the teacher's soft labels (default "
-                                                        "0.5; 0: the labels alone)")] = None,
-    unlabeled: Annotated[Opt, typer.Option(help="data.unlabeled: texts only the teacher labels (.txt, or a table "
-                                                "with the text column)")] = None,
-    method: Annotated[str, typer.Option(help="method.name of the student: full, freeze or lora")] = "full",
-    epochs: Annotated[Optional[int], typer.Option(help="train.epochs (default: the teacher's)")] = None,
-    learning_rate: Annotated[Opt, typer.Option(help="train.learning_rate (default: the method's)")] = None,
-    output_dir: Annotated[Opt, typer.Option(help="the student's run directory")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted student in --output-dir")] = False,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+    flags: dict[str, Any] | None = None,
 ) -> None:
     """Train a smaller student on a finished run's answers as well as its labels, on the teacher's data and settings.
     The student is a normal run (report with the teacher as a row, predict, export, serve)."""
@@ -154,6 +126,7 @@ def distill(
     from ftune.run import Run
     from ftune.training import train as run_training
 
+    layers = flags.get("distill.layers")
     if (layers is None) == (student is None):
         raise ConfigError("ftune distill: pass --layers N (the teacher cut to N layers) or --student MODEL (a smaller "
                           "pretrained model), one of them")
@@ -164,10 +137,9 @@ def distill(
         raw["model"]["name"] = source
     raw["train"]["learning_rate"] = None  # the student's method's default, not the teacher's
     default_dir = Path("runs") / f"{teacher.resolve().name}-student-{layers or 'model'}-{datetime.now():%Y%m%d-%H%M%S}"
-    raw.update(method={"name": method}, distill={"teacher": str(teacher)}, output_dir=output_dir or str(default_dir))
-    cfg = _config(raw, set_, {"distill.layers": layers, "model.name": student, "distill.temperature": temperature,
-                              "distill.alpha": alpha, "data.unlabeled": unlabeled, "train.epochs": epochs,
-                              "train.learning_rate": learning_rate})
+    # full fine-tuning and a folder of its own unless the flags say otherwise (they override what is set here)
+    raw.update(method={"name": "full"}, distill={"teacher": str(teacher)}, output_dir=str(default_dir))
+    cfg = _config(raw, set_, flags | {"model.name": student})
     _show_run(run_training(cfg, resume=resume, quiet=quiet))
 
 
@@ -277,7 +249,7 @@ def export(
     data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Export a run to ONNX (LoRA merged), optionally int8, and check it against PyTorch."""
+    """Export a run to ONNX (an adapter merged), optionally int8, and check it against PyTorch."""
     from ftune.export import export_onnx
     from ftune.run import read_json
 
@@ -317,85 +289,36 @@ def push(
 
 
 @app.command()
+@settings_flags(ServeSettings)
 def serve(
     sources: Annotated[list[Path], typer.Argument(
         metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder; several runs are served side by "
-                                       "side, named by their folders (LoRA runs of one base model share it)")],
+                                       "side, named by their folders (adapter runs of one base model share it)")],
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    api_key: Annotated[Opt, typer.Option(envvar="FTUNE_API_KEY", help="require this key (or set FTUNE_API_KEY)")] = None,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
-    max_batch: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
-    max_texts: Annotated[int, typer.Option(help="texts per request")] = 64,
-    max_chars: Annotated[int, typer.Option(help="characters per text")] = 10_000,
-    max_waiting: Annotated[int, typer.Option(help="texts (causal-lm: requests) queued before requests get 503")
-                           ] = 1024,
-    batching: Annotated[bool, typer.Option(help="micro-batch concurrent requests")] = True,
-    mixed_adapters: Annotated[bool, typer.Option(help="several LoRA runs of one base model: their texts share "
-                                                      "forward passes, each through its own adapter (slower on CPU)")
-                              ] = False,
-    timeout_s: Annotated[float, typer.Option(help="seconds before an unanswered request gets 504")] = 30.0,
-    max_body_bytes: Annotated[Optional[int], typer.Option(
-        min=1, help="request body size before 413 (default: room for --max-texts texts of --max-chars)")] = None,
-    read_timeout_s: Annotated[float, typer.Option(
-        min=0.1, help="seconds a client has to send a request's headers (else cut off), then its body (408)")] = 10,
-    max_connections: Annotated[Optional[int], typer.Option(
-        min=1, help="open connections; more are closed at once (default: 512, fewer if ulimit -n is low)")] = None,
-    allowed_hosts: Annotated[Opt, typer.Option(help="comma-separated Host header names or *.example.com patterns "
-                                                     "(default: localhost names on loopback, else any)")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="causal-lm: tokens an answer may have (max_tokens above "
-                                                            "it: 400)")] = 512,
-    max_prompt_chars: Annotated[int, typer.Option(min=1, help="causal-lm: characters in a request's messages")
-                                ] = 50_000,
     trust_remote_code: TrustOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    settings: ServeSettings | None = None,
 ) -> None:
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs. Several runs:
     a request names its model ("model": NAME, or POST /v1/models/NAME/predict); GET /v1/models lists them.
     A causal-lm run is served alone, with OpenAI's chat API: POST /v1/chat/completions, GET /v1/models."""
-    from ftune.errors import ConfigError, RunError
-    from ftune.generate import Generator, is_causal_lm_run
-    from ftune.predictors import load_predictor
-    from ftune.predictors.many import load_many
-    from ftune.serve import ServeSettings, is_loopback
+    from ftune.serve import is_loopback, load
     from ftune.serve import serve as run_server
 
-    if api_key is None and "FTUNE_API_KEY" in os.environ:  # click reads an empty variable as unset: here a mistake
-        api_key = os.environ["FTUNE_API_KEY"]
-    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             max_waiting=max_waiting, batching=batching, api_key=api_key, timeout_s=timeout_s,
-                             max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s,
-                             max_connections=max_connections, mixed_adapters=mixed_adapters,
-                             allowed_hosts=[h.strip() for h in allowed_hosts.split(",")] if allowed_hosts else None,
-                             max_new_tokens=max_new_tokens, max_prompt_chars=max_prompt_chars)
-    if len(sources) > 1 and variant is not None:
-        raise ConfigError("--variant applies to an export, which `ftune serve` serves alone; drop --variant to serve "
-                          "several runs")
-    writers = [source for source in sources if is_causal_lm_run(source)]
-    if writers and len(sources) > 1:
-        raise RunError(f"{writers[0]} is a causal-lm run, which `ftune serve` serves alone (with the chat API); "
-                       f"serve it in a process of its own")
-    if writers and (variant is not None or precision != "fp32"):
-        raise ConfigError(f"{writers[0]} is a causal-lm run: its model is served in fp32, from the run; drop "
-                          f"--variant and --precision")
-    if writers:
-        predictor = Generator(sources[0], trust_remote_code, device)
-    elif len(sources) == 1:
-        predictor = load_predictor(sources[0], variant, trust_remote_code, device, precision)
-    else:
-        predictor = load_many(sources, trust_remote_code, device, precision)
-    if not is_loopback(host) and api_key is None:
+    served = load(sources, variant, trust_remote_code, device, precision)
+    if not is_loopback(host) and settings.api_key is None:
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
-    models = {str(sources[0]): predictor} if len(sources) == 1 else predictor
+    models = served if isinstance(served, dict) else {str(sources[0]): served}
     first = next(iter(models.values()))
     where = first.describe().get("device", "cpu")
-    api = "  (OpenAI-compatible: POST /v1/chat/completions)" if writers else ""
+    api = "  (OpenAI-compatible: POST /v1/chat/completions)" if getattr(first, "writes_text", False) else ""
     out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs){api}",
               highlight=False)
-    run_server(predictor, host, port, settings)
+    run_server(served, host, port, settings)
 
 
 @app.command()
@@ -420,9 +343,10 @@ def generate(
 
 @app.command("config")
 def config_keys(
-    task: Annotated[str, typer.Option(help="the task whose keys to list")] = "classification",
-    method: Annotated[str, typer.Option(help="the method whose keys to list: full, freeze or lora")] = "full",
-    markdown: Annotated[bool, typer.Option(help="print the README's tables for every task and method instead")] = False,
+    task: Annotated[str, typer.Option(help="the task whose keys to list")] = DEFAULT_TASK,
+    method: Annotated[str, typer.Option(help=f"the method whose keys to list: {', '.join(METHOD_NAMES)}")] = "full",
+    markdown: Annotated[bool, typer.Option(help="print docs/configuration.md's tables for every task and method")
+                        ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the keys as a JSON list")] = False,
 ) -> None:
     """Every config key of a task and method, with its type, default and description (from the schema itself)."""
@@ -461,14 +385,9 @@ def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
 
 
 @app.command()
+@config_flags(*DATA, "tracking.backend")
 def tune(
     config: ConfigArg = None,
-    data: DataOpt = None,
-    validation_data: ValidationOpt = None,
-    test_data: TestOpt = None,
-    text_column: TextOpt = None,
-    label_column: LabelOpt = None,
-    task_name: TaskOpt = None,
     trials: Annotated[int, typer.Option(min=1, help="trials in the study in all; processes sharing it count together, "
                                                     "and running the command again only adds the missing ones")] = 20,
     space: Annotated[Optional[Path], typer.Option(help="YAML of dotted keys, each {low, high, log} or {choices: [...]}; "
@@ -480,10 +399,9 @@ def tune(
                                               "machines given the same URL and study name share the study")] = None,
     study_name: Annotated[Opt, typer.Option(help="default: the config file's name, else DATA-METHOD")] = None,
     seed: Annotated[int, typer.Option(help="TPE sampler seed (trial k samples with seed + k)")] = 0,
-    tracking: Annotated[Opt, typer.Option(help="tracking.backend for the trials: mlflow (the study as a parent run), "
-                                               "tensorboard or none")] = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no line per evaluation and trial")] = False,
+    flags: dict[str, Any] | None = None,
 ) -> None:
     """Search hyperparameters with Optuna (TPE, median pruning): every trial is a run that never reads the test
     split; prints the trials and writes the best config as best.yaml."""
@@ -493,9 +411,7 @@ def tune(
         if not quiet:
             out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    cfg = _config(config, set_, {
-        "data.train": data, "data.validation": validation_data, "data.test": test_data, "data.text_column": text_column,
-        "data.label_column": label_column, "task.name": task_name, "tracking.backend": tracking})
+    cfg = _config(config, set_, flags)
     result = run_study(cfg, trials, output_dir, storage, study_name or (config.stem if config else None),
                        load_space(space, cfg) if space else None, seed, say=say)
     states = [r.state.lower() for r in result.rows]
@@ -625,26 +541,18 @@ def _score(value: float | None) -> str:
 
 
 @data_app.command("validate")
+@config_flags("model.name", *DATA)
 def data_validate(
     config: ConfigArg = None,
-    model: Annotated[Opt, typer.Option(help="model.name (its tokenizer measures text lengths)")] = None,
-    data: DataOpt = None,
-    validation_data: ValidationOpt = None,
-    test_data: TestOpt = None,
-    text_column: TextOpt = None,
-    text_pair_column: PairOpt = None,
-    label_column: LabelOpt = None,
-    task_name: TaskOpt = None,
     set_: SetOpt = None,
     strict: Annotated[bool, typer.Option(help="exit 1 when there are warnings")] = False,
+    flags: dict[str, Any] | None = None,
 ) -> None:
-    """Check data the way `ftune train` does before it loads a model: errors exit 2, warnings are listed."""
+    """Check data the way `ftune train` does before it loads a model (model.name's tokenizer measures text
+    lengths): errors exit 2, warnings are listed."""
     from ftune.tasks import task_for
 
-    cfg = _config(config, set_, {
-        "model.name": model, "data.train": data, "data.validation": validation_data, "data.test": test_data,
-        "data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column,
-        "task.name": task_name})
+    cfg = _config(config, set_, flags)
     task = task_for(cfg)
     splits = task.load_splits(cfg.train.seed)
     from ftune.models import load_tokenizer, resolve_model  # transformers: after the data's own errors

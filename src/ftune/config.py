@@ -17,11 +17,10 @@ from pydantic import BaseModel, Field, ValidationError, PrivateAttr, field_valid
 
 from ftune import safe_yaml
 from ftune.errors import ConfigError
-from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, METHODS, DataConfig, DistillConfig,  # noqa: F401
-                          DistributedConfig,
-                          FreezeMethod, FullMethod, LongTextConfig, LoraMethod, Method, ModelConfig, Section,
-                          TrackingConfig, TrainConfig, default_learning_rate)
-from ftune.tasks import TASKS
+from ftune.methods import DEFAULT_METHOD, METHODS, method_for
+from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, DataConfig, DistillConfig,  # noqa: F401
+                          DistributedConfig, LongTextConfig, Method, ModelConfig, Section, TrackingConfig, TrainConfig)
+from ftune.tasks import DEFAULT_TASK, TASKS
 
 TaskSection = Annotated[Union[tuple(task.Options for task in TASKS.values())], Field(discriminator="name")]
 # Keys that were data.* before tasks had sections of their own: a config or run folder written then still loads.
@@ -29,11 +28,11 @@ MOVED_TO_TASK = ("long_text", "label_all_subtokens", "packing", "prompt_column",
 
 
 class Config(Section):
-    task: TaskSection = Field(TASKS["classification"].Options(), description="what to learn: " + "; ".join(
+    task: TaskSection = Field(TASKS[DEFAULT_TASK].Options(), description="what to learn: " + "; ".join(
         f"{name}: {task.description}" for name, task in TASKS.items()))
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Method = FullMethod()
+    method: Method = METHODS[DEFAULT_METHOD].Options()
     distill: DistillConfig | None = Field(None, description="learn a finished run's answers as well as the labels "
                                           "(`ftune distill TEACHER_RUN` sets this)")
     train: TrainConfig = TrainConfig()
@@ -64,6 +63,7 @@ class Config(Section):
         if getattr(self.task, "long_text", LongTextConfig()) != LongTextConfig() and data.text_pair_column:
             raise ValueError("task.long_text applies to single texts; drop data.text_pair_column or task.long_text")
         _fits_distill(self)
+        method_for(self).check(task, self)  # e.g. prompt tuning refuses per-token tasks
         if train.optimizer != "adamw" and self.distributed.strategy != "ddp":
             raise ValueError(f"train.optimizer={train.optimizer} keeps whole 8-bit states per process; with "
                              f"distributed.strategy={self.distributed.strategy} (which shards optimizer state already) "
@@ -78,21 +78,26 @@ class Config(Section):
         return self
 
 
-DISTILLS = ("classification", "token-classification")  # tasks whose student learns the teacher's logits
+def default_learning_rate(task: str, method: str) -> float:
+    """The learning rate a run gets when its config sets none: the method's, for this task (see ftune.methods)."""
+    return METHODS[method].default_learning_rate(TASKS[task])
 
 
 def _fits_distill(config: Config) -> None:
     distill, task = config.distill, config.task.name
-    if config.data.unlabeled and (distill is None or task != "classification"):
-        raise ValueError("data.unlabeled holds texts a teacher labels for a classification student; set distill.teacher "
+    if config.data.unlabeled and (distill is None or not TASKS[task].distills_unlabeled):
+        students = " or ".join(n for n, t in TASKS.items() if t.distills_unlabeled)
+        raise ValueError(f"data.unlabeled holds texts a teacher labels for a {students} student; set distill.teacher "
                          "(ftune distill TEACHER_RUN) or drop data.unlabeled")
     if distill is None:
         return
-    if task not in DISTILLS:
-        raise ValueError(f"distill applies to tasks {', '.join(DISTILLS)}, not {task}; drop the distill section")
-    if distill.layers is not None and config.method.name == "lora":
-        raise ValueError("distill.layers cuts the teacher into a new model, which no other machine has as a LoRA base; "
-                         "use method full or freeze for it")
+    if not TASKS[task].distills:
+        raise ValueError(f"distill applies to tasks {', '.join(n for n, t in TASKS.items() if t.distills)}, not "
+                         f"{task}; drop the distill section")
+    if distill.layers is not None and METHODS[config.method.name].trains_adapter:
+        raise ValueError(f"distill.layers cuts the teacher into a new model, which no other machine has as the base of "
+                         f"a {config.method.name} adapter; use method "
+                         f"{' or '.join(n for n, m in METHODS.items() if not m.trains_adapter)} for it")
     if config.train.class_weights:
         raise ValueError("train.class_weights does not apply to distillation (the teacher's soft labels carry the "
                          "classes' balance); drop it")
@@ -147,7 +152,7 @@ def validate(raw: dict[str, Any], where: str = "config", given: set[str] = froze
             raw = {**raw, section: {"name": raw[section]}}
     method = raw.get("method")
     if isinstance(method, dict) and "name" not in method:
-        raw = {**raw, "method": {"name": "full", **method}}
+        raw = {**raw, "method": {"name": DEFAULT_METHOD, **method}}
     raw = _task_section(raw)
     try:
         return Config.model_validate(raw)
@@ -162,8 +167,10 @@ def validate(raw: dict[str, Any], where: str = "config", given: set[str] = froze
             hint = f"; it belongs to task {owners[0]}" if owners else _suggest(key)
             raise ConfigError(f"{where}: '{loc[-1]}' is not an option of task {loc[1]}{hint}") from None
         if err["type"] == "extra_forbidden" and loc[0] == "method":
-            owners = [m.model_fields["name"].default for m in METHODS if loc[-1] in m.model_fields]
+            owners = [name for name, m in METHODS.items() if loc[-1] in m.Options.model_fields]
             hint = f"; it belongs to method '{owners[0]}'" if owners else _suggest(key)
+            if "method.name" in given and key not in given:  # --method switched a file's method; its options stayed
+                hint += f" (--method changes only the name; --set 'method={{name: {loc[1]}}}' replaces the section)"
             raise ConfigError(f"{where}: '{key}' is not an option of method '{loc[1]}'{hint}") from None
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}") from None
@@ -178,8 +185,8 @@ def validate(raw: dict[str, Any], where: str = "config", given: set[str] = froze
 
 def _task_section(raw: dict[str, Any]) -> dict[str, Any]:
     """`task: NAME` as `task: {name: NAME}`, and the task options an older config kept under data, moved in."""
-    task = raw.get("task", "classification")
-    task = {"name": "classification", **({"name": task} if isinstance(task, str) else task)} \
+    task = raw.get("task", DEFAULT_TASK)
+    task = {"name": DEFAULT_TASK, **({"name": task} if isinstance(task, str) else task)} \
         if isinstance(task, (str, dict)) else task
     data = raw.get("data")
     known = isinstance(task, dict) and isinstance(task["name"], str) and task["name"] in TASKS  # else: named below
@@ -253,7 +260,7 @@ def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
         ann = field.annotation
         subs = [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
         if name == "method":
-            subs = list(METHODS)
+            subs = [method.Options for method in METHODS.values()]
         if name == "task":
             subs = [task.Options for task in TASKS.values()]
         for sub in subs:
@@ -266,14 +273,14 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else "; `ftune config` lists the valid keys"
 
 
-def describe_keys(task: str = "classification", method: str = "full") -> list[tuple[str, str, str, str]]:
+def describe_keys(task: str = DEFAULT_TASK, method: str = DEFAULT_METHOD) -> list[tuple[str, str, str, str]]:
     """Every key of a config with this task and method: (key, type, default, description), read from the pydantic
-    models themselves, so `ftune config` and the README's table cannot drift from what is validated."""
+    models themselves, so `ftune config` and the docs' tables cannot drift from what is validated."""
     rows: list[tuple[str, str, str, str]] = []
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
-            sub = {"task": TASKS[task].Options, "method": dict(zip(METHOD_NAMES, METHODS))[method]}.get(name) \
+            sub = {"task": TASKS[task].Options, "method": METHODS[method].Options}.get(name) \
                 if model is Config else None
             sub = sub or _section(field.annotation)
             if sub is not None:
@@ -298,7 +305,7 @@ def _section(annotation: Any) -> type[BaseModel] | None:
 
 
 def config_markdown() -> str:
-    """The README's configuration tables: the keys every run has, then each task's and each method's own."""
+    """The configuration tables of docs/configuration.md: the keys every run has, then each task's and each method's own."""
     def table(rows: list[tuple[str, str, str, str]]) -> str:
         lines = ["| key | type | default | description |", "|---|---|---|---|"]
         cells = [(k, t, d.replace("|", "\\|"), text.replace("|", "\\|")) for k, t, d, text in rows]

@@ -29,7 +29,7 @@ from torch import nn
 from ftune.data import Encoded, encode, read_texts
 from ftune.data.tokenize import IGNORE
 from ftune.errors import ConfigError
-from ftune.methods import encoder_layers
+from ftune.methods import encoder_layers, method_for
 from ftune.predictors import Predictor
 
 
@@ -48,8 +48,11 @@ def load_teacher(config, labels: list[str], device: torch.device) -> Predictor:
 
 
 def cut_student(teacher: Predictor, layers: int, pick: str) -> nn.Module:
-    """A copy of the teacher's model (a LoRA teacher merged) keeping `layers` of its layers, with its embeddings and
-    head: a model `from_pretrained` loads as it is, since its config says how many layers it has."""
+    """A copy of the teacher's model (an adapter teacher merged) keeping `layers` of its layers, with its embeddings
+    and head: a model `from_pretrained` loads as it is, since its config says how many layers it has."""
+    if teacher.is_adapter:
+        method_for(teacher.config).refuse_merge(f"distill.layers (a student cut from {teacher.run_dir})",
+                                                "distill without distill.layers, into a model of its own")
     model = copy.deepcopy(teacher.model)
     if teacher.is_adapter:  # peft froze the base; merged, it is a plain model whose every weight the student trains
         model = model.merge_and_unload().requires_grad_(True)

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 
+from ftune.checkpoint import trainable_state
 from ftune.schema import DistributedConfig
 from ftune.data.batching import eval_batches
 from ftune.data.tokenize import Encoded
 from ftune.errors import ConfigError, FtuneError
 from ftune.inference import PerRow, logit_rows, logits_of, predict_outputs, use_gpu_well
+from ftune.stopping import StopFlag
 
 T = TypeVar("T")
 
@@ -148,3 +150,22 @@ def gathered_outputs(accelerator: Accelerator, model: torch.nn.Module, data: Enc
 def gathered(accelerator: Accelerator, value: T) -> list[T]:
     """`value` from every process, in rank order (one process: just [value])."""
     return gather_object([value]) if accelerator.num_processes > 1 else [value]
+
+
+def sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def trainable_weights(accelerator: Accelerator, model) -> dict[str, torch.Tensor]:
+    """The trainable tensors, whole: gathered from the shards under FSDP / DeepSpeed (a collective call)."""
+    if not sharded(accelerator):
+        return trainable_state(accelerator.unwrap_model(model))
+    names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    return {n: t.contiguous() for n, t in accelerator.get_state_dict(model).items() if n in names}
+
+
+def stop_asked(stop: StopFlag, accelerator: Accelerator) -> bool:
+    """Whether any process was asked to stop; all processes must agree, so they stop at the same step."""
+    if accelerator.num_processes == 1:
+        return bool(stop)
+    return bool(accelerator.reduce(torch.tensor(float(bool(stop)), device=accelerator.device), "sum") > 0)

@@ -24,6 +24,7 @@ from ftune.errors import ConfigError, RunError
 from ftune.integrity import (MANIFEST_KEY, TMP_SUFFIX, manifest, read_json_file, remove_stale, staged_dir, write_json,
                              write_text)
 from ftune.data import Encoded
+from ftune.methods import method_for
 from ftune.predictors import EXPORT_FILE, Predictor
 from ftune.predictors.onnx import COLUMN_KEYS
 from ftune.tasks import TASKS, task_for
@@ -54,16 +55,18 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
         raise ConfigError(f"{run.path} is a {task.name} run; ONNX export covers tasks with one output row per text "
                           f"({', '.join(n for n, t in TASKS.items() if t.exportable)}); use `ftune predict` / "
                           f"`ftune serve` on the run directory")
+    method_for(run.config).refuse_merge(f"ONNX export of {run.path}", f"serve or predict the run directory itself "
+                                        f"(ftune serve {run.path}, ftune predict {run.path})")
     out = Path(output_dir) if output_dir else run.path / "onnx"
     _check_output(out)  # before the minutes of work, so a refusal comes at once
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code)
     held_out = _parity_data(task, run, data, parity_samples, predictor.tokenizer)
-    reference = predictor.outputs(held_out, task.rows)  # before any LoRA merge, so parity also checks the merge
+    reference = predictor.outputs(held_out, task.rows)  # before any adapter merge, so parity also checks the merge
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
     with staged_dir(out) as staging:
-        model = predictor.plain_model().eval()  # LoRA merged
+        model = predictor.plain_model().eval()  # an adapter merged
         inputs = _export_graph(model, predictor.tokenizer, staging / FP32_FILE, opset)
         predictor.tokenizer.save_pretrained(str(staging))
         write_json(staging / "labels.json", predictor.labels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ftune.card import RunFacts, cell, file_name, local_paths, portable, score_line
+from ftune.methods import METHODS
 
 
 def export_readme(run, info: dict, task, tokenizer) -> str:
@@ -31,11 +32,13 @@ def export_readme(run, info: dict, task, tokenizer) -> str:
              ("README.md", "this file")]
     table = "| file | what it is |\n|---|---|\n" + "\n".join(f"| {a} | {cell(b)} |" for a, b in rows)
     score = score_line(facts, lead="The run's test")
+    method = facts.config.method.name
+    merged = f" (the {method} adapter merged into the weights)." if METHODS[method].trains_adapter else "."
     text = "\n\n".join([
         f"# {facts.name}: ONNX export",
         f"A {task.name} model{labels} fine-tuned from {base} "
         f"with ftune (method: {facts.config.method.name}) on {file_name(facts.config.data.train)}, exported to ONNX"
-        f"{' (the LoRA adapter merged into the weights)' if facts.config.method.name == 'lora' else ''}. {score}",
+        f"{merged} {score}",
         f"## Files\n\n{table}",
         "## Run it with onnxruntime\n\nNeeds only `pip install onnxruntime tokenizers numpy`; run it in this "
         "folder.\n\n"

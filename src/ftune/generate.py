@@ -14,6 +14,7 @@ from ftune.errors import ConfigError, DataError, RunError
 from ftune.inference import resolve_device
 from ftune.predictors import load_run_model
 from ftune.run import RUN_FILE, Run
+from ftune.tasks import TASKS
 from ftune.tasks.causal_lm import end_of_turn_ids, plain_layout
 
 # Below this a temperature divides logits past float32's range (inf, then NaN probabilities); sampling at it is
@@ -23,9 +24,10 @@ TOP_K = 50  # transformers' top_k when sampling, where the model's generation co
 
 
 def is_causal_lm_run(path: str | Path) -> bool:
-    """Whether `path` is a causal-lm run (`ftune serve` answers it with the chat API); an export or another folder
-    is not (load_predictor says what it is). A run that did not finish or is damaged is a RunError, as anywhere."""
-    return (Path(path) / RUN_FILE).is_file() and Run(path).config.task.name == "causal-lm"
+    """Whether `path` is a run whose task writes text (`ftune serve` answers it with the chat API); an export or
+    another folder is not (load_predictor says what it is). A run that did not finish or is damaged is a RunError,
+    as anywhere."""
+    return (Path(path) / RUN_FILE).is_file() and TASKS[Run(path).config.task.name].serves == "chat"
 
 
 class Generator:
@@ -37,8 +39,9 @@ class Generator:
         `device`: auto (the GPU when there is one), cpu or cuda."""
         self.device = resolve_device(device)
         run = Run(run_dir)
-        if run.config.task.name != "causal-lm":
-            raise RunError(f"{run.path} is a {run.config.task.name} run; `ftune generate` needs a causal-lm run "
+        self.task_name = run.config.task.name
+        if TASKS[self.task_name].serves != "chat":
+            raise RunError(f"{run.path} is a {self.task_name} run; `ftune generate` needs a causal-lm run "
                            f"(use `ftune predict` for labels)")
         self.path, self.base_model = run.path, run.config.model.name
         # The merged model, or the base model + adapter, after the same checks as a classifier's.
@@ -51,7 +54,7 @@ class Generator:
         self.max_positions: int | None = min(limits, default=None)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "task": "causal-lm", "base_model": self.base_model, "source": str(self.path),
+        return {"kind": self.kind, "task": self.task_name, "base_model": self.base_model, "source": str(self.path),
                 "device": str(self.device), "max_positions": self.max_positions}
 
     def prompt(self, messages: list[dict]) -> list[int]:

@@ -56,9 +56,9 @@ RULE = "one third of the rate at the smoothed loss minimum"
 def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded, batch_size: int, task: Task,
                          pad_id: int, param_groups: list[dict],
                          accelerator: Accelerator, run_dir: Path, resume: bool, progress: TrainProgress,
-                         run_steps: int | None = None) -> Config:
-    """The config with `train.learning_rate: auto` replaced by the rate the range test chooses (or chose, before an
-    interruption: --resume reuses it). Every process runs the same test and takes the main process's choice, so no
+                         run_steps: int | None = None) -> float:
+    """The rate to train with where the config says `train.learning_rate: auto`: the one the range test chooses (or
+    chose, before an interruption: --resume reuses it). The config itself is left as it is. Every process runs the same test and takes the main process's choice, so no
     process waits in a collective meanwhile and all train with one rate; only the main process writes. A run of
     under MIN_RUN_STEPS optimizer steps (`run_steps`) gets the method's default instead."""
     saved = on_main_then_share(accelerator, lambda: saved_choice(run_dir) if resume else None)
@@ -69,7 +69,7 @@ def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded,
         on_main_then_share(accelerator, lambda: update_manifest(run_dir, learning_rate={"value": rate,
                                                                                         "source": source}))
         progress.note(f"learning rate {rate:.1e}: the {source}, so none was run (train.learning_rate=auto)")
-        return config.model_copy(update={"train": config.train.model_copy(update={"learning_rate": rate})})
+        return rate
     if saved is not None:
         rate = saved
         line = f"learning rate {rate:.1e}: chosen by this run's range test before it was interrupted ({FILE})"
@@ -87,7 +87,7 @@ def choose_learning_rate(config: Config, model: torch.nn.Module, train: Encoded,
         line = (f"learning rate {rate:.1e}: {how} a range test over {len(curve['rates'])} steps "
                 f"({curve['seconds']:.1f} s), lr_find.png in the run")
     progress.note(line)
-    return config.model_copy(update={"train": config.train.model_copy(update={"learning_rate": rate})})
+    return rate
 
 
 def range_test(model: torch.nn.Module, batches: Iterator[list[dict[str, torch.Tensor]]], steps: int,

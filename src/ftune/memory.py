@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ftune.errors import ConfigError
 from ftune.lazy import lazy
+from ftune.tasks import TASKS
+from ftune.tasks.causal_lm import CHUNK as LOSS_CHUNK  # a decoder's loss holds one chunk of logits at a time
 
 torch = lazy("torch")
 
@@ -26,7 +28,6 @@ DECODER_KNOBS = ("train.gradient_checkpointing=true, method.name=lora (on a bf16
                  "or with method.load_in_4bit=true (QLoRA: a 4-bit base, GPU only), a smaller train.batch_size with "
                  "more train.gradient_accumulation_steps, a smaller data.max_length (task.packing fills it), or "
                  "train.optimizer=adamw-8bit (full fine-tuning: a quarter of AdamW's state)")
-LOSS_CHUNK = 1024  # positions per output-layer call in causal-lm's loss (tasks/causal_lm.py takes it from here)
 # Share of the free memory `batch_size: auto` plans for: the whole process measured 2.1x the tensor estimate
 # (MiniLM on mr, batch 32: 0.78 GB estimated, 1.65 GB peak RSS), so leave room for that and a margin.
 AUTO_BUDGET = 0.4
@@ -87,7 +88,7 @@ def free_bytes(device: torch.device) -> int | None:
 
 def knobs(task: str) -> str:
     """The settings that lower this task's peak memory, most effective first."""
-    return DECODER_KNOBS if task == "causal-lm" else KNOBS
+    return DECODER_KNOBS if TASKS[task].decoder else KNOBS
 
 
 def check_fits(need: MemoryEstimate, free: int | None, where: str, advice: str = KNOBS) -> None:

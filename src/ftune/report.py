@@ -17,6 +17,7 @@ from ftune import plots
 from ftune.diagnosis import lines
 from ftune.integrity import own_dir, read_yaml_file, write_text
 from ftune.run import RUN_FILE, damaged_run_fix, read_history, read_json
+from ftune.tasks import TASKS
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
         ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
@@ -95,8 +96,8 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     title = f"ftune run {run_dir.name}: {config['data']['train']}, {config['method']['name']}, {config['model']['name']}"
 
     header, rows = before_after_table(test, metrics.get("scores"))
-    unit = (metrics.get("scores") or {}).get("unit") or \
-        {"token-classification": "sentences"}.get(metrics.get("task"), "examples")  # runs before `scores`
+    task = TASKS.get(metrics.get("task"))
+    unit = (metrics.get("scores") or {}).get("unit") or (task.unit if task else "examples")  # runs before `scores`
     sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
                         _before_after_note(metrics), header, rows) if finetuned else Section("Test split", test["note"])]
     if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine

@@ -10,9 +10,12 @@
     test_predictions.csv   the fine-tuned model's label and score for every test text (tagging: every test word)
     report.html     the report, self-contained (plots embedded); report.md the same in Markdown
     plots/          the report's figures as PNG
-    model/          transformers model + tokenizer (full, freeze; LoRA with merge)
-    adapter/        peft adapter + tokenizer + labels.json (LoRA); names the base model by its hub id or given name
+    model/          transformers model + tokenizer (full, freeze; an adapter method with merge)
+    adapter/        peft adapter + tokenizer + labels.json (methods that train one: LoRA, DoRA, prompt tuning); names
+                    the base model by its hub id or given name
     checkpoints/    step-N/ folders for --resume; best/ holds the best weights so far
+
+Reading a finished run's files is ftune.run_folder's (below the predictors); its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import fcntl
 import json
 import os
 import platform
-import shlex
+import shutil
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -31,16 +34,9 @@ from typing import IO, Any
 from ftune import integrity
 from ftune.config import Config, to_yaml, validate
 from ftune.errors import RunError
+from ftune.run_folder import LOCK_FILE, RUN_FILE, TASK_FILE, RunFolder, damaged_run_fix, live_status  # noqa: F401
 
-RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
-TASK_FILE = "task.json"
 MAX_HISTORY_BYTES = 512 << 20  # metrics.jsonl: a line per logging step, a few hundred bytes each
-
-
-def damaged_run_fix(path: Path) -> str:
-    """The fix for a run folder with a missing, cut-short or edited file."""
-    return f"copy the run folder {path} again whole, or train the run again"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -141,20 +137,6 @@ def _lock(path: Path) -> None:
     _LOCKS[path] = handle
 
 
-def live_status(path: Path, manifest: dict) -> str:
-    """The run's status as it is now: a run.json that says `running` while no process holds the run's lock was
-    killed (SIGKILL, a lost machine) before it could say so: `interrupted`, and `--resume` continues it."""
-    status = str(manifest.get("status", "?"))
-    if status != "running" or not (path / LOCK_FILE).is_file():
-        return status
-    try:
-        with open(path / LOCK_FILE) as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted: nobody trains here
-    except OSError:  # held by a training process (BlockingIOError), or not ours to open
-        return status
-    return "interrupted"
-
-
 def release_run_dir(path: Path) -> None:
     """Let the run directory go: the next `--resume` may open it."""
     handle = _LOCKS.pop(path, None)
@@ -230,38 +212,35 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-class Run:
-    """A finished run directory: its config, labels, metrics and task state (ftune.Run adds `predict`)."""
+class Run(RunFolder):
+    """A finished run (ftune.Run): its files, read and checked (RunFolder), and its model, which `predict` loads on
+    first use."""
 
     def __init__(self, path: str | Path, trust_remote_code: bool = False):
         """`trust_remote_code`: let `predict` run model code from the run's folder when its config asks to."""
-        self.path = Path(path)
+        super().__init__(path)
         self.trust_remote_code = trust_remote_code
-        if not (self.path / RUN_FILE).is_file():
-            raise RunError(f"{self.path} is not an ftune run directory (no {RUN_FILE}); pass the folder `ftune train` wrote")
-        fix = damaged_run_fix(self.path)  # every file below may have been cut short or edited by hand
-        self.manifest = integrity.read_json_file(self.path / RUN_FILE, fix)
-        if not isinstance(self.manifest, dict):
-            raise RunError(f"{self.path / RUN_FILE} is not an ftune run manifest; {fix}")
-        if self.manifest.get("status") != "complete":
-            raise RunError(f"run {self.path} did not finish (status: {live_status(self.path, self.manifest)}); "
-                           f"continue it with `ftune train --output-dir {shlex.quote(str(self.path))} --resume`")
-        self.config = validate(integrity.read_yaml_file(self.path / "config.yaml", fix), str(self.path))
-        self.labels: list[str] = integrity.read_labels(self.path / "labels.json", fix)
-        self.metrics: dict = integrity.read_json_file(self.path / "metrics.json", fix)
-        if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("test"), dict):
-            raise RunError(f"{self.path / 'metrics.json'} is not what ftune writes (a mapping with a 'test' section); "
-                           f"{fix}")
-        state = self.path / TASK_FILE  # what the task calibrated after training (e.g. thresholds), if anything
-        self.task_state: dict = integrity.read_json_file(state, fix) if state.is_file() else {}
-        if not isinstance(self.task_state, dict):
-            raise RunError(f"{state} is not what ftune writes; {fix}")
+        self._predictor = None
 
-    def headline(self) -> tuple[str, float | None]:
-        """The run's headline score on test, as its task named it (metrics.json): (name, value or None)."""
-        name = (self.metrics.get("scores") or {}).get("metrics", ["accuracy"])[0]  # runs before tasks named theirs
-        return name, (self.metrics["test"].get("finetuned") or {}).get(name)
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        """The task's answer for each text (classification: label, score and every class's score)."""
+        if self._predictor is None:
+            from ftune.predictors.pytorch import Predictor  # torch, seconds: only when asked to predict
 
-    def __repr__(self) -> str:
-        name, value = self.headline()
-        return f"Run({str(self.path)!r}, test_{name}={'n/a' if value is None else f'{value:.4f}'})"
+            self._predictor = Predictor(self.path, trust_remote_code=self.trust_remote_code)
+        return self._predictor.predict(texts, pairs)
+
+
+def discard_run(run_dir: Path, keep_folder: bool) -> None:
+    """Remove what this run wrote; a folder the user created beforehand stays, empty, as it was."""
+    if not keep_folder:
+        shutil.rmtree(run_dir)
+        return
+    for child in run_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def last_step(run_dir: Path) -> int:
+    """The last optimizer step in the run's log (0 before the first)."""
+    steps = [e["step"] for e in read_history(run_dir) if e["type"] == "train"]
+    return steps[-1] if steps else 0

@@ -1,21 +1,20 @@
 """The config's sections as pydantic models: the schema is the documentation (`ftune config` prints it).
 
-Everything here is plain data; the tasks' own sections live with each task (ftune.tasks), and
-ftune.config puts the sections together into `Config` and reads YAML files.
+Everything here is plain data; the tasks' and methods' own sections live with each task and method (ftune.tasks,
+ftune.methods), and ftune.config puts the sections together into `Config` and reads YAML files.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from ftune.methods import METHODS
+from ftune.section import Section  # noqa: F401  (the tasks' sections subclass it from here)
+
 MAX_SEED = 2**32 - 1  # what numpy's seeding takes; another seed would fail only after the run folder is made
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -55,44 +54,22 @@ class DataConfig(Section):
                                   "answers on them too")
 
 
-class FullMethod(Section):
-    name: Literal["full"] = Field("full", description="full fine-tuning: every weight trains")
-
-
-class FreezeMethod(Section):
-    name: Literal["freeze"] = Field("freeze", description="layer freezing: the embeddings and lower layers stay fixed")
-    layers: int | None = Field(None, ge=0, description="freeze embeddings and the first N layers; None: all (head only)")
-
-
-class LoraMethod(Section):
-    name: Literal["lora"] = Field("lora", description="LoRA adapters (peft); the base model stays fixed")
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA path")
-    target_modules: Union[list[str], Literal["all-linear"], None] = Field(
-        None, description="module names to adapt, or all-linear; None: peft's default for the model")
-    merge: bool = Field(False, description="also write merged full weights to model/")
-    load_in_4bit: bool = Field(False, description="QLoRA: keep the frozen base weights in 4 bits (bitsandbytes NF4); "
-                                                  "needs a CUDA GPU")
-
-
-METHODS = (FullMethod, FreezeMethod, LoraMethod)
-METHOD_NAMES = tuple(m.model_fields["name"].default for m in METHODS)
-Method = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
-
-
-# Learning rates when the config sets none, by method (and by task where it differs). Measured on built-in
-# data: `bench/lr_grid.py` (the README shows the grid). Adapters and frozen bodies want larger steps than
-# full fine-tuning: LoRA at full fine-tuning's 5e-5 learned nothing in 2 epochs on a real corpus.
-DEFAULT_LEARNING_RATES = {"full": 5e-5, "freeze": 1e-3, "lora": 1e-3}
-TASK_LEARNING_RATES = {("causal-lm", "lora"): 2e-4}  # the QLoRA paper's rate for decoders; not measurable offline here
+# The `method:` section: each method declares its options in its own module (ftune.methods); the union is theirs.
+METHOD_NAMES = tuple(METHODS)
+Method = Annotated[Union[tuple(method.Options for method in METHODS.values())], Field(discriminator="name")]
+# Learning rates when the config sets none, by method (where they come from: each method's module; a method may take
+# another for decoders, its decoder_learning_rate; ftune.config resolves them).
+DEFAULT_LEARNING_RATES = {name: method.learning_rate for name, method in METHODS.items()}
+_RATES = ", ".join(f"{n} {r:.0e}".replace("e-0", "e-") for n, r in DEFAULT_LEARNING_RATES.items())
+_DECODER_RATES = ", ".join(f"{n} {m.decoder_learning_rate:.0e}".replace("e-0", "e-") for n, m in METHODS.items()
+                           if m.decoder_learning_rate)
 
 
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
     learning_rate: float | Literal["auto"] | None = Field(
         None, description="peak learning rate; auto: chosen by a range test before the run (lr_find.json); unset: the "
-                          "method's default (full 5e-5, freeze 1e-3, lora 1e-3; causal-lm with lora 2e-4)")
+                          f"method's default ({_RATES}; for a decoder, causal-lm: {_DECODER_RATES})")
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         32, description="examples per optimizer step, per device, before accumulation; auto: the largest power of "
                         "two whose estimated peak memory fits in 40% of what the device has free")
@@ -181,9 +158,3 @@ class TrackingConfig(Section):
                                               "default: RUN, so RUN/wandb)")
     experiment: str = Field("ftune", description="MLflow experiment name; wandb: the W&B project")
     log_model: bool = Field(False, description="also upload the model/adapter folder as an MLflow or W&B artifact")
-
-
-def default_learning_rate(task: str, method: str) -> float:
-    """The learning rate a run gets when its config sets none (see DEFAULT_LEARNING_RATES)."""
-    return TASK_LEARNING_RATES.get((task, method), DEFAULT_LEARNING_RATES[method])
-

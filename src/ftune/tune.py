@@ -34,6 +34,7 @@ from ftune import safe_yaml
 from ftune.config import Config, default_learning_rate, validate
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.integrity import atomic_path, write_text
+from ftune.methods import method_for
 
 Scalar = str | int | float | bool | None
 
@@ -88,8 +89,8 @@ Space = dict[str, Range | Choices]
 
 def default_space(config: Config) -> Space:
     """The keys that matter for the config's method: learning rate (log-uniform, a decade either side of the method's
-    default), epochs (1 to twice the config's), batch size, warm-up and weight decay; LoRA's r, alpha and dropout;
-    the frozen layers for freeze."""
+    default), epochs (1 to twice the config's), batch size, warm-up and weight decay; then the method's own (its
+    `search_space`: LoRA's r, alpha and dropout, the frozen layers for freeze, ...)."""
     lr = default_learning_rate(config.task.name, config.method.name)
     space: Space = {
         "train.learning_rate": Range(low=lr / 10, high=lr * 10, log=True),
@@ -98,12 +99,8 @@ def default_space(config: Config) -> Space:
         "train.warmup_ratio": Range(low=0.0, high=0.2),
         "train.weight_decay": Range(low=0.0, high=0.1),
     }
-    if config.method.name == "lora":
-        space |= {"method.r": Choices(choices=(4, 8, 16, 32)), "method.alpha": Choices(choices=(8, 16, 32, 64)),
-                  "method.dropout": Range(low=0.0, high=0.2)}
-    layers = _layer_count(config) if config.method.name == "freeze" else None
-    if layers:
-        space["method.layers"] = Range(low=0, high=layers)
+    for key, spec in method_for(config).search_space(config).items():  # in a --space file's shape
+        space[key] = (Choices if "choices" in spec else Range).model_validate(spec)
     return space
 
 
@@ -495,17 +492,6 @@ def _accepts(config: Config, key: str, value: Any) -> bool:
         return True
     except ConfigError:
         return False
-
-
-def _layer_count(config: Config) -> int | None:
-    """The model's layer count, for the freeze method's search; None when its config does not say."""
-    from transformers import AutoConfig
-
-    from ftune.models import resolve_model
-
-    model = AutoConfig.from_pretrained(resolve_model(config.model.name),
-                                       trust_remote_code=config.model.trust_remote_code)
-    return getattr(model, "num_hidden_layers", None)
 
 
 def _default_name(config: Config) -> str:

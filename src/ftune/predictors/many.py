@@ -1,19 +1,21 @@
-"""Several runs served from one process: LoRA runs of the same base model share one loaded copy of it.
+"""Several runs served from one process: adapter runs (LoRA, ...) of one base model share one loaded copy of it.
 
     load_many(paths)     {name: predictor} for `ftune serve RUN_A RUN_B ...`; a name is the run folder's name
     answer_items(models) answers a micro-batch of (name, text) items, each text by its own model
 
-LoRA runs whose base model is the same (same source, task and trust setting) get one base model with every
-adapter beside it (peft's `load_adapter`, each under a name of its own); each run keeps its own tokenizer, labels,
-task state and classifier head (peft's modules_to_save). Full-weight runs each get their own Predictor.
+Adapter runs whose base model is the same (same source, task, trust setting and method: peft keeps one kind of
+adapter per model) get one base model with every adapter beside it (peft's `load_adapter`, each under a name of its
+own); each run keeps its own tokenizer, labels, task state and classifier head (peft's modules_to_save). Full-weight
+runs each get their own Predictor.
 
 A micro-batch's texts go through one forward pass per run, its adapter made the active one. With `mixed` (serve
 --mixed-adapters) the texts of runs that share a base go through shared passes instead, each text through its own
-adapter (peft's per-example `adapter_names`): the same answers, but slower on CPU, where fewer passes save little
-and peft's per-adapter gathers and scatters in every LoRA layer cost more (bench/serve_many.py: one pass per run
-answered a 64-text micro-batch over 4 MiniLM runs 1.2-1.3x faster, on 1 thread and 2). peft stacks the rows of
-each adapter's head, so only heads of one shape mix (runs with another label count get passes of their own), and
-only heads peft can mix (a Linear layer, not e.g. RoBERTa's two-layer head).
+adapter (peft's per-example `adapter_names`, for methods that allow it: Method.mixes_in_batch): the same answers,
+but slower on CPU, where fewer passes save little and peft's per-adapter gathers and scatters in every LoRA layer
+cost more (bench/serve_many.py: one pass per run answered a 64-text micro-batch over 4 MiniLM runs 1.2-1.3x faster,
+on 1 thread and 2). peft stacks the rows of each adapter's head, so only heads of one shape mix (runs with another
+label count get passes of their own), and only heads peft can mix (a Linear layer, not e.g. RoBERTa's two-layer
+head).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ftune.data.batching import eval_batches
 from ftune.data.tokenize import Encoded, collate
 from ftune.errors import ConfigError, RunError
 from ftune.inference import PerRow, autocast, to_device
+from ftune.methods import method_for
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.pytorch import Predictor, adapter_errors, base_source, open_run_files
 from ftune.run import damaged_run_fix
@@ -40,7 +43,7 @@ class _Encoded(Exception):
 
 
 class AdapterPredictor(Predictor):
-    """A LoRA run on a base model it shares with other runs (`bases`: one PeftModel per base, filled as runs load).
+    """An adapter run on a base model it shares with other runs (`bases`: one PeftModel per base, filled as runs load).
     On its own, its adapter is made the active one before each forward pass; `mixed_answers` runs several such runs'
     texts together. Forward passes must not overlap: the served app runs them all in its one model thread."""
 
@@ -52,11 +55,12 @@ class AdapterPredictor(Predictor):
         self.bases = bases
         super().__init__(run_path, **kwargs)
 
-    def load(self, run: run_dir.Run, trust_remote_code: bool) -> tuple:
+    def load(self, run: run_dir.RunFolder, trust_remote_code: bool) -> tuple:
         from peft import PeftModel
 
         tokenizer, folder, _, trust = open_run_files(run, trust_remote_code)
-        key = (base_source(run), self.task.name, trust)
+        method = method_for(run.config)
+        key = (base_source(run), self.task.name, trust, method.name)
         model = self.bases.get(key)
         self.adapter = f"run{len(model.peft_config) if model is not None else 0}"  # a folder name may hold a '.'
         with adapter_errors(folder, damaged_run_fix(run.path)):
@@ -67,7 +71,8 @@ class AdapterPredictor(Predictor):
                 fit_heads(model, folder / "adapter_model.safetensors", self.adapter)
                 model.load_adapter(str(folder), adapter_name=self.adapter)
         head = head_shapes(model, self.adapter)
-        self.mixes_with = (id(model), head) if head is not None else None  # what it shares passes with (mixed)
+        mixes = head is not None and method.mixes_in_batch
+        self.mixes_with = (id(model), head) if mixes else None  # what it shares passes with (mixed)
         return tokenizer, model.eval(), True
 
     def outputs(self, data, per_row: PerRow) -> list:
@@ -200,7 +205,7 @@ def model_names(paths: list[Path]) -> list[str]:
 
 def load_many(paths: list[str | Path], trust_remote_code: bool = False, device: str = "auto",
               precision: str = "fp32") -> dict[str, Labeler]:
-    """{name: predictor} of several run directories, LoRA runs of one base model sharing it (see the module)."""
+    """{name: predictor} of several run directories, adapter runs of one base model sharing it (see the module)."""
     from ftune.tasks import task_for
 
     paths = [Path(path) for path in paths]
@@ -210,7 +215,7 @@ def load_many(paths: list[str | Path], trust_remote_code: bool = False, device: 
             raise ConfigError(f"{path} is an ONNX export, which `ftune serve` serves alone; serve the run it was "
                               f"exported from beside the others, or serve the export by itself")
         run = run_dir.Run(path)
-        if not task_for(run.config).labeled:
+        if task_for(run.config).serves == "chat":
             raise RunError(f"{path} is a {run.config.task.name} run: it writes text rather than labels; serve "
                            f"labeling runs only (`ftune generate {path} --prompt TEXT` answers prompts)")
     bases: dict = {}

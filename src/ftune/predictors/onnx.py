@@ -15,7 +15,7 @@ from ftune.integrity import MANIFEST_KEY, check_tokenizer, member, read_json_fil
 from ftune.models import load_tokenizer
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.schema import LongTextConfig
-from ftune.tasks import task_for
+from ftune.tasks import DEFAULT_TASK, task_for
 
 VARIANTS = ("fp32", "int8")
 # The run's column names an export keeps, so `ftune eval EXPORT --data FILE` reads a file as `ftune eval RUN` does
@@ -60,7 +60,7 @@ def read_export_info(export_dir: Path, fix: str) -> dict:
 def export_config(info: dict, path: Path, fix: str):
     """The run's settings an export keeps (its task section and window), as a Config; an export written before
     tasks had sections is a classification export with its long_text setting."""
-    task = info.get("task") or {"name": "classification", "long_text": info.get("long_text", {})}
+    task = info.get("task") or {"name": DEFAULT_TASK, "long_text": info.get("long_text", {})}  # older exports
     try:
         return validate({"task": task, "data": {"max_length": info["max_length"]}}, str(path))
     except FtuneError as e:

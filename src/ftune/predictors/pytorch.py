@@ -11,9 +11,10 @@ from ftune.errors import RunError
 from ftune.inference import PerRow, predict_outputs, resolve_device, resolve_precision, use_gpu_well
 from ftune.integrity import (MANIFEST_KEY, check_label_order, check_tokenizer, check_trust, check_weights_format,
                              config_labels, read_labels, verify, weights_digests)
+from ftune.methods import method_for
 from ftune.models import load_tokenizer, resolve_model
 from ftune.predictors.base import Labeler
-from ftune.run import RUN_FILE, Run, damaged_run_fix
+from ftune.run_folder import RUN_FILE, RunFolder, damaged_run_fix  # not ftune.run, whose Run predicts with this
 from ftune.tasks import task_for
 
 
@@ -29,7 +30,7 @@ class Predictor(Labeler):
         self.device = resolve_device(device)  # before any file is read: a wrong flag costs nothing
         self.dtype = resolve_precision(precision, self.device)
         self.precision = precision
-        run = Run(run_dir)  # a missing, unfinished or damaged run folder is refused here, in one line
+        run = RunFolder(run_dir)  # a missing, unfinished or damaged run folder is refused here, in one line
         self.run_dir = run.path
         self.batch_size = batch_size
         self.labels: list[str] = run.labels
@@ -43,7 +44,7 @@ class Predictor(Labeler):
         self.model.to(self.device)
         use_gpu_well(self.device)
 
-    def load(self, run: Run, trust_remote_code: bool) -> tuple:
+    def load(self, run: RunFolder, trust_remote_code: bool) -> tuple:
         """(tokenizer, model, whether it is base model + adapter): `load_run_model`; a subclass may share a model."""
         return load_run_model(run, trust_remote_code)
 
@@ -52,7 +53,9 @@ class Predictor(Labeler):
                                per_row, self.task.forward, self.dtype)
 
     def plain_model(self):
-        """The model with any LoRA adapter merged into its weights: what an exporter can trace."""
+        """The model with any adapter merged into its weights: what an exporter can trace."""
+        if self.is_adapter:
+            method_for(self.config).refuse_merge(f"{self.run_dir} as one plain model", "use the run directory itself")
         model = self.model.merge_and_unload() if self.is_adapter else self.model
         return model.to("cpu")  # traced on the host: the export runs anywhere
 
@@ -64,7 +67,7 @@ class Predictor(Labeler):
                 "metrics": {f"test_{name}": metrics.get(name) for name in self.task.metrics}}
 
 
-def load_run_model(run: Run, trust_remote_code: bool = False) -> tuple:
+def load_run_model(run: RunFolder, trust_remote_code: bool = False) -> tuple:
     """(tokenizer, model in eval mode, whether it is base model + adapter) of a finished run, its files checked
     (`open_run_files`)."""
     tokenizer, folder, is_adapter, trust = open_run_files(run, trust_remote_code)
@@ -79,7 +82,7 @@ def load_run_model(run: Run, trust_remote_code: bool = False) -> tuple:
     return tokenizer, model.eval(), True
 
 
-def open_run_files(run: Run, trust_remote_code: bool = False) -> tuple:
+def open_run_files(run: RunFolder, trust_remote_code: bool = False) -> tuple:
     """(tokenizer, weights folder, whether it holds an adapter, whether the model may run code from the run's
     folder) of a finished run, after checking that its files are the ones training wrote, that labels.json is in
     the order the model was trained with, and that the run may run code from its folder."""
@@ -103,7 +106,7 @@ def open_run_files(run: Run, trust_remote_code: bool = False) -> tuple:
     return tokenizer, folder, is_adapter, trust
 
 
-def base_source(run: Run) -> str:
+def base_source(run: RunFolder) -> str:
     """Where an adapter run's base model is: as found on this machine at training, else (a run copied from
     elsewhere) found by name."""
     source = run.manifest.get("model_source")
@@ -113,9 +116,9 @@ def base_source(run: Run) -> str:
         found = weights_digests(Path(source))
         if found != expected:
             changed = sorted(set(found) ^ set(expected) | {k for k in found if found[k] != expected.get(k)})
-            raise RunError(f"{run.path} is a LoRA adapter of the base model in {source}, but that base's weights "
-                           f"changed since training ({', '.join(changed)} differ from run.json's base_sha256); put "
-                           f"the original base back there, or train the adapter again on this base")
+            raise RunError(f"{run.path} is a {run.config.method.name} adapter of the base model in {source}, but that "
+                           f"base's weights changed since training ({', '.join(changed)} differ from run.json's "
+                           f"base_sha256); put the original base back there, or train the adapter again on this base")
     return source
 
 

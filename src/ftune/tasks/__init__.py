@@ -1,7 +1,12 @@
 """The task registry: a task is one module with a `Task` subclass (see ftune.tasks.base) plus its entry here.
 
 The config's `task:` section is the tagged union of the tasks' Options classes, built from this registry, so the
-loop, prediction, reports and the config all reach a task through `TASKS` and nothing else names one.
+loop, prediction, reports and the config all reach a task through `TASKS` and nothing else names one: what differs
+between tasks elsewhere is a class attribute of Task (serves, decoder, distills, unit, ...).
+
+Beside the tasks, the helpers they share: scoring.py (metrics, F1 from counts, the bootstrap interval), baselines.py
+(the TF-IDF pipeline), labels.py (label sets and numbers in a label column); base.py writes test_predictions.csv.
+tests/test_task_contract.py runs the same checks over every task registered here (its tiny data: tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
     from ftune.config import Config
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Tagging, CausalLM, Regression, MultiLabel)}
+DEFAULT_TASK = Classification.name  # a config's task when it names none and none is read off the data
 
 
 def task_for(config: Config, state: dict | None = None) -> Task:
@@ -26,4 +32,4 @@ def task_for(config: Config, state: dict | None = None) -> Task:
     return TASKS[config.task.name](config, state)
 
 
-__all__ = ["TASKS", "Task", "TaskOptions", "task_for"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "TaskOptions", "task_for"]

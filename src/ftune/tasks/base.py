@@ -13,7 +13,7 @@ A run asks its task, in this order (ftune.training):
     rows = <task-neutral gather of task.rows(out, batch) over a split>
     metrics, outputs = task.score(rows, data[split], labels, interval_seed)
     state = task.calibrate(rows, data["validation"], labels)  # after training: e.g. decision thresholds
-    task.baselines(splits, seed); task.save_predictions(run_dir, splits, data, outputs, labels)
+    task.baselines(splits, seed); task.save_predictions(run_dir, splits, data, outputs, labels)  # its predictions()
 
 and prediction (ftune.predictors, ftune serve) asks `task.predict(predictor, texts, pairs)`, whose answers have
 the shape of `task.Prediction`. A task never sees the Accelerator, the optimizer or the run directory's other files.
@@ -23,19 +23,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
 from ftune.data.tokenize import IGNORE, encode
 from ftune.errors import ConfigError
+from ftune.integrity import atomic_path
 from ftune.lazy import lazy
 from ftune.schema import Section
 
 pd = lazy("pandas")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
+
+PREDICTIONS_FILE = "test_predictions.csv"
 
 if TYPE_CHECKING:
     from ftune.config import Config
@@ -67,6 +70,13 @@ class Task(ABC):
     exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
     calibrates: ClassVar[bool] = False  # has a `calibrate` step after training (an extra pass over validation)
     default_label_column: ClassVar[str] = "label"
+    # What the rest of ftune asks a task instead of comparing its name (only ftune.tasks names tasks):
+    serves: ClassVar[Literal["labels", "chat"]] = "labels"  # labels: `predict` answers (ftune predict, POST
+    # /v1/predict); chat: a decoder that writes text (ftune generate, the chat API of ftune serve)
+    decoder: ClassVar[bool] = False  # a text decoder: its peak memory is its weights and long sequences (ftune.memory);
+    # a method may default to another learning rate for it (Method.decoder_learning_rate)
+    distills: ClassVar[bool] = False  # a student can learn a teacher run's logits (distill.teacher)
+    distills_unlabeled: ClassVar[bool] = False  # ...and texts only the teacher labels (data.unlabeled)
 
     def __init__(self, config: Config, state: dict | None = None):
         """`state`: what `calibrate` learned after training (task.json in a run), for prediction."""
@@ -143,7 +153,16 @@ class Task(ABC):
 
     def save_predictions(self, run_dir: Path, splits: Splits, data: dict[str, Encoded], outputs: Any,
                          labels: list[str]) -> None:
-        """test_predictions.csv: every test example with its truth and the prediction."""
+        """test_predictions.csv (the report shows its mistakes): the rows of `predictions`, where the task has any."""
+        frame = self.predictions(splits, outputs, labels)
+        if frame is not None:
+            with atomic_path(run_dir / PREDICTIONS_FILE) as tmp:  # a symlink there is replaced, not written through
+                frame.to_csv(tmp, index=False)
+
+    def predictions(self, splits: Splits, outputs: Any, labels: list[str]) -> pd.DataFrame | None:
+        """Every test example with its truth and the prediction, a row each, from the `outputs` of `score`; None
+        where the task writes no such file."""
+        return None
 
     # --- prediction ---------------------------------------------------------------------------------------------
     @abstractmethod
@@ -167,7 +186,6 @@ class Task(ABC):
         return cls.metrics[0]
 
 
-
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy over the labels that are not IGNORE, their count or summed class weight): a label per
@@ -185,6 +203,11 @@ def class_weights(labels: np.ndarray, num_labels: int, device) -> torch.Tensor:
     counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
     weights = len(labels) / (num_labels * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def texts_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """A split's text column(s): how each row of test_predictions.csv starts."""
+    return frame[["text", "text_pair"] if "text_pair" in frame else ["text"]]
 
 
 def text_logits(predictor, rows, texts: list[str], pairs: list[str] | None = None, long_text=None) -> np.ndarray:

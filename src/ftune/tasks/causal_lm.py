@@ -50,7 +50,6 @@ from ftune.data.tokenize import IGNORE, cache_path, load_ragged, save_ragged
 from ftune.data.validate import window_warning
 from ftune.errors import DataError, RunError
 from ftune.lazy import lazy
-from ftune.memory import LOSS_CHUNK  # one number: the loss's chunk is what the memory estimate counts
 from ftune.tasks.base import Task, TaskOptions
 
 pd = lazy("pandas")
@@ -60,7 +59,9 @@ torch_checkpoint = lazy("torch.utils.checkpoint")  # .checkpoint(...): activatio
 
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
 ROLES = ("system", "user", "assistant")
-CHUNK = LOSS_CHUNK  # learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits
+# Learned positions per output-layer call: at a 151,936-token vocabulary, 0.6 GB of fp32 logits (ftune.memory's
+# estimate counts one chunk).
+CHUNK = 1024
 ANSWER = "ftune-answer-probe"  # rendered as an assistant's answer to find what the template writes after one
 RENDER_BATCH = 1000  # chats rendered and tokenized per call
 CACHE_FORMAT = "chat-labels-1"  # in the token cache's key: change it when the layout or the labelling changes
@@ -101,6 +102,8 @@ class CausalLM(Task):
     note = "Mean loss per response token and its perplexity (exp of the loss)."
     lower_is_better = frozenset({"loss", "perplexity"})
     labeled = False
+    serves = "chat"
+    decoder = True
 
     def load_splits(self, seed: int):
         check_builtin_task(self.config.data.train, self.name)
@@ -150,7 +153,8 @@ class CausalLM(Task):
             model(**self.inputs(batch), use_cache=False, **few_logits(inner))  # no cache: it would undo packing
         # A boolean index waits for the device (the learned positions are ragged): one sync per batch, which is
         # what lets the output layer skip every prompt and padding position.
-        hidden = seen[-1][:, :-1][taken]
+        # The text's own positions are the last ones: a method may put learned positions before them (prompt tuning).
+        hidden = seen[-1][:, -batch["labels"].shape[1]:-1][taken]
         return Learned(token_nll(output_layer(inner), hidden, labels[taken], CHUNK), taken)
 
     def loss(self, out: Learned, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -12,12 +11,13 @@ from ftune.data import Encoded, encode, load_eval_frame, load_splits
 from ftune.data.builtin import check_builtin_task
 from ftune.data.summary import SPLITS, data_summary
 from ftune.data.validate import data_warnings
-from ftune.integrity import atomic_path
 from ftune.lazy import lazy
-from ftune.metrics import classification_metrics, logits_metrics, metrics_with_interval, softmax
 from ftune.schema import LongTextConfig
-from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum, text_logits
+from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum, text_logits, texts_of
+from ftune.tasks.baselines import tfidf_predictions
+from ftune.tasks.scoring import classification_metrics, logits_metrics, metrics_with_interval, softmax
 
+pd = lazy("pandas")
 torch = lazy("torch")
 
 
@@ -42,6 +42,7 @@ class Classification(Task):
     metrics = ("accuracy", "macro_f1", "loss")
     note = "Accuracy with the 95% bootstrap interval for the fine-tuned model."
     exportable = True
+    distills = distills_unlabeled = True  # the teacher's logits per text; data.unlabeled is texts
 
     def load_splits(self, seed: int):
         check_builtin_task(self.config.data.train, self.name)
@@ -82,22 +83,16 @@ class Classification(Task):
         return metrics_with_interval(logits, data.document_labels, labels, seed=interval_seed), logits
 
     def baselines(self, splits, seed: int) -> dict:
-        from ftune.baseline import tfidf_predictions
-
         predicted = tfidf_predictions(splits.train, splits.test, seed)
         return {"tfidf": classification_metrics(splits.test["label"].to_numpy(), predicted, splits.labels)}
 
-    def save_predictions(self, run_dir: Path, splits, data: dict[str, Encoded], logits: np.ndarray,
-                         labels: list[str]) -> None:
+    def predictions(self, splits, logits: np.ndarray, labels: list[str]) -> pd.DataFrame:
         """Every test text with its true label, the predicted one and the model's probability for each."""
         probs = softmax(logits.astype(np.float64))
         names = np.asarray(labels, dtype=object)
         truth = splits.test["label"].to_numpy()
-        columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
-        frame = splits.test[columns].assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
+        return texts_of(splits.test).assign(label=names[truth], predicted=names[probs.argmax(-1)], score=probs.max(-1),
                                             true_label_score=probs[np.arange(len(truth)), truth])
-        with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
-            frame.to_csv(tmp, index=False)
 
     def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """Logits per text; a chunked long text gets its windows' logits pooled as in training."""

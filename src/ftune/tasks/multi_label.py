@@ -12,11 +12,8 @@ float32 (texts, labels) 0/1 matrix the loss reads.
 
 from __future__ import annotations
 
-import ast
 import json
-import math
-import warnings
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
@@ -24,15 +21,17 @@ from pydantic import BaseModel, Field
 
 from ftune.data import Encoded, encode
 from ftune.data.builtin import check_builtin_task
-from ftune.data.prepare import (MISSING_LABELS, Splits, column, complete_splits, given_splits, label_names,
-                                select_columns, source_name)
+from ftune.data.prepare import Splits, complete_splits, eval_table, given_splits, label_names, source_name
 from ftune.data.sources import read_source
 from ftune.data.summary import SPLITS, text_lengths, token_lengths
 from ftune.data.validate import IMBALANCE_RATIO, repeated_text_warnings, window_warning
 from ftune.errors import DataError, RunError
-from ftune.integrity import atomic_path
 from ftune.lazy import lazy
-from ftune.tasks.base import Task, TaskOptions
+from ftune.tasks.base import Task, TaskOptions, texts_of
+from ftune.tasks.baselines import most_frequent_labels, tfidf_one_vs_rest
+from ftune.tasks.labels import check_known, multi_hot, parse_label_sets, with_labels
+from ftune.tasks.labels import parse_label_cell  # noqa: F401  (read a label cell: named here too, with the task)
+from ftune.tasks.scoring import bce, bootstrap_micro_f1, f1, f1_counts, micro_f1, multilabel_metrics, sigmoid
 
 pd = lazy("pandas")
 torch = lazy("torch")
@@ -40,7 +39,6 @@ F = lazy("torch.nn.functional")
 
 DEFAULT_THRESHOLD = 0.5  # before calibration, and for a run whose task.json holds none
 GRID = np.round(np.linspace(0.01, 0.99, 99), 2)  # the decision thresholds tried on validation
-CI_RESAMPLES = 1000
 
 
 class MultiLabelOptions(TaskOptions):
@@ -82,7 +80,7 @@ class MultiLabel(Task):
     def load_splits(self, seed: int) -> Splits:
         cfg, separator = self.config.data, self.options.label_separator
         check_builtin_task(cfg.train, self.name)
-        given = given_splits(cfg, read_source, lambda frame, c, where: select_label_sets(frame, c, where, separator))
+        given = given_splits(cfg, read_source, self.select)
         labels = label_names(pd.Series([name for names in given["train"]["label"] for name in names], dtype=object))
         for split, frame in given.items():
             check_known(frame, labels, source_name(cfg, split), split if split != "train" else None)
@@ -103,15 +101,16 @@ class MultiLabel(Task):
                             f"data.label_column and task.label_separator ('{separator}')")
         return splits
 
+    def select(self, frame: pd.DataFrame, data_cfg, where: str) -> pd.DataFrame:
+        """The text column(s) as for classification, and `label`: each row's label names (a list, no repeats)."""
+        return with_labels(frame, data_cfg, where, partial(parse_label_sets, separator=self.options.label_separator))
+
     def encode_splits(self, splits: Splits, tokenizer) -> dict[str, Encoded]:
         return {split: self._encode(getattr(splits, split), tokenizer, len(splits.labels)) for split in SPLITS}
 
     def encode_source(self, source: str, data_cfg, labels: list[str], tokenizer) -> Encoded:
         """A labeled file for `ftune eval` and export parity, in the run's columns and label ids."""
-        table = read_source(source)
-        if isinstance(table, dict):
-            table = table.get("test", next(iter(table.values())))
-        frame = select_label_sets(table, data_cfg, source, self.options.label_separator)
+        frame = self.select(eval_table(source), data_cfg, source)
         check_known(frame, labels, source, None)
         index = {name: i for i, name in enumerate(labels)}
         frame = frame.assign(label=[sorted(index[n] for n in names) for names in frame["label"]])
@@ -211,23 +210,19 @@ class MultiLabel(Task):
         frequent = np.tile(most_frequent_labels(train), (len(test), 1))
         return {"tfidf": tfidf, "most_frequent_labels": multilabel_metrics(test, frequent, splits.labels)}
 
-    def save_predictions(self, run_dir: Path, splits: Splits, data: dict[str, Encoded], outputs: np.ndarray,
-                         labels: list[str]) -> None:
+    def predictions(self, splits: Splits, outputs: np.ndarray, labels: list[str]) -> pd.DataFrame:
         """Every test text with its true labels, the predicted ones (joined by the separator, in label order), the
         predicted set's probability (the labels taken as independent) and each label's probability."""
         probs = np.asarray(outputs, dtype=np.float64)
         predicted = probs >= self.thresholds(len(labels))
         truth = multi_hot(splits.test["label"], len(labels)) > 0.5
         join = self.options.label_separator.join
-        columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
-        frame = splits.test[columns].assign(
+        frame = texts_of(splits.test).assign(
             label=[join(np.asarray(labels, dtype=object)[row]) for row in truth],
             predicted=[join(np.asarray(labels, dtype=object)[row]) for row in predicted],
             score=np.where(predicted, probs, 1 - probs).prod(1))
-        frame = pd.concat([frame.reset_index(drop=True),
-                           pd.DataFrame(probs, columns=[f"score_{name}" for name in labels])], axis=1)
-        with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
-            frame.to_csv(tmp, index=False)
+        return pd.concat([frame.reset_index(drop=True),
+                          pd.DataFrame(probs, columns=[f"score_{name}" for name in labels])], axis=1)
 
     # --- prediction ---------------------------------------------------------------------------------------------
     def probabilities(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
@@ -245,168 +240,15 @@ class MultiLabel(Task):
         return answers
 
 
-# --- label cells ----------------------------------------------------------------------------------------------------
-
-def select_label_sets(frame: pd.DataFrame, cfg, where: str, separator: str) -> pd.DataFrame:
-    """text / [text_pair] as select_columns checks them, and `label`: each row's label names (a list, no repeats)."""
-    out = select_columns(frame, cfg, where, need_label=False)
-    name = cfg.label_column or "label"
-    cells = column(frame, name, "label_column", where).reset_index(drop=True)
-    parsed, empty, missing = [], [], []
-    for row, cell in enumerate(cells):
-        try:
-            names, was_missing = parse_label_cell(cell, separator)
-        except ValueError as e:
-            raise DataError(f"{where} row {row + 1}: column '{name}' holds {_preview(cell)}, {e}") from None
-        parsed.append(names)
-        if not names:
-            empty.append(row)
-            missing.append(was_missing)
-    if empty:
-        row = empty[0]
-        cell = cells.iloc[row]
-        what = f"label '{cell.strip()}' (a missing value)" if missing[0] and isinstance(cell, str) else \
-            "an empty label set"
-        raise DataError(f"{where} row {row + 1}: {what} in column '{name}'; every row needs at least one label "
-                        f"(several joined by '{separator}', or a list): fill it or remove the row ({len(empty)} such "
-                        f"rows)")
-    return out.assign(label=parsed)
-
-
-def parse_label_cell(cell: Any, separator: str) -> tuple[list[str], bool]:
-    """(the label names of one cell, whether the cell was a missing value). A list is taken as is; a string that looks
-    like a list ('["a", "b"]' or "['a', 'b']") is read as one; any other string is split at `separator`. Names are
-    stripped; empty pieces and repeats are dropped. ValueError (the rest of a message) for what cannot be labels."""
-    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        return [], True
-    if isinstance(cell, str):
-        text = cell.strip()
-        if text in MISSING_LABELS:
-            return [], True
-        if text.startswith("[") and text.endswith("]"):
-            items = _read_list(text)
-            if items is None:
-                raise ValueError(f"which looks like a list but is neither JSON nor a Python list; write it as "
-                                 f"[\"a\", \"b\"], or as labels joined by '{separator}' (task.label_separator)")
-            return _names(items), False
-        return _unique(piece.strip() for piece in text.split(separator)), False
-    if isinstance(cell, (list, tuple, set, np.ndarray, pd.Series)):
-        items = list(cell)
-        return _names(sorted(items, key=str) if isinstance(cell, set) else items), False
-    if isinstance(cell, bool) or not isinstance(cell, (int, float, np.integer, np.floating)):
-        raise ValueError(f"which is not a label set; give a list of labels or a string of labels joined by "
-                         f"'{separator}'")
-    return _names([cell]), False
-
-
-def _read_list(text: str) -> list | None:
-    for read in (json.loads, ast.literal_eval):
-        try:
-            value = read(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    return None
-
-
-def _names(items: list) -> list[str]:
-    names = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int, float, np.integer, np.floating)):
-            raise ValueError(f"a list with {_preview(item)} among its labels; each label must be a string")
-        if isinstance(item, (float, np.floating)) and math.isnan(item):
-            raise ValueError("a list with a missing value among its labels; each label must be a string")
-        names.append(str(int(item)) if isinstance(item, (float, np.floating)) and float(item).is_integer()
-                     else str(item).strip())
-    return _unique(names)
-
-
-def _unique(names) -> list[str]:
-    return list(dict.fromkeys(n for n in names if n))
-
-
-def _preview(value: Any, limit: int = 40) -> str:
-    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def check_known(frame: pd.DataFrame, labels: list[str], where: str, split: str | None) -> None:
-    """A label the training data does not have is an error: the model has no output for it."""
-    known = set(labels)
-    unknown = [row for row, names in enumerate(frame["label"]) if not known.issuperset(names)]
-    if unknown:
-        row = unknown[0]
-        name = next(n for n in frame["label"].iloc[row] if n not in known)
-        has = f"the {split} split has label" if split else "label"
-        rows = f"{len(unknown)} such {split} rows" if split else f"{len(unknown)} such rows"
-        shown = ", ".join(labels[:10]) + (", …" if len(labels) > 10 else "")
-        raise DataError(f"{where} row {row + 1}: {has} '{name}', which does not occur in the training data (labels: "
-                        f"{shown}), so the model cannot predict it; fix the label, add training examples for it, or "
-                        f"remove the {rows}")
-
-
-def multi_hot(label_ids: pd.Series | list, num_labels: int) -> np.ndarray:
-    """The float32 (rows, labels) 0/1 matrix of lists of label ids."""
-    matrix = np.zeros((len(label_ids), num_labels), dtype=np.float32)
-    for row, ids in enumerate(label_ids):
-        matrix[row, list(ids)] = 1.0
-    return matrix
-
-
-# --- metrics and thresholds -----------------------------------------------------------------------------------------
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
-
-
-def bce(logits: np.ndarray, truth: np.ndarray) -> float:
-    """Mean binary cross-entropy over every (text, label) cell, from logits (the stable form)."""
-    x, y = np.asarray(logits, dtype=np.float64), np.asarray(truth, dtype=np.float64)
-    return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean())
-
-
-def _f1(tp, fp, fn):
-    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
-    denominator = 2 * tp + fp + fn
-    return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
-
-
-def _counts(truth: np.ndarray, predicted: np.ndarray, axis=0):
-    return ((truth & predicted).sum(axis), (~truth & predicted).sum(axis), (truth & ~predicted).sum(axis))
-
-
-def micro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    tp, fp, fn = (int(c.sum()) for c in _counts(np.asarray(truth, bool), np.asarray(predicted, bool)))
-    return float(_f1(tp, fp, fn))
-
-
-def multilabel_metrics(truth: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict:
-    """Micro- and macro-F1 (a label with no true and no predicted text scores 0, as sklearn's zero_division=0),
-    subset accuracy (the whole set right), per-label precision/recall/F1/support, and how many texts got no label."""
-    truth, predicted = np.asarray(truth, bool), np.asarray(predicted, bool)
-    tp, fp, fn = _counts(truth, predicted)
-    f1 = _f1(tp, fp, fn)
-    precision = np.divide(tp, tp + fp, out=np.zeros(len(names)), where=(tp + fp) > 0)
-    recall = np.divide(tp, tp + fn, out=np.zeros(len(names)), where=(tp + fn) > 0)
-    return {
-        "micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum())),
-        "macro_f1": float(f1.mean()) if len(names) else 0.0,
-        "subset_accuracy": float((truth == predicted).all(1).mean()) if len(truth) else 0.0,
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(tp[i] + fn[i])} for i, name in enumerate(names)},
-        "no_label": int((~predicted.any(1)).sum()),  # texts given an empty set
-        "n": int(len(truth)),
-    }
-
+# --- thresholds -------------------------------------------------------------------------------------------------------
 
 def tune_thresholds(probs: np.ndarray, truth: np.ndarray, how: str) -> np.ndarray:
     """Each label's threshold from GRID: global, the one with the best micro-F1 over all labels; per_label, each
     label's best F1 (a label without positives in `truth` takes the global one). Ties go to the one nearest 0.5."""
     probs, truth = np.asarray(probs, dtype=np.float64), np.asarray(truth, bool)
-    cells = np.stack([np.stack(_counts(truth, probs >= t)) for t in GRID])  # (thresholds, tp/fp/fn, labels)
-    per_label = _f1(cells[:, 0], cells[:, 1], cells[:, 2])
-    micro = _f1(*cells.sum(2).T)
+    cells = np.stack([np.stack(f1_counts(truth, probs >= t)) for t in GRID])  # (thresholds, tp/fp/fn, labels)
+    per_label = f1(cells[:, 0], cells[:, 1], cells[:, 2])
+    micro = f1(*cells.sum(2).T)
     best_global = _best(micro)
     if how == "global":
         return np.full(probs.shape[1], best_global)
@@ -417,64 +259,6 @@ def tune_thresholds(probs: np.ndarray, truth: np.ndarray, how: str) -> np.ndarra
 def _best(scores: np.ndarray) -> float:
     top = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
     return float(GRID[top[np.argmin(np.abs(GRID[top] - DEFAULT_THRESHOLD))]])
-
-
-def bootstrap_micro_f1(truth: np.ndarray, predicted: np.ndarray, resamples: int = CI_RESAMPLES, seed: int = 0
-                       ) -> tuple[float, float]:
-    """95% percentile bootstrap interval of micro-F1, resampling texts."""
-    tp, fp, fn = (c.astype(np.float64) for c in _counts(np.asarray(truth, bool), np.asarray(predicted, bool), axis=1))
-    rng = np.random.default_rng(seed)
-    scores = []
-    for start in range(0, resamples, 100):  # at most 100 x n indices at a time
-        draws = rng.integers(0, len(tp), size=(min(100, resamples - start), len(tp)))
-        scores.append(_f1(tp[draws].sum(1), fp[draws].sum(1), fn[draws].sum(1)))
-    scores = np.concatenate(scores)
-    return float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))
-
-
-# --- baselines ------------------------------------------------------------------------------------------------------
-
-def tfidf_one_vs_rest(train: pd.DataFrame, truth: np.ndarray, seed: int = 0):
-    """TF-IDF (1-2 grams) + one logistic regression per label, fitted on `train`; returns frame -> probabilities.
-    A label every training text has (or none has) gets a constant probability."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    from ftune.baseline import joined_texts
-
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    features = vectorizer.fit_transform(joined_texts(train))
-    truth = np.asarray(truth, bool)
-    models: list[Any] = []
-    for j in range(truth.shape[1]):
-        column_ = truth[:, j]
-        if column_.all() or not column_.any():
-            models.append(float(column_.all()))
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            models.append(LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(features, column_))
-
-    def probabilities(frame: pd.DataFrame) -> np.ndarray:
-        x = vectorizer.transform(joined_texts(frame))
-        return np.stack([np.full(x.shape[0], m) if isinstance(m, float) else m.predict_proba(x)[:, 1]
-                         for m in models], axis=1)
-    return probabilities
-
-
-def most_frequent_labels(truth: np.ndarray) -> np.ndarray:
-    """The constant prediction: the m most frequent labels of `truth` (ties: the first label), m from 1 to every
-    label, whichever scores the best micro-F1 on `truth` itself (ties: the fewest labels)."""
-    truth = np.asarray(truth, bool)
-    order = np.argsort(-truth.sum(0), kind="stable")
-    best, best_score = None, -1.0
-    for m in range(1, truth.shape[1] + 1):
-        chosen = np.zeros(truth.shape[1], bool)
-        chosen[order[:m]] = True
-        score = micro_f1(truth, np.broadcast_to(chosen, truth.shape))
-        if score > best_score + 1e-12:
-            best, best_score = chosen, score
-    return best
 
 
 # --- warnings -------------------------------------------------------------------------------------------------------

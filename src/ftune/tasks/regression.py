@@ -12,34 +12,30 @@ The run's label names (labels.json, the head's id2label) are the single output's
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ftune.data.builtin import check_builtin_task
-from ftune.data.prepare import MISSING_LABELS, column, complete_splits, given_splits, select_columns
+from ftune.data.prepare import complete_splits, eval_table, given_splits
 from ftune.data.sources import read_source
 from ftune.data.summary import SPLITS, token_lengths
 from ftune.data.tokenize import Encoded, encode
 from ftune.data.validate import repeated_text_warnings, window_warning
 from ftune.errors import DataError, RunError
-from ftune.integrity import atomic_path
 from ftune.lazy import lazy
-from ftune.tasks.base import Task, TaskOptions
+from ftune.tasks.base import Task, TaskOptions, texts_of
+from ftune.tasks.baselines import tfidf_ridge_predictions
+from ftune.tasks.labels import parse_targets, with_labels
+from ftune.tasks.scoring import bootstrap_rmse, regression_metrics
 
 pd = lazy("pandas")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
 
 OUTPUT = "value"  # the head's one output: the run's labels.json is [OUTPUT]
-# Cells that mean "no value": the classification markers, plus NA / N/A, which for a number cannot be a real value.
-MISSING_TARGETS = MISSING_LABELS | {"NA", "N/A", "na", "n/a", "NaN", "nan"}
-# Squares of targets (and of their differences) must stay normal doubles, or the scale, the loss and RMSE overflow
-# to inf or underflow to 0 (1e199 targets made task.json unusable; 1e-301 ones were "all the same").
-MAX_TARGET, MIN_SPREAD = 1e150, 1e-150
+MIN_SPREAD = 1e-150  # squared differences of targets closer than this underflow to 0 (ftune.tasks.labels.MAX_TARGET)
 OUTLIER_SDS = 5.0  # training targets this many standard deviations from the mean are worth a warning under MSE
 HISTOGRAM_BINS = 20
 
@@ -97,10 +93,7 @@ class Regression(Task):
 
     def select(self, frame: pd.DataFrame, data_cfg, where: str) -> pd.DataFrame:
         """The text column(s) as for classification, and the target parsed as a number."""
-        out = select_columns(frame, data_cfg, where, need_label=False)
-        name = data_cfg.label_column or self.default_label_column
-        raw = column(frame, name, "label_column", where)
-        return out.assign(label=parse_targets(raw, where, name))
+        return with_labels(frame, data_cfg, where, parse_targets, self.default_label_column)
 
     def encode_splits(self, splits, tokenizer) -> dict[str, Encoded]:
         return {name: self.encode_frame(getattr(splits, name), tokenizer) for name in SPLITS}
@@ -115,10 +108,7 @@ class Regression(Task):
 
     def encode_source(self, source: str, data_cfg, labels: list[str], tokenizer) -> Encoded:
         """A file with targets for `ftune eval` and export parity, in the run's columns and scale."""
-        table = read_source(source)
-        if isinstance(table, dict):
-            table = table.get("test", next(iter(table.values())))
-        return self.encode_frame(self.select(table, data_cfg, source), tokenizer, use_cache=False)
+        return self.encode_frame(self.select(eval_table(source), data_cfg, source), tokenizer, use_cache=False)
 
     def summarize(self, splits, data: dict[str, Encoded]) -> tuple[dict, list[str]]:
         max_length = self.config.data.max_length
@@ -185,14 +175,10 @@ class Regression(Task):
         return {"mean": regression_metrics(truth, np.full(len(truth), train.mean())),
                 "tfidf_ridge": regression_metrics(truth, tfidf_ridge_predictions(splits.train, splits.test, seed))}
 
-    def save_predictions(self, run_dir: Path, splits, data: dict[str, Encoded], outputs: np.ndarray,
-                         labels: list[str]) -> None:
+    def predictions(self, splits, outputs: np.ndarray, labels: list[str]) -> pd.DataFrame:
         """Every test text with its target and the predicted value."""
-        columns = ["text", "text_pair"] if "text_pair" in splits.test else ["text"]
-        frame = splits.test[columns].assign(target=splits.test["label"].to_numpy(dtype=np.float64),
+        return texts_of(splits.test).assign(target=splits.test["label"].to_numpy(dtype=np.float64),
                                             predicted=np.asarray(outputs, dtype=np.float64))
-        with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
-            frame.to_csv(tmp, index=False)
 
     # --- prediction ---------------------------------------------------------------------------------------------
     def logits(self, predictor, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
@@ -235,77 +221,6 @@ def target_scale(targets: np.ndarray) -> dict:
     return {"mean": float(np.mean(targets)), "std": float(np.std(targets))}
 
 
-def parse_targets(values: pd.Series, where: str, name: str) -> np.ndarray:
-    """Each cell as a float64, or a DataError naming the first bad row (1-based), its value and the fix."""
-    values = values.reset_index(drop=True)
-    parsed = np.empty(len(values), dtype=np.float64)
-    problems: list[str | None] = []
-    for i, value in enumerate(values):
-        number, problem = _parse_target(value)
-        parsed[i] = number
-        problems.append(problem)
-    bad = [i for i, p in enumerate(problems) if p is not None]
-    if not bad:
-        return parsed
-    row, kind = bad[0], problems[bad[0]]
-    count = sum(p == kind for p in problems)
-    value = values.iloc[row]
-    shown = _preview(value)
-    place = f"{where} row {row + 1}"
-    if kind == "missing":
-        what = f"target {shown} (a missing value)" if isinstance(value, str) and value.strip() else "empty target"
-        raise DataError(f"{place}: {what} in column '{name}'; fill it with a number or remove the row "
-                        f"({count} such rows)")
-    if kind == "nested":
-        raise DataError(f"{place}: column '{name}' holds {shown}, not one number per row; give each row a single "
-                        f"number ({count} such rows)")
-    if kind == "too large":
-        raise DataError(f"{place}: target {shown} in column '{name}' is beyond ±{MAX_TARGET:.0e}, where squared "
-                        f"errors overflow; rescale the column (divide it by a power of ten, or take its logarithm) "
-                        f"({count} such rows)")
-    if kind == "not finite":
-        raise DataError(f"{place}: target {shown} in column '{name}' is not a finite number; replace it with a "
-                        f"finite number or remove the row ({count} such rows)")
-    hint = ""
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+,[0-9]+\s*", value):
-        hint = f"; write the decimal point as '.' ({value.strip().replace(',', '.')})"
-    elif isinstance(value, str) and re.search(r"[A-Za-z]", value) and not re.search(r"[0-9]", value):
-        hint = "; for a label per text use task: classification"
-    raise DataError(f"{place}: target {shown} in column '{name}' is not a number; regression needs a number in "
-                    f"every row: fix it or remove the row ({count} such rows){hint}")
-
-
-def _parse_target(value) -> tuple[float, str | None]:
-    """(the number, None) or (nan, what is wrong: missing / nested / not finite / not a number)."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return math.nan, "missing"
-    if isinstance(value, (list, tuple, dict, set, bytes, np.ndarray)):
-        return math.nan, "nested"
-    if isinstance(value, (bool, np.bool_)):  # a yes/no column is a label, not a number
-        return math.nan, "not a number"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        number = float(value)
-        if math.isnan(number):
-            return math.nan, "missing"
-        return _in_range(number)
-    if not isinstance(value, str):
-        return math.nan, "not a number"
-    text = value.strip()
-    if text == "" or text in MISSING_TARGETS:
-        return math.nan, "missing"
-    # float() also reads '1_000' and full-width digits; a target is written in plain decimal notation.
-    if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity)", text,
-                        flags=re.IGNORECASE | re.ASCII):
-        return math.nan, "not a number"
-    return _in_range(float(text))
-
-
-def _in_range(number: float) -> tuple[float, str | None]:
-    if not math.isfinite(number):
-        return math.nan, "not finite"
-    return (number, None) if abs(number) <= MAX_TARGET else (math.nan, "too large")
-
-
 # --- scores -----------------------------------------------------------------------------------------------------
 def head_outputs(rows: list) -> np.ndarray:
     """The head's single output per example, from rows of shape (1,) (or scalars)."""
@@ -315,35 +230,6 @@ def head_outputs(rows: list) -> np.ndarray:
     if outputs.ndim == 1 or (outputs.ndim == 2 and len(outputs) == 0):
         return outputs.reshape(-1)
     raise RunError(f"the model gives {outputs.shape[-1]} outputs per text; a regression head gives 1")
-
-
-def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
-    """RMSE, MAE, Pearson and Spearman correlation, and n. A correlation with a constant side (the mean baseline)
-    is undefined; it is reported as 0, no association."""
-    truth, predicted = np.asarray(truth, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
-    errors = predicted - truth
-    return {"rmse": float(np.sqrt(np.mean(errors ** 2))) if len(errors) else math.nan,
-            "mae": float(np.mean(np.abs(errors))) if len(errors) else math.nan,
-            "pearson": pearson(truth, predicted), "spearman": spearman(truth, predicted), "n": int(len(truth))}
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
-        return 0.0
-    a, b = np.asarray(a, dtype=np.float64) - np.mean(a), np.asarray(b, dtype=np.float64) - np.mean(b)
-    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
-    if denominator == 0 or not math.isfinite(denominator):
-        return 0.0
-    return float(np.clip(np.dot(a, b) / denominator, -1.0, 1.0))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of the ranks (ties share their mean rank)."""
-    from scipy.stats import rankdata
-
-    if len(a) < 2:
-        return 0.0
-    return pearson(rankdata(a), rankdata(b))
 
 
 def loss_value(outputs: np.ndarray, targets: np.ndarray, loss: str, delta: float) -> float:
@@ -358,29 +244,6 @@ def loss_value(outputs: np.ndarray, targets: np.ndarray, loss: str, delta: float
     return float(terms.mean())
 
 
-def bootstrap_rmse(errors: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the RMSE, from the per-example errors."""
-    squared = np.asarray(errors, dtype=np.float64) ** 2
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(squared), size=(resamples, len(squared)))
-    rmses = np.sqrt(squared[draws].mean(axis=1))
-    return float(np.percentile(rmses, 2.5)), float(np.percentile(rmses, 97.5))
-
-
-def tfidf_ridge_predictions(train: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """TF-IDF (1-2 grams) + ridge regression, fitted on the training split, predicting the test split's targets."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
-
-    from ftune.baseline import joined_texts
-
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                          Ridge(alpha=1.0, random_state=seed))
-    model.fit(joined_texts(train), train["label"].to_numpy(dtype=np.float64))
-    return model.predict(joined_texts(test)).astype(np.float64)
-
-
 def target_summary(targets: dict[str, np.ndarray], bins: int = HISTOGRAM_BINS) -> dict:
     """Per split: mean, std, min, median, max; and a histogram per split over shared edges (all splits' range)."""
     every = np.concatenate(list(targets.values()))
@@ -391,11 +254,6 @@ def target_summary(targets: dict[str, np.ndarray], bins: int = HISTOGRAM_BINS) -
              for name, t in targets.items()}
     counts = {name: np.histogram(t, bins=edges)[0].tolist() for name, t in targets.items()}
     return {"splits": stats, "histogram": {"edges": edges.tolist(), **counts}}
-
-
-def _preview(value, limit: int = 40) -> str:
-    text = repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _number(value: float) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,10 +24,9 @@ from ftune.data.tagged import read_tagged, select_tagged
 from ftune.data.tokenize import IGNORE
 from ftune.data.validate import window_warning
 from ftune.errors import ConfigError
-from ftune.integrity import atomic_path
 from ftune.lazy import lazy
-from ftune.metrics import bootstrap_accuracy, softmax
 from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
+from ftune.tasks.scoring import bootstrap_accuracy, softmax
 
 pd = lazy("pandas")
 torch = lazy("torch")
@@ -78,6 +76,7 @@ class Tagging(Task):
             "with the 95% bootstrap interval for the fine-tuned model.")
     unit = "sentences"
     default_label_column = "tags"
+    distills = True  # the teacher's logits per token
     weight: torch.Tensor | None = None
 
     def load_splits(self, seed: int):
@@ -115,15 +114,15 @@ class Tagging(Task):
     def baselines(self, splits, seed: int) -> dict:
         return baselines(splits)
 
-    def save_predictions(self, run_dir: Path, splits, data: dict[str, Encoded], outputs, labels: list[str]) -> None:
-        save_predictions(run_dir, splits, outputs, labels)
+    def predictions(self, splits, outputs, labels: list[str]) -> pd.DataFrame:
+        return word_predictions(splits, outputs, labels)
 
     def predict(self, predictor, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
         return tag_texts(predictor, texts)
 
 
 def load_splits(config, seed: int):
-    check_builtin_task(config.data.train, "token-classification")
+    check_builtin_task(config.data.train, Tagging.name)
     given = given_splits(config.data, read_tagged, select_tagged)
     labels = sorted({tag for tags in given["train"]["tags"] for tag in tags})
     # A tag that only held-out data has is normal (a rare tag), not an error: the model cannot output it, so its words
@@ -281,7 +280,7 @@ def summarize(splits, data: dict[str, Encoded], max_length: int) -> tuple[dict, 
     return summary, found
 
 
-def save_predictions(run_dir: Path, splits, word_logits: list[np.ndarray], labels: list[str]) -> None:
+def word_predictions(splits, word_logits: list[np.ndarray], labels: list[str]) -> pd.DataFrame:
     """A row per test word: the word in its context, its true tag, the predicted one and that tag's probability."""
     rows = []
     names = labels + splits.unseen_labels
@@ -293,8 +292,7 @@ def save_predictions(run_dir: Path, splits, word_logits: list[np.ndarray], label
             rows.append({"sentence": s, "word": word, "text": context, "label": names[tag],
                          "predicted": labels[int(probs[i].argmax())] if scored[i] else "",
                          "score": float(probs[i].max()) if scored[i] else 0.0})
-    with atomic_path(run_dir / "test_predictions.csv") as tmp:  # a symlink there is replaced, not written through
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return pd.DataFrame(rows)
 
 
 def tag_texts(predictor, texts: list[str]) -> list[dict]:
