@@ -174,7 +174,7 @@ def _topics(folder: Path) -> TinyData:
 # A task registered in TASKS gets the contract suite's checks once it has an entry here.
 TINY_DATA: dict[str, Callable[[Path], TinyData]] = {
     "classification": _reviews, "token-classification": _tagged, "causal-lm": _instructions,
-    "regression": _praise_counts, "multi-label": _topics}
+    "regression": _praise_counts, "multi-label": _topics, "ordinal": _praise_counts}
 
 
 KEY = "test-key"
