@@ -19,6 +19,7 @@ from typing import Callable
 import httpx
 import pandas as pd
 
+import ftune
 from ftune.cli import main
 from ftune.serve import build_server
 from ftune.tasks.classification import Classification
@@ -308,3 +309,14 @@ def ftune_message(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith(("error: ", "stopped: "))]
     assert lines, f"ftune printed no error or stopped line:\n{stderr[-2000:]}"
     return lines[-1]
+
+
+def full_and_lora_runs(tiny_model: str, reviews_csv, root: Path, **settings):
+    """A full and a LoRA (r 4) run of the tiny model on the reviews, in root/full and root/lora."""
+    base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
+            "data.label_column": "stars", "data.max_length": 32, "train.batch_size": 16, "tracking.backend": "none",
+            **settings}
+    full = ftune.train(ftune.load_config(overrides=base | {"output_dir": str(root / "full")}), quiet=True)
+    lora = ftune.train(ftune.load_config(overrides=base | {"method.name": "lora", "method.r": 4,
+                                                           "output_dir": str(root / "lora")}), quiet=True)
+    return full, lora

@@ -18,7 +18,7 @@ import ftune
 from ftune.card import base_model, run_card, write_cards
 from ftune.export import export_onnx
 from ftune.predictors import Predictor
-from helpers import ftune_cli
+from helpers import ftune_cli, full_and_lora_runs
 
 TOKEN = "hf_test_token"
 # An absolute path of this machine, as it would show in a card: /tmp/..., /home/..., /root/..., /work/...
@@ -29,12 +29,8 @@ LOCAL_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|home|root|work|Users|var|opt)/")
 def runs(tiny_model, reviews_csv, tmp_path_factory):
     """A full run and a LoRA run (adapter only) of the tiny model, which is a local folder with no hub id."""
     root = tmp_path_factory.mktemp("card-runs")
-    base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
-            "data.label_column": "stars", "data.max_length": 32, "train.epochs": 3, "train.batch_size": 16,
-            "train.learning_rate": 1e-2, "train.warmup_ratio": 0.0, "tracking.backend": "none"}
-    full = ftune.train(ftune.load_config(overrides=base | {"output_dir": str(root / "full")}), quiet=True)
-    lora = ftune.train(ftune.load_config(overrides=base | {"method.name": "lora", "method.r": 4,
-                                                           "output_dir": str(root / "lora")}), quiet=True)
+    full, lora = full_and_lora_runs(tiny_model, reviews_csv, root, **{"train.epochs": 3, "train.learning_rate": 1e-2,
+                                                                      "train.warmup_ratio": 0.0})
     return {"full": full.path, "lora": lora.path}
 
 

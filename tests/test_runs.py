@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 
-import ftune
-from helpers import ftune_cli
+from helpers import ftune_cli, full_and_lora_runs
 
 
 @pytest.fixture(autouse=True)
@@ -18,12 +17,8 @@ def wide_terminal(monkeypatch):
 def two_runs(tiny_model, reviews_csv, tmp_path_factory):
     """A full and a LoRA run of the tiny model under one folder, as `runs/` would hold them."""
     root = tmp_path_factory.mktemp("runs")
-    base = {"model.name": tiny_model, "data.train": str(reviews_csv), "data.text_column": "review",
-            "data.label_column": "stars", "data.max_length": 32, "train.epochs": 2, "train.batch_size": 16,
-            "train.learning_rate": 3e-3, "train.log_steps": 2, "tracking.backend": "none"}
-    full = ftune.train(ftune.load_config(overrides=base | {"output_dir": str(root / "full")}), quiet=True)
-    lora = ftune.train(ftune.load_config(overrides=base | {"method.name": "lora", "method.r": 4,
-                                                           "output_dir": str(root / "lora")}), quiet=True)
+    full, lora = full_and_lora_runs(tiny_model, reviews_csv, root, **{"train.epochs": 2, "train.learning_rate": 3e-3,
+                                                                      "train.log_steps": 2})
     return root, full, lora
 
 

@@ -510,16 +510,21 @@ def _check_data(cfg) -> None:
 
 def _print_table(header, rows, title: str | None = None, right=(), wrap=()) -> None:
     """A table when it fits the width (the terminal's, or 80 in a log), else the same cells as plain lines, so a log
-    never shows a cut border or a word split in two. Only the `wrap` columns (descriptions) may break, at spaces.
-    Cells are shown as written, never read as markup (they hold data and user text)."""
-    from rich.measure import Measurement
+    never shows a cut border, a cell cut short or a word split in two. Only the `wrap` columns (descriptions) may
+    break, at spaces. Cells are shown as written, never read as markup (they hold data and user text)."""
+    from rich.cells import cell_len
 
-    table = Table(title=title)
-    for col in header:
-        table.add_column(col, justify="right" if col in right else "left", no_wrap=col not in wrap)
-    for row in rows:
-        table.add_row(*(Text(str(cell)) for cell in row))
-    if Measurement.get(out, out.options.update(max_width=100_000), table).minimum <= out.width:
+    def needed(col: int) -> int:  # a column's narrowest width: its longest cell, or longest word where it wraps
+        cells = [str(header[col]), *(str(row[col]) for row in rows)]
+        parts = [word for cell in cells for word in cell.split()] if header[col] in wrap else cells
+        return max(map(cell_len, parts), default=0)
+
+    if sum(map(needed, range(len(header)))) + 3 * len(header) + 1 <= out.width:  # + padding and borders
+        table = Table(title=title)
+        for col in header:
+            table.add_column(col, justify="right" if col in right else "left", no_wrap=col not in wrap)
+        for row in rows:
+            table.add_row(*(Text(str(cell)) for cell in row))
         out.print(table)
         return
     if title:

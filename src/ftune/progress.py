@@ -21,7 +21,8 @@ class TrainProgress:
         self.info, self.total, self.first, self.started, self.said = "", 0, 0, 0.0, 0.0
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)  # texts may quote user data
+        # texts may quote user data; one line however long (a log's lines are not cut at 80 columns)
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def start(self, total: int, done: int) -> None:
         self.total, self.first, self.started = total, done, time.monotonic()
@@ -48,7 +49,8 @@ class TrainProgress:
     def evaluated(self, record: dict, metric: str) -> None:
         v = record["validation"]
         scores = " ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in v.items())
-        self.console.print(f"epoch {record['epoch']:.2f} step {record['step']}: validation {scores}", highlight=False)
+        self.console.print(f"epoch {record['epoch']:.2f} step {record['step']}: validation {scores}", highlight=False,
+                           soft_wrap=True)
 
     def stop(self) -> None:
         self.bar.stop()
