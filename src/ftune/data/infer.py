@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ftune.data.builtin import CATALOG
 from ftune.data.prepare import MISSING_LABELS, SPLIT_ALIASES
 from ftune.data.sources import check_not_compressed, read_source, regular_file, _first_line_is_object
 from ftune.data.tagged import TABLE_SUFFIXES, _is_word_slash_tag
+from ftune.lazy import lazy
 from ftune.schema import DataConfig
+
+pd = lazy("pandas")  # only when a file is read: a config error or a built-in dataset needs none
 
 SAMPLE_ROWS = 2000
 MAX_CLASSES = 20  # more distinct whole numbers than this is a quantity to predict, not classes
