@@ -5,11 +5,16 @@ inputs, not weights: there is nothing to merge, so such a run serves and predict
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field
 
 from ftune.methods.base import Method, MethodOptions
+
+# peft drops the position ids a decoder's batch carries under prompt tuning, and warns at every forward pass; ftune
+# refuses the one layout that needs them (task.packing), so for our users the line is noise.
+warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
 
 
 class PromptTuningOptions(MethodOptions):
