@@ -14,6 +14,7 @@ from ftune.integrity import read_yaml_file
 from ftune.run import RUN_FILE, Run, damaged_run_fix, live_status, read_history, read_json
 from ftune.seeds import compared_entry
 
+
 def _finetuned(metrics: dict) -> dict:
     """The fine-tuned model's test scores; empty when train.evaluate_test was false (a tuning trial)."""
     return metrics["test"].get("finetuned") or {}

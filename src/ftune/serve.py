@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # ftune.predictors imports torch, seconds that only these ann
     from ftune.generate import Generator
     from ftune.predictors import Labeler
 
+
 def load(sources: list[Path], variant: str | None = None, trust_remote_code: bool = False, device: str = "auto",
          precision: str = "fp32") -> Labeler | dict[str, Labeler] | Generator:
     """What `ftune serve SOURCES` serves: a causal-lm run's Generator (alone), a run's or an export's predictor,

@@ -287,8 +287,6 @@ class _Fit:
             self.progress.note(f"report: {self.run_dir / 'report.html'}")
 
 
-
-
 def _check_finite(value: float, what: str, step: int, learning_rate: float) -> None:
     """Stop a diverged run before its NaN weights become a checkpoint or a model that answers with confidence."""
     if math.isfinite(value):
