@@ -144,16 +144,23 @@ def _instructions(folder: Path) -> TinyData:
     return TinyData({"data.train": _jsonl(folder, rows)}, [text for row in rows for text in row.values()])
 
 
-def _praise_counts(folder: Path) -> TinyData:
-    """A number per text: how many praise words it holds (0-3)."""
-    rng = random.Random(0)
+def counted_reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    """Texts whose target is how many praise words they hold (0-3): a number a model can read off the words."""
+    rng = random.Random(seed)
     rows = []
-    for i in range(120):
-        words = rng.sample(FILLER, rng.randint(3, 8)) + rng.sample(POSITIVE, i % 4)
+    for i in range(n):
+        stars = i % 4
+        words = rng.sample(FILLER, rng.randint(3, 8)) + rng.sample(POSITIVE, stars)
         rng.shuffle(words)
-        rows.append({"text": " ".join(words), "stars": i % 4})
-    frame = pd.DataFrame(rows)
-    return TinyData({"data.train": _csv(folder, frame), "data.label_column": "stars"}, frame["text"].tolist())
+        rows.append({"review": " ".join(words), "stars": stars})
+    return pd.DataFrame(rows)
+
+
+def _praise_counts(folder: Path) -> TinyData:
+    """A number (or ordered class) per text: how many praise words it holds (0-3)."""
+    frame = counted_reviews(120)
+    return TinyData({"data.train": _csv(folder, frame), "data.text_column": "review", "data.label_column": "stars"},
+                    frame["review"].tolist())
 
 
 TOPICS = {"sport": ["football", "tennis", "goal"], "food": ["pasta", "bread", "cheese"], "tech": ["laptop", "chip"]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import numpy as np
 import pandas as pd
@@ -19,23 +18,7 @@ from ftune.errors import ConfigError, DataError
 from ftune.tasks import task_for
 from ftune.tasks.regression import (OUTPUT, Regression, bootstrap_rmse, loss_value, parse_targets, regression_metrics,
                                     tfidf_ridge_predictions)
-from helpers import ftune_cli
-
-
-GOOD = ["great", "excellent", "wonderful", "superb", "delightful", "brilliant"]
-FILLER = "the movie was really quite a film with story acting plot and it felt long short new old".split()
-
-
-def counted_reviews(n: int, seed: int = 0) -> pd.DataFrame:
-    """Texts whose target is how many praise words they hold (0-3): a number a model can read off the words."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        stars = i % 4
-        words = rng.sample(FILLER, rng.randint(3, 8)) + rng.sample(GOOD, stars)
-        rng.shuffle(words)
-        rows.append({"review": " ".join(words), "stars": stars})
-    return pd.DataFrame(rows)
+from helpers import counted_reviews, ftune_cli
 
 
 @pytest.fixture(scope="module")

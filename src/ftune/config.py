@@ -253,6 +253,15 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[last] = value
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}: a config dump's settings as `--set` names them (the inverse
+    of the overrides' _set_dotted; an empty section has no setting)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
 def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():

@@ -43,8 +43,9 @@ class TrainProgress:
         if now - self.said >= self.every or step == self.total:
             self.said, elapsed = now, now - self.started
             eta = elapsed / (step - self.first) * (self.total - step) if step > self.first else 0.0
-            self.note(f"train step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)  {self.info}  "
-                      f"elapsed {_clock(elapsed)}  eta {_clock(eta)}".replace("    ", "  "))
+            parts = [f"train step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)", self.info,
+                     f"elapsed {_clock(elapsed)}", f"eta {_clock(eta)}"]
+            self.note("  ".join(part for part in parts if part))  # no loss yet before the first logged step
 
     def evaluated(self, record: dict, metric: str) -> None:
         v = record["validation"]

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ftune import plots
+from ftune.config import dotted
 from ftune.errors import RunError
 from ftune.diagnosis import headline
 from ftune.report import Section, title, to_html, to_markdown
@@ -121,7 +122,7 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
         shown = ["" if v is None else _cell(v, fmt) for v in values]
         diffs = ["" if v is None or values[0] is None else _signed(v - values[0], fmt) for v in values[1:]]
         rows.append((label, *shown, *diffs))
-    configs = [_flat(run.config.model_dump(mode="json")) for run in runs]
+    configs = [dotted(run.config.model_dump(mode="json")) for run in runs]
     shown = ["method.name", "model.name", "data.train"]  # always, then every other setting the runs differ in
     shown += [key for key in configs[0].keys() | set().union(*configs[1:])
               if key not in shown and key != "output_dir" and len({repr(c.get(key)) for c in configs}) > 1]
@@ -137,17 +138,6 @@ def compare_runs(paths: list[Path], output: Path | None = None) -> tuple[list[st
     (folder / "compare.md").write_text(to_markdown(title, sections, image_dir="."), encoding="utf-8")
     (folder / "compare.html").write_text(to_html(title, sections, folder), encoding="utf-8")
     return header, rows, folder
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    """{"train": {"epochs": 3}} -> {"train.epochs": 3}: settings as `--set` names them."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _setting(value) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftune.config import Config, validate
+from ftune.config import Config, dotted, validate
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.integrity import read_yaml_file, write_text
 from ftune.progress import TrainProgress
@@ -174,19 +174,12 @@ def _plan(cfg: Config) -> str:
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     """A finished seed counts only if it ran with the settings asked for now: else its scores do not belong here."""
     saved = validate(read_yaml_file(run_dir / "config.yaml", "train that seed again"), str(run_dir / "config.yaml"))
-    old, new = _flat(saved.model_dump()), _flat(cfg.model_dump())
+    old, new = dotted(saved.model_dump()), dotted(cfg.model_dump())
     old.pop("output_dir"), new.pop("output_dir")  # the same folder, however the path was written
     for key in old:
         if old[key] != new.get(key):
             raise RunError(f"{run_dir}: {key} is {new.get(key)!r} now but the finished seed used {old[key]!r}; "
                            f"resume with the same settings, or choose another --output-dir")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def t_quantile(n: int) -> float:

@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ftune.config import Config, TrackingConfig
+from ftune.config import Config, TrackingConfig, dotted
 from ftune.errors import ConfigError
 from ftune.run import read_json, update_manifest
 
@@ -99,15 +99,7 @@ class Tracker:
 
 def flat_params(config: Config) -> dict[str, str]:
     """The resolved config as MLflow params: model.name, train.learning_rate, ..."""
-    def walk(node: dict, prefix: str) -> dict[str, str]:
-        items = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                items.update(walk(value, f"{prefix}{key}."))
-            else:
-                items[prefix + key] = str(value)
-        return items
-    return walk(config.model_dump(mode="json"), "")
+    return {key: str(value) for key, value in dotted(config.model_dump(mode="json")).items()}
 
 
 def entry_metrics(entry: dict) -> dict[str, float]:

@@ -19,6 +19,7 @@ import neither torch nor peft at the top: the config imports them for their opti
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ftune.errors import ConfigError
@@ -41,7 +42,7 @@ class MethodOptions(Section):
     name: str
 
 
-class Method:
+class Method(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]]
     learning_rate: ClassVar[float]  # the default peak rate when the config sets none (see default_learning_rate)
@@ -92,10 +93,10 @@ class Method:
         """Refuse, with a ValueError naming the fix, a combination of task and settings this method cannot train;
         called when the config is read, before any data or model."""
 
+    @abstractmethod
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         """The freshly loaded model under this method: what trains and what stays fixed. `task_type`: peft's task
         type of the run's task (SEQ_CLS, TOKEN_CLS, CAUSAL_LM), which keeps a new head trainable and saved."""
-        raise NotImplementedError
 
     def refuse_merge(self, what: str, instead: str) -> None:
         """One line (ConfigError) when `what` needs the run's weights merged and this method's adapter cannot be:
