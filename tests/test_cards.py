@@ -74,7 +74,7 @@ def test_a_finished_run_has_a_hub_model_card_from_its_own_files(runs):
         assert f"\n{section}\n" in card
     low, high = test["accuracy_ci95"]
     assert f"| fine-tuned | {test['accuracy']:.4f} | {low:.3f}–{high:.3f} |" in card
-    assert "| TF-IDF + logistic regression |" in card and "| base model, untrained head |" in card
+    assert "| TF-IDF + linear model (tuned on validation) |" in card and "| base model, untrained head |" in card
     data = run.metrics["data"]
     assert f"| examples | {data['train']} | {data['validation']} | {data['test']} |" in card
     assert "| 0 | neg |" in card and "| 1 | pos |" in card and "a local model (" in card

@@ -18,7 +18,8 @@ def trained_run(tiny_model, reviews_csv, tmp_path, monkeypatch, capsys):
     code, out, err = ftune_cli(monkeypatch, capsys, "train", "--model", tiny_model, "--data", str(reviews_csv),
                                "--text-column", "review", "--label-column", "stars", "--output-dir", str(run_dir),
                                "--set", "train.learning_rate=3e-3", "--set", "data.max_length=32", "--batch-size", "16",
-                               "--set", "train.warmup_ratio=0", "--set", "tracking.backend=none", "--quiet")
+                               "--epochs", "3", "--set", "train.warmup_ratio=0", "--set", "tracking.backend=none",
+                               "--quiet")
     assert code == 0, err
     assert "fine-tuned" in out and "TF-IDF" in out and str(run_dir) in out
     return run_dir
@@ -75,8 +76,8 @@ def test_user_errors_are_one_line_and_exit_2(args, message, reviews_csv, tmp_pat
 
 
 # Every line a LoRA run writes, as ftune writes it (COLUMNS is wide, so no line wraps).
-FTUNE_STDERR = re.compile(r"(memory|lora|data warning|report|train): |learning rate |epoch \d|train ━|train step \d")
-FTUNE_STDOUT = re.compile(r"\s*test split, |[┏┃┡│└]|(diagnosis|run directory): ")
+FTUNE_STDERR = re.compile(r"(memory|lora|data warning|report|train): |learning rate |epochs? \d|train ━|train step \d")
+FTUNE_STDOUT = re.compile(r"\s*test split, |[┏┃┡│└]|(diagnosis|run directory|not better than a baseline): ")
 
 
 @pytest.mark.e2e

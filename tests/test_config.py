@@ -11,7 +11,7 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 def test_defaults_are_the_documented_ones():
     cfg = load_config()
     assert cfg.model.name == "minilm" and cfg.data.train == "mr" and cfg.method.name == "full"
-    assert cfg.train.epochs == 3 and cfg.data.test_size == 0.2
+    assert cfg.train.epochs is None and cfg.data.test_size == 0.2  # chosen from the data by each run (ftune.recipe)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -16,8 +16,8 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error
 from ftune.config import load_config
 from ftune.errors import ConfigError, DataError
 from ftune.tasks import task_for
-from ftune.tasks.regression import (OUTPUT, Regression, bootstrap_rmse, loss_value, parse_targets, regression_metrics,
-                                    tfidf_ridge_predictions)
+from ftune.tasks.baselines import tuned_ridge
+from ftune.tasks.regression import OUTPUT, Regression, bootstrap_rmse, loss_value, parse_targets, regression_metrics
 from helpers import counted_reviews, ftune_cli
 
 
@@ -223,8 +223,11 @@ def test_baselines_are_scored_like_the_model(stars_csv):
     truth = splits.test["label"].to_numpy()
     assert set(scores) == {"mean", "tfidf_ridge"}
     assert scores["mean"] == regression_metrics(truth, np.full(len(truth), splits.train["label"].mean()))
-    ridge = tfidf_ridge_predictions(splits.train, splits.test)
-    assert scores["tfidf_ridge"] == regression_metrics(truth, ridge)
+    ridge = tuned_ridge(splits)  # the alpha with the best validation RMSE
+    assert scores["tfidf_ridge"] == {**regression_metrics(truth, ridge.test),
+                                     "rmse_ci95": bootstrap_rmse(ridge.test - truth, seed=0),
+                                     **ridge.fields(), "seconds": scores["tfidf_ridge"]["seconds"]}
+    assert scores["tfidf_ridge"]["chosen"].startswith(("word n-grams, ridge", "word+char n-grams, ridge"))
     assert scores["tfidf_ridge"]["rmse"] < 0.8 * scores["mean"]["rmse"] and scores["tfidf_ridge"]["spearman"] > 0.5
 
 

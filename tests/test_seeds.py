@@ -82,7 +82,7 @@ def test_the_command_ends_with_the_table_across_seeds(seeds_cli):
     lo, hi = accuracy["ci95"]
     assert f"{accuracy['mean']:.4f} ± {accuracy['sd']:.4f}" in row and f"{lo:.4f} – {hi:.4f}" in row
     assert all(f"{accuracy['values'][str(s)]:.4f}" in row for s in SEEDS)
-    assert "seed 0" in out and "seed 2" in out and "TF-IDF + logistic regression" in out
+    assert "seed 0" in out and "seed 2" in out and "TF-IDF + linear model (tuned on validation)" in out
     assert "t = 4.30 (2 degrees of freedom)" in out and "mean ± 2.48 sd" in out
     assert f"seeds folder: {root}" in out
     flagged = [s for s in SEEDS if json.loads((root / f"seed-{s}" / "metrics.json").read_text()).get("diagnosis")]

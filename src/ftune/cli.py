@@ -55,15 +55,25 @@ def train(
     master_port: Annotated[int, typer.Option(help="port on the master machine (nnodes > 1)")] = 29500,
     seeds: Annotated[Opt, typer.Option(help="one run per training seed, e.g. 0,1,2, in OUTPUT/seed-N on one split, "
                                             "then mean, sd and 95% interval in OUTPUT/summary.html")] = None,
+    budget: Annotated[Opt, typer.Option(help="time for the whole run, e.g. 90s, 20m, 1.5h: tries a few recipes on "
+                                             "validation (successive halving), trains the best in OUTPUT/final and "
+                                             "lists every candidate in OUTPUT/budget.json")] = None,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Fine-tune a model and print the before/after table."""
+    if budget is not None:  # a bad value or combination is said before any data is read
+        from ftune.budget import check_flags, parse_budget
+
+        budget_s = parse_budget(budget)
+        check_flags(resume, seeds is not None, nproc * nnodes)
     output_dir = flags.get("output_dir")
     if config is not None and config.is_dir():  # `ftune train RUN --resume`: the run's own config and folder
         output_dir, config = output_dir or str(config), config / "config.yaml"
     if resume and config is None and output_dir and (Path(output_dir) / "config.yaml").is_file():
         config = Path(output_dir) / "config.yaml"  # resume from the run directory alone: its config is the base
     cfg = _config(config, set_, flags | {"output_dir": output_dir})
+    if budget is not None:  # its own checks read the data first, as _check_data does
+        return _train_budget(cfg, budget_s, quiet)
     if "LOCAL_RANK" not in os.environ:  # launched processes: training's first process reads (and fetches) the data
         _check_data(cfg)
     if seeds is not None:
@@ -87,6 +97,9 @@ def _show_run(run) -> None:
 
     if not _main_process():
         return
+    if run.metrics.get("better_baseline"):  # the first thing said: the user should ship the better model
+        out.print(f"[bold yellow]not better than a baseline:[/] {run.metrics['better_baseline']['line']}",
+                  highlight=False, soft_wrap=True)
     header, rows = before_after_table(run.metrics["test"], run.metrics.get("scores"))
     if rows:
         _print_table(header, rows, f"test split, {run.metrics['test']['finetuned']['n']} examples")
@@ -162,6 +175,25 @@ def _train_seeds(cfg, text: str, resume: bool, quiet: bool, processes: int) -> N
     for line in diagnosis_lines(summary):
         out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"seeds folder: {summary.path}  (summary.html inside; each seed's run in seed-N)", highlight=False)
+
+
+def _train_budget(cfg, budget_s: float, quiet: bool) -> None:
+    """`train --budget`: a search of a few recipes within the time (ftune.budget), its table, then the winner's run
+    as any run is shown."""
+    from ftune.budget import search, table
+
+    def tell(line: str) -> None:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    # A line per candidate's run unless --quiet; the search's decisions (the plan, a budget too small) always.
+    result = search(cfg, budget_s, say=(lambda line: None) if quiet else tell, tell=tell, quiet=quiet)
+    header, rows = table(result)
+    better = "lower" if result.lower_is_better else "higher"
+    _print_table(header, rows, f"candidates: validation {result.metric} ({better} is better), * the winner",
+                 right=header[1:5])
+    out.print(f"budget: {result.elapsed_s:.0f} s of {result.budget_s:.0f} s; every candidate in "
+              f"{result.path / 'budget.json'}", markup=False, highlight=False, soft_wrap=True)
+    _show_run(result.final)
 
 
 @app.command("eval")
@@ -248,13 +280,19 @@ def export(
     output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/onnx)")] = None,
     data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
     trust_remote_code: TrustOpt = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="export the run's TF-IDF baseline instead (default "
+                                                              "folder: RUN/baseline), checked against scikit-learn "
+                                                              "on the run's test split")] = False,
 ) -> None:
-    """Export a run to ONNX (an adapter merged), optionally int8, and check it against PyTorch."""
+    """Export a run to ONNX (an adapter merged), optionally int8, and check it against PyTorch; or, with --baseline,
+    its TF-IDF baseline."""
     from ftune.export import export_onnx
     from ftune.run import read_json
 
     if format_ != "onnx":
         raise FtuneError(f"--format {format_!r} is not supported; use --format onnx")
+    if baseline:
+        return _export_baseline(run, output, quantize, data)
     with out.status("exporting, then checking the export against PyTorch on held-out texts"):
         folder = export_onnx(run, output, quantize, data, trust_remote_code=trust_remote_code)
     parity = read_json(folder / "export.json")["parity"]
@@ -266,6 +304,33 @@ def export(
     _print_table(("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"), rows,
                  f"parity on {parity['texts']} held-out texts")
     out.print(f"export folder: {folder}")
+
+
+def _export_baseline(run: Path, output: Path | None, quantize: str | None, data: str | None) -> None:
+    """`export --baseline`: the baseline refitted and converted (ftune.export.export_baseline), then its parity."""
+    from ftune.export import export_baseline
+    from ftune.run import read_json
+
+    if quantize is not None or data is not None:
+        flag = "--quantize" if quantize is not None else "--data"
+        raise FtuneError(f"{flag} applies to the fine-tuned model's export; a baseline export is one small fp32 "
+                         f"model, checked on the run's test split: drop {flag}")
+    with out.status("refitting the run's baseline, converting it, checking it against scikit-learn"):
+        folder = export_baseline(run, output)
+    info = read_json(folder / "export.json")
+    parity, onnx = info["parity"], info["parity"]["onnx"]
+    _print_table(("model", "accuracy", "same label as scikit-learn", "max |score diff|", "size MB"),
+                 [("scikit-learn", _score(parity["sklearn"]["accuracy"]), "", "", ""),
+                  ("onnx", _score(onnx["accuracy"]), _pct(onnx["same_label_as_sklearn"]),
+                   f"{onnx['max_abs_diff']:.2g}", f"{onnx['bytes'] / 1e6:.1f}")],
+                 f"parity on the run's {parity['texts']} test texts")
+    recorded = info.get("validation_accuracy_at_training")
+    again = "" if recorded is None or abs(recorded - info["validation_accuracy"]) < 1e-9 else \
+        f" (the run recorded {_pct(recorded)}: this scikit-learn fits it otherwise)"
+    scores = "" if info["scores"] == "probabilities" else "; its scores are SVM decision values, not probabilities"
+    out.print(f"baseline: {info['chosen']}; validation accuracy {_pct(info['validation_accuracy'])}{again}{scores}",
+              highlight=False, soft_wrap=True)
+    out.print(f"export folder: {folder}", highlight=False, soft_wrap=True)
 
 
 @app.command()

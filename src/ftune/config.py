@@ -40,6 +40,7 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str | None = Field(None, description="run directory; default runs/<data>-<method>-<time>")
     _learning_rate_is_default: bool = PrivateAttr(False)  # train.learning_rate came from the method, not the user
+    _chosen: dict = PrivateAttr(default_factory=dict)  # train settings a run chose from the data (ftune.recipe)
     _task_inferred: Any = PrivateAttr(None)  # ftune.data.infer.Inferred: the data named the task, not the user
 
     @field_validator("output_dir")

@@ -1,8 +1,9 @@
-"""`ftune export`: a run's model as ONNX (and int8), checked against PyTorch on held-out texts.
+"""`ftune export`: a run's model as ONNX (and int8), checked against PyTorch on held-out texts; or, with
+--baseline, the run's TF-IDF baseline as ONNX, checked against scikit-learn on the run's test texts.
 
 torch.onnx (the dynamo exporter) writes the graph; onnxruntime's dynamic quantizer makes the
 int8 copy. optimum's ONNX exporter would do both, but its current release requires
-transformers < 4.58, and ftune is on transformers 5.
+transformers < 4.58, and ftune is on transformers 5. skl2onnx converts the baseline's scikit-learn pipeline.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import tempfile
 import warnings
@@ -40,6 +42,12 @@ EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, README, "config.json", "label
                 "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
                 "chat_template.json"}
 PARITY_TOLERANCE = 1e-3  # max |logit difference| between PyTorch and fp32 ONNX; float reordering stays ~1e-5
+BASELINE_DIR = "baseline"  # `ftune export RUN --baseline`'s folder in the run unless --output says otherwise
+BASELINE_AGREEMENT = 0.99  # least share of test texts the ONNX baseline must label as scikit-learn does
+WORDS = r"[\pL\pN_]{2,}"  # scikit-learn's default token pattern, (?u)\b\w\w+\b, in onnxruntime's RE2 (skl2onnx's own
+# stand-in, [a-zA-Z0-9_]+, drops accented letters and keeps one-letter words, which breaks word pairs)
+LOCALE = "C.UTF-8"  # how the graph lowercases: onnxruntime's default, en_US.UTF-8, is missing on slim images, where
+# the graph would then not load; C.UTF-8 is built into glibc 2.35+ and musl
 
 
 def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quantize: str | None = None,
@@ -237,3 +245,198 @@ def _quiet():
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+# --- the baseline -------------------------------------------------------------------------------------------------
+
+def export_baseline(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Write EXPORT_DIR with the run's TF-IDF baseline, refitted on the run's own training split, as one ONNX graph
+    (model.onnx: raw strings in; a label id and every label's score out), labels.json, README.md and export.json
+    ("kind": "classical", with the parity figures). Refused unless it gives scikit-learn's label on at least
+    BASELINE_AGREEMENT of the run's test texts."""
+    from ftune.predictors.classical import KIND, PROBABILITIES, ClassicalPredictor
+    from ftune.tasks.baselines import fit_chosen, joined_texts
+
+    run = Run(run_dir)
+    task = task_for(run.config, run.task_state)
+    if not task.ships_baseline:
+        raise ConfigError(f"{run.path} is a {task.name} run; --baseline exports the TF-IDF baseline of "
+                          f"{', '.join(n for n, t in TASKS.items() if t.ships_baseline)} runs only (single texts and "
+                          f"text pairs): a {task.name} run's "
+                          f"baseline cannot be exported yet, its fine-tuned model can (ftune export {run.path})")
+    baseline = run.metrics["test"].get("tfidf")
+    if not isinstance(baseline, dict):
+        raise RunError(f"{run.path} has no TF-IDF baseline (it trained with train.baselines or train.evaluate_test "
+                       f"off); train it again with both on to export its baseline")
+    if not isinstance(baseline.get("chosen"), str):
+        raise RunError(f"{run.path} was trained before its baseline recorded which model it chose; retrain it to "
+                       f"export its baseline")
+    out = Path(output_dir) if output_dir else run.path / BASELINE_DIR
+    _check_output(out)
+    splits = task.load_splits(run.config.train.seed)
+    found, trained_on = splits.fingerprint(), run.manifest.get("data_hash")
+    if found != trained_on:  # the baseline is fitted again: only on the very split it was chosen on
+        raise RunError(f"{run.path}: the data ({run.config.data.train}) changed since the run trained (data hash "
+                       f"{found[:12]}, was {str(trained_on)[:12]}); restore the data it trained on, or train a new run")
+    pipeline = fit_chosen(splits, baseline["chosen"])
+    if pipeline is None:
+        raise RunError(f"{run.path}'s baseline ({baseline['chosen']}) is not a model this ftune's baseline grid "
+                       f"makes; retrain the run to export its baseline")
+    graph = _baseline_graph(pipeline, baseline["chosen"], len(run.labels), run.path)
+    test, truth = joined_texts(splits.test), splits.test["label"].to_numpy()
+    validation = float(np.mean(pipeline.predict(joined_texts(splits.validation)) == splits.validation["label"]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))
+    with staged_dir(out) as staging:
+        graph_bytes = graph.SerializeToString()
+        (staging / FP32_FILE).write_bytes(graph_bytes)
+        write_json(staging / "labels.json", run.labels)
+        info = {"kind": KIND, "format": "onnx", "files": {"model": FP32_FILE}, "inputs": ["text"],
+                "outputs": ["label", "scores"],
+                "scores": PROBABILITIES if hasattr(pipeline, "predict_proba") else "decision",
+                "chosen": baseline["chosen"], "features": _vocabulary(pipeline), "pair_separator": " [SEP] ",
+                "validation_accuracy": validation, "validation_accuracy_at_training": baseline.get("validation"),
+                "source_run": str(run.path.resolve()), "task": run.config.task.model_dump(),
+                **{key: getattr(run.config.data, key) for key in COLUMN_KEYS},
+                "created_at": datetime.now(timezone.utc).isoformat(), "versions": _baseline_versions(),
+                MANIFEST_KEY: _manifest(staging)}
+        write_json(staging / EXPORT_FILE, info)  # ClassicalPredictor reads it; the parity figures follow
+        ids, scores = ClassicalPredictor(staging).scores(test)  # the test split is never empty in a finished run
+        predicted = pipeline.predict(test)
+        agreed = float(np.mean(ids == predicted))
+        info["parity"] = {"texts": len(test), "metric": "accuracy",
+                          "sklearn": {"accuracy": float(np.mean(predicted == truth))},
+                          "onnx": {"accuracy": float(np.mean(ids == truth)), "same_label_as_sklearn": agreed,
+                                   "max_abs_diff": float(np.abs(scores - _sklearn_scores(pipeline, test)).max()),
+                                   "bytes": len(graph_bytes)}}
+        if agreed < BASELINE_AGREEMENT:
+            raise RunError(f"the ONNX baseline gives scikit-learn's label on only {agreed:.1%} of the run's "
+                           f"{len(test)} test texts (under {BASELINE_AGREEMENT:.0%}): onnxruntime reads this data's "
+                           f"words otherwise; nothing was written. Export the fine-tuned model instead "
+                           f"(ftune export {run.path})")
+        write_text(staging / README, _baseline_readme(run, info))
+        info[MANIFEST_KEY] = _manifest(staging)
+        write_json(staging / EXPORT_FILE, info)
+        _check_output(out, also=[p.name for p in staging.iterdir()])
+    return out
+
+
+def _baseline_graph(pipeline, chosen: str, labels: int, run_path: Path):
+    """The fitted pipeline as one ONNX graph: input `text` (strings), outputs `label` (class ids) and `scores`."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+
+    vectorizers = [vectorizer for _, vectorizer in pipeline.named_steps["features"].transformer_list]
+    if any(vectorizer.analyzer != "word" for vectorizer in vectorizers):  # skl2onnx raises NotImplementedError
+        raise ConfigError(f"{run_path}'s baseline ({chosen}) reads character n-grams within words, which skl2onnx "
+                          f"cannot convert to ONNX; baselines over word n-grams export, and the fine-tuned model "
+                          f"does too (ftune export {run_path})")
+    model = pipeline.named_steps["model"]
+    options = {id(v): {"tokenexp": WORDS, "locale": LOCALE} for v in vectorizers}
+    # skl2onnx gives a classifier a ZipMap (a list of dicts) unless told not to; a linear SVM takes no such option,
+    # and naming any other option keeps skl2onnx from adding it (which it then refuses)
+    options[id(model)] = {"zipmap": False} if hasattr(model, "predict_proba") else {"nocl": False}
+    with _quiet():
+        graph = convert_sklearn(pipeline, initial_types=[("text", StringTensorType([None]))], options=options,
+                                target_opset=18)
+    _fix_sublinear_tf(graph.graph)
+    _name_scores(graph.graph, labels)
+    return graph
+
+
+def _fix_sublinear_tf(graph) -> None:
+    """skl2onnx writes TF-IDF's sublinear tf as log(1 + tf); scikit-learn's is 1 + log(tf) where tf > 0 (0 stays 0),
+    so a word said twice would weigh otherwise. Each such Add(tf, ones) -> Log pair becomes
+    Where(tf > 0, Log(tf) + ones, 0). A skl2onnx that writes it otherwise is left alone (parity then tells)."""
+    from onnx import helper, numpy_helper
+
+    ones = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    ones = {name: value for name, value in ones.items() if value.size and np.all(value == 1)}
+    made = {output: node for node in graph.node for output in node.output}
+    nodes = list(graph.node)
+    for log in [node for node in nodes if node.op_type == "Log"]:
+        add = made.get(log.input[0])
+        if add is None or add.op_type != "Add" or len(add.input) != 2 or add.input[1] not in ones:
+            continue
+        tf, one, out = add.input[0], add.input[1], log.output[0]
+        zero = f"{out}_zero"
+        graph.initializer.append(numpy_helper.from_array(np.zeros(1, ones[one].dtype), zero))
+        rewritten = [helper.make_node("Log", [tf], [f"{out}_log"]),
+                     helper.make_node("Add", [f"{out}_log", one], [f"{out}_plus1"]),
+                     helper.make_node("Greater", [tf, zero], [f"{out}_counted"]),
+                     helper.make_node("Where", [f"{out}_counted", f"{out}_plus1", zero], [out])]
+        at = nodes.index(add)
+        nodes = nodes[:at] + rewritten + [n for n in nodes[at + 1:] if n is not log]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _name_scores(graph, labels: int) -> None:
+    """The second output as `scores` [batch, labels]: skl2onnx calls it probabilities, which a linear SVM's decision
+    values are not, and gives a binary SVM one column (the second class's value): that becomes [-value, value], as
+    scikit-learn's decision_function reads for two classes."""
+    from onnx import helper
+
+    output = graph.output[1]
+    if labels == 2 and output.type.tensor_type.shape.dim[1].dim_value == 1:
+        graph.node.extend([helper.make_node("Neg", [output.name], ["negated"]),
+                           helper.make_node("Concat", ["negated", output.name], ["scores"], axis=1)])
+    else:
+        graph.node.append(helper.make_node("Identity", [output.name], ["scores"]))
+    output.name = "scores"
+    output.type.tensor_type.shape.dim[1].dim_value = labels
+
+
+def _sklearn_scores(pipeline, texts: list[str]) -> np.ndarray:
+    """What the graph's `scores` should hold: probabilities, or decision values ([-d, d] for two classes)."""
+    if hasattr(pipeline, "predict_proba"):
+        return pipeline.predict_proba(texts)
+    scores = pipeline.decision_function(texts)
+    return np.stack([-scores, scores], 1) if scores.ndim == 1 else scores
+
+
+def _vocabulary(pipeline) -> int:
+    """The number of TF-IDF features: the width of the graph's dense matrix (the predictor sizes batches by it)."""
+    return sum(len(v.vocabulary_) for _, v in pipeline.named_steps["features"].transformer_list)
+
+
+def _baseline_versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("scikit-learn", "skl2onnx", "onnx", "onnxruntime")}
+
+
+def _baseline_readme(run: Run, info: dict) -> str:
+    """README.md of a baseline export: what the model is, its files, how to run it with onnxruntime alone."""
+    parity, names = info["parity"], json.dumps(run.labels)
+    scores = ("each label's probability" if info["scores"] == "probabilities" else
+              "each label's linear SVM decision value (higher: more likely; not a probability)")
+    return f"""# {run.path.name}: TF-IDF baseline, ONNX export
+
+The classical baseline of the ftune run `{run.path.name}` ({run.config.task.name} on {Path(run.config.data.train).name}): {info['chosen']}, over TF-IDF features, chosen on the run's validation split and fitted on its training split. Validation accuracy {info['validation_accuracy']:.1%}; on the run's {parity['texts']} test texts it gives scikit-learn's label on {parity['onnx']['same_label_as_sklearn']:.1%}, with accuracy {parity['onnx']['accuracy']:.1%}.
+
+| file | what it is |
+|---|---|
+| {FP32_FILE} | the whole model: input `text` (strings [batch]); outputs `label` (int64 [batch], an index into labels.json) and `scores` (float [batch, {len(run.labels)}]: {scores}) |
+| labels.json | the label names in class-id order: {names} |
+| export.json | how ftune made the export (the model chosen, parity with scikit-learn) and the sha256 of every other file |
+| README.md | this file |
+
+## Run it without ftune
+
+```python
+import json
+import numpy as np
+import onnxruntime as ort
+
+session = ort.InferenceSession("{FP32_FILE}")
+labels = json.load(open("labels.json"))
+ids, scores = session.run(["label", "scores"], {{"text": np.array(["a text to label"], dtype=object)}})
+print([labels[i] for i in ids])
+```
+
+A text pair is one string, joined as the baseline learned it: `first + " [SEP] " + second`. The graph lowercases with the {LOCALE} locale, which onnxruntime must find on the machine.
+
+With ftune: `ftune predict THIS_FOLDER --input texts.csv`, `ftune serve THIS_FOLDER`.
+"""

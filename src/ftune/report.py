@@ -19,8 +19,9 @@ from ftune.integrity import own_dir, read_yaml_file, write_text
 from ftune.run import RUN_FILE, damaged_run_fix, read_history, read_json
 from ftune.tasks import TASKS
 
-ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + logistic regression"),
-        ("most_frequent_tag", "most frequent tag per word"), ("finetuned", "fine-tuned"))
+ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + linear model (tuned on validation)"),
+        ("most_frequent_tag", "most frequent tag per word"),
+        ("feature_tagger", "feature-based tagger (linear, tuned on validation)"), ("finetuned", "fine-tuned"))
 ROW_ORDER = {"base_model": 0, "finetuned": 2, "teacher": 3}  # baselines between the first two; a teacher last
 MISTAKES_SHOWN = 8
 
@@ -98,7 +99,9 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     header, rows = before_after_table(test, metrics.get("scores"))
     task = TASKS.get(metrics.get("task"))
     unit = (metrics.get("scores") or {}).get("unit") or (task.unit if task else "examples")  # runs before `scores`
-    sections = [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
+    better = metrics.get("better_baseline")  # first of all: the user should ship the better model
+    sections = [Section("Not better than a baseline", better["line"])] if better else []
+    sections += [Section(f"Before and after, on the same test split ({finetuned['n']} {unit})",
                         _before_after_note(metrics), header, rows) if finetuned else Section("Test split", test["note"])]
     if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine
         sections.append(Section("Diagnosis", "", ["what the run shows"], [(line,) for line in lines(metrics["diagnosis"])]))
@@ -110,6 +113,9 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     best = f"Best validation {validation['metric']}: {validation['best']:.4f} at step {validation['best_step']}; " \
            f"the test scores are from those weights." if validation["best"] is not None else ""
     curves = (plots.training_curves(history, validation["metric"], plot_dir / "curves.png").name,) if history else ()
+    chosen = "".join(f" train.{key} {c['value']}, chosen from the data: {c['reason']}."
+                     for key, c in (manifest.get("chosen_from_data") or {}).items())
+    best += chosen
     sections.append(Section("Training", f"{train['steps']} steps, {train['epochs']} epochs{stopped}, "
                             f"{train['seconds']:.1f} s, {train['samples_per_s']:.1f} samples/s; "
                             f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained. {best}",

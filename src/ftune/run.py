@@ -111,7 +111,8 @@ def open_run_dir(config: Config, resume: bool, data_hash: str | None = None) -> 
     write_json(path / RUN_FILE, {"status": "running", **_environment(), "seed": config.train.seed,
                                  "method": config.method.name, "data": config.data.train, "data_paths": paths,
                                  "data_hash": data_hash,
-                                 "learning_rate": {"value": config.train.learning_rate, "source": lr_source}})
+                                 "learning_rate": {"value": config.train.learning_rate, "source": lr_source},
+                                 "chosen_from_data": config._chosen})
     return path
 
 

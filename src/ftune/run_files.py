@@ -14,7 +14,7 @@ from ftune.card import write_cards
 from ftune.checkpoint import TrainState
 from ftune.config import Config
 from ftune.data import Encoded
-from ftune.diagnosis import diagnose
+from ftune.diagnosis import better_baseline, diagnose
 from ftune.integrity import remove_stale, run_manifest, staged_dir, weights_digests
 from ftune.methods import count_parameters, method_for
 from ftune.models import portable_name
@@ -60,6 +60,7 @@ def write_run(config: Config, task: Task, splits, data: dict[str, Encoded], data
     settings["train"]["learning_rate"] = learning_rate  # what the diagnosis advises from
     metrics["diagnosis"] = diagnose(metrics, read_history(run_dir), settings, str(run_dir)) \
         if cfg.evaluate_test else None  # its findings are read from the test scores
+    metrics["better_baseline"] = better_baseline(metrics, str(run_dir), task.ships_baseline)
     save_model(model, full_state, tokenizer, run_dir, config, splits.labels)
     write_json(run_dir / "labels.json", splits.labels)
     if task.state:  # what calibration fixed on validation (e.g. thresholds): prediction needs it too

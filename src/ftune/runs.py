@@ -22,7 +22,8 @@ def _finetuned(metrics: dict) -> dict:
 
 
 LEGACY_SCORES = ("accuracy", "macro_f1", "entity_f1", "loss", "perplexity")  # runs before metrics.json named theirs
-SHORT = {"base_model": "base model", "tfidf": "TF-IDF", "most_frequent_tag": "most-frequent-tag"}
+SHORT = {"base_model": "base model", "tfidf": "TF-IDF", "most_frequent_tag": "most-frequent-tag",
+         "feature_tagger": "feature tagger"}
 # (label, how to read it from metrics.json, format); differences are shown for numbers
 TRAINING_ROWS = (
     ("best validation metric", lambda m: m["validation"]["best"], "{:.4f}"),

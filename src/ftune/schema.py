@@ -66,7 +66,8 @@ _DECODER_RATES = ", ".join(f"{n} {m.decoder_learning_rate:.0e}".replace("e-0", "
 
 
 class TrainConfig(Section):
-    epochs: int = Field(3, ge=1, le=1000, description="passes over the training data")
+    epochs: int | None = Field(None, ge=1, le=1000, description="passes over the training data; unset: chosen from "
+                               "the split's size for 300-3,000 optimizer steps (the run says why)")
     learning_rate: float | Literal["auto"] | None = Field(
         None, description="peak learning rate; auto: chosen by a range test before the run (lr_find.json); unset: the "
                           f"method's default ({_RATES}; for a decoder, causal-lm: {_DECODER_RATES})")

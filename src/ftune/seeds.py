@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftune import recipe
 from ftune.config import Config, dotted, validate
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.integrity import read_yaml_file, write_text
@@ -177,6 +178,8 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     old, new = dotted(saved.model_dump()), dotted(cfg.model_dump())
     old.pop("output_dir"), new.pop("output_dir")  # the same folder, however the path was written
     for key in old:
+        if key in recipe.FILLS and new.get(key) is None:  # unset now: the seed's run chose it from the same data
+            continue
         if old[key] != new.get(key):
             raise RunError(f"{run_dir}: {key} is {new.get(key)!r} now but the finished seed used {old[key]!r}; "
                            f"resume with the same settings, or choose another --output-dir")
@@ -204,7 +207,8 @@ def summarize(root: Path, seeds: list[int], runs: list[Run], split_seed: int) ->
     order = (runs[0].metrics.get("scores") or {}).get("metrics") or ORDER  # the task's scores first, in its order
 
     def across(model: str) -> dict[str, Stats]:
-        keys = [k for k, v in tests[0][model].items() if isinstance(v, float)]  # counts (n, words) are ints
+        # counts (n, words) are ints; a baseline's own validation score and search time are not test scores
+        keys = [k for k, v in tests[0][model].items() if isinstance(v, float) and k not in ("validation", "seconds")]
         keys = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
         return {k: stats({s: t[model][k] for s, t in zip(seeds, tests)}, RANGES.get(k, (-math.inf, math.inf)))
                 for k in keys

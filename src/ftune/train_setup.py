@@ -155,6 +155,8 @@ def _describe(config: Config, setup: Setup, accelerator: Accelerator, progress: 
         f"{accelerator.num_processes} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
         f"{setup.global_batch * cfg.gradient_accumulation_steps} per step | {setup.total_steps} steps on "
         f"{accelerator.device}{precision}" + (" | frozen base in bf16" if setup.frozen_dtype else ""))
+    for key, choice in config._chosen.items():
+        progress.note(f"{key} {choice['value']}: chosen from the data ({choice['reason']}; train.{key} sets another)")
     if config._learning_rate_is_default:
         source = method_for(config).learning_rate_source
         progress.note(f"learning rate {cfg.learning_rate:g}: the default for {config.method.name} "

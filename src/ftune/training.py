@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from ftune import recipe
 from ftune.checkpoint import list_checkpoints, load_weights, rng_state, save_checkpoint, save_weights
 from ftune.config import Config
 from ftune.data import collate
@@ -55,6 +56,8 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
     with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
         task = task_for(config)
         splits = task.load_splits(cfg.seed)  # bad data or model: stop before any file
+        config = recipe.resolved(config, len(splits.train), accelerator.num_processes)  # before config.yaml is written
+        cfg = config.train
         source = resolve_model(config.model.name)
         tokenizer = load_tokenizer(source, config.model.trust_remote_code)
         check_max_length(config, source, tokenizer)

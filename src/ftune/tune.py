@@ -30,11 +30,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ftune import safe_yaml
+from ftune import recipe, safe_yaml
 from ftune.config import Config, default_learning_rate, validate
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.integrity import atomic_path, write_text
 from ftune.methods import method_for
+from ftune.tasks import task_for
 
 Scalar = str | int | float | bool | None
 
@@ -89,12 +90,14 @@ Space = dict[str, Range | Choices]
 
 def default_space(config: Config) -> Space:
     """The keys that matter for the config's method: learning rate (log-uniform, a decade either side of the method's
-    default), epochs (1 to twice the config's), batch size, warm-up and weight decay; then the method's own (its
+    default), epochs (1 to twice the config's, or than the data's choice where it sets none: ftune.recipe), batch size, warm-up and weight decay; then the method's own (its
     `search_space`: LoRA's r, alpha and dropout, the frozen layers for freeze, ...)."""
     lr = default_learning_rate(config.task.name, config.method.name)
+    epochs = config.train.epochs or recipe.choose_epochs(len(task_for(config).load_splits(config.train.seed).train),
+                                                         config.train)[0]  # unset: what a run would choose
     space: Space = {
         "train.learning_rate": Range(low=lr / 10, high=lr * 10, log=True),
-        "train.epochs": Range(low=1, high=max(2, 2 * config.train.epochs)),
+        "train.epochs": Range(low=1, high=max(2, 2 * epochs)),
         "train.batch_size": Choices(choices=(8, 16, 32, 64)),
         "train.warmup_ratio": Range(low=0.0, high=0.2),
         "train.weight_decay": Range(low=0.0, high=0.1),

@@ -3,6 +3,7 @@
     base.py      Labeler: what every predictor shares (the task turns outputs into answers)
     pytorch.py   Predictor: a finished run's model (full weights, or base model + adapter)
     onnx.py      OnnxPredictor: an `ftune export` folder through onnxruntime
+    classical.py ClassicalPredictor: an `ftune export --baseline` folder (TF-IDF + linear model) through onnxruntime
     many.py      load_many: several runs in one process, adapter runs of one base model sharing it (`ftune serve A B`)
 
 Imports go one way: tasks and the run folder's reader (ftune.run_folder) below, predictors above them, then
@@ -17,6 +18,7 @@ from ftune import run as run_dir
 from ftune.errors import ConfigError, RunError
 from ftune.integrity import restore_aside
 from ftune.predictors.base import EXPORT_FILE, Labeler
+from ftune.predictors.classical import ClassicalPredictor, is_classical
 from ftune.predictors.pytorch import Predictor, load_run_model
 from ftune.tasks import task_for
 
@@ -25,13 +27,19 @@ Run = run_dir.Run  # ftune.Run, one class: a finished run that predicts, defined
 
 def load_predictor(path: str | Path, variant: str | None = None, trust_remote_code: bool = False,
                    device: str = "auto", precision: str = "fp32") -> Labeler:
-    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one).
-    `trust_remote_code` lets a run whose config asks for it run model code from its folder (never an export).
-    `device`: auto (the GPU when there is one), cpu or cuda; `precision` (PyTorch only): fp32, bf16 or fp16."""
+    """A run directory gives the PyTorch model; an export directory its ONNX model (int8 if it has one), or the
+    baseline it holds (`ftune export --baseline`). `trust_remote_code` lets a run whose config asks for it run model
+    code from its folder (never an export). `device`: auto (the GPU when there is one), cpu or cuda; `precision`
+    (PyTorch only): fp32, bf16 or fp16."""
     path = Path(path)
     if is_export(path):
         from ftune.predictors.onnx import OnnxPredictor
 
+        if is_classical(path):
+            if variant is not None or precision != "fp32":
+                flag = "--variant" if variant is not None else "--precision"
+                raise ConfigError(f"{path} is a baseline export, which holds one model; drop {flag}")
+            return ClassicalPredictor(path, device=device)
         if precision != "fp32":
             raise ConfigError(f"--precision {precision} applies to a run's PyTorch model; an export's precision is "
                               f"its --variant (fp32 or int8)")
@@ -69,10 +77,12 @@ def evaluate_export(predictor: Labeler, source: str, **columns: str | None) -> d
 
 def _score_source(predictor: Labeler, data_cfg, source: str, columns: dict) -> dict:
     data_cfg = data_cfg.model_copy(update={k: v for k, v in columns.items() if v})
+    if isinstance(predictor, ClassicalPredictor):  # raw texts in: nothing to tokenize
+        return predictor.score_source(source, data_cfg)
     task = predictor.task
     data = task.encode_source(source, data_cfg, predictor.labels, predictor.tokenizer)
     return task.score(predictor.outputs(data, task.rows), data, predictor.labels, interval_seed=0)[0]
 
 
-__all__ = ["EXPORT_FILE", "Labeler", "Predictor", "Run", "evaluate_export", "evaluate_run", "is_export",
-           "load_predictor", "load_run_model"]
+__all__ = ["EXPORT_FILE", "ClassicalPredictor", "Labeler", "Predictor", "Run", "evaluate_export", "evaluate_run",
+           "is_export", "load_predictor", "load_run_model"]

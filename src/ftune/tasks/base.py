@@ -68,6 +68,7 @@ class Task(ABC):
     weighs_classes: ClassVar[bool] = False  # train.class_weights applies (prepare_loss reads it)
     labeled: ClassVar[bool] = True  # the run has label names (labels.json); a decoder writes text instead
     exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
+    ships_baseline: ClassVar[bool] = False  # `ftune export RUN --baseline` can write its TF-IDF baseline as ONNX
     calibrates: ClassVar[bool] = False  # has a `calibrate` step after training (an extra pass over validation)
     default_label_column: ClassVar[str] = "label"
     # What the rest of ftune asks a task instead of comparing its name (only ftune.tasks names tasks):

@@ -28,7 +28,7 @@ from ftune.data.validate import IMBALANCE_RATIO, repeated_text_warnings, window_
 from ftune.errors import DataError, RunError
 from ftune.lazy import lazy
 from ftune.tasks.base import Task, TaskOptions, texts_of
-from ftune.tasks.baselines import most_frequent_labels, tfidf_one_vs_rest
+from ftune.tasks.baselines import most_frequent_labels, tuned_one_vs_rest
 from ftune.tasks.labels import check_known, multi_hot, parse_label_sets, with_labels
 from ftune.tasks.labels import parse_label_cell  # noqa: F401  (read a label cell: named here too, with the task)
 from ftune.tasks.scoring import bce, bootstrap_micro_f1, f1, f1_counts, micro_f1, multilabel_metrics, sigmoid
@@ -67,7 +67,8 @@ class MultiLabel(Task):
     Prediction = Prediction
     peft_type = "SEQ_CLS"
     weighs_classes = True
-    titles = {"micro_f1": "micro-F1", "subset_accuracy": "subset accuracy", "tfidf": "TF-IDF one-vs-rest",
+    titles = {"micro_f1": "micro-F1", "subset_accuracy": "subset accuracy",
+              "tfidf": "TF-IDF one-vs-rest (tuned on validation)",
               "most_frequent_labels": "always the most frequent labels"}
     metrics = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
     note = ("Micro-F1 over every (text, label) decision with the 95% bootstrap interval for the fine-tuned model, at the "
@@ -198,15 +199,20 @@ class MultiLabel(Task):
         return self.state
 
     def baselines(self, splits: Splits, seed: int) -> dict:
-        """TF-IDF one-vs-rest logistic regression (thresholds tuned on validation the way the model's are), and the
-        constant label set (the most frequent training labels) with the best training micro-F1."""
+        """TF-IDF one-vs-rest logistic regression, its C and its decision thresholds chosen on validation micro-F1
+        (thresholds tuned the way the model's are: task.threshold), with the interval the fine-tuned model's micro-F1
+        has; and the constant label set (the most frequent training labels) with the best training micro-F1."""
         k = len(splits.labels)
         train, validation, test = (multi_hot(getattr(splits, s)["label"], k) > 0.5 for s in SPLITS)
-        fitted = tfidf_one_vs_rest(splits.train, train, seed)
         how = self.options.threshold
-        chosen = (np.full(k, how) if isinstance(how, float) else
-                  tune_thresholds(fitted(splits.validation), validation, how))
-        tfidf = multilabel_metrics(test, fitted(splits.test) >= chosen, splits.labels)
+        thresholds = lambda probs: (np.full(k, how) if isinstance(how, float) else  # noqa: E731
+                                    tune_thresholds(probs, validation, how))
+        choice = tuned_one_vs_rest(splits, train, lambda probs: micro_f1(validation, probs >= thresholds(probs)))
+        chosen = thresholds(choice.validation_outputs)
+        predicted = choice.test >= chosen
+        choice.chosen += ", a threshold per label" if how == "per_label" else f", threshold {chosen[0]:g}"
+        tfidf = {**multilabel_metrics(test, predicted, splits.labels),
+                 "micro_f1_ci95": bootstrap_micro_f1(test, predicted, seed=seed), **choice.fields()}
         frequent = np.tile(most_frequent_labels(train), (len(test), 1))
         return {"tfidf": tfidf, "most_frequent_labels": multilabel_metrics(test, frequent, splits.labels)}
 

@@ -26,7 +26,7 @@ from ftune.data.validate import repeated_text_warnings, window_warning
 from ftune.errors import DataError, RunError
 from ftune.lazy import lazy
 from ftune.tasks.base import Task, TaskOptions, texts_of
-from ftune.tasks.baselines import tfidf_ridge_predictions
+from ftune.tasks.baselines import tuned_ridge
 from ftune.tasks.labels import parse_targets, with_labels
 from ftune.tasks.scoring import bootstrap_rmse, regression_metrics
 
@@ -61,7 +61,7 @@ class Regression(Task):
     Prediction = Prediction
     peft_type = "SEQ_CLS"  # peft keeps the new one-output head trainable and saved
     titles = {"rmse": "RMSE", "mae": "MAE", "pearson": "Pearson", "spearman": "Spearman",
-              "mean": "the training mean", "tfidf_ridge": "TF-IDF + ridge regression"}
+              "mean": "the training mean", "tfidf_ridge": "TF-IDF + ridge regression (tuned on validation)"}
     metrics = ("rmse", "mae", "pearson", "spearman", "loss")
     note = ("Root-mean-square error in the target's units with the 95% bootstrap interval for the fine-tuned model; "
             "MAE, and the Pearson and Spearman correlations of the predicted values with the true ones.")
@@ -170,10 +170,14 @@ class Regression(Task):
         return metrics, predicted
 
     def baselines(self, splits, seed: int) -> dict:
+        """The training mean, and TF-IDF + ridge regression with the alpha of the best validation RMSE
+        (tasks.baselines), with the interval the fine-tuned model's RMSE has."""
         train = splits.train["label"].to_numpy(dtype=np.float64)
         truth = splits.test["label"].to_numpy(dtype=np.float64)
+        ridge = tuned_ridge(splits)
         return {"mean": regression_metrics(truth, np.full(len(truth), train.mean())),
-                "tfidf_ridge": regression_metrics(truth, tfidf_ridge_predictions(splits.train, splits.test, seed))}
+                "tfidf_ridge": {**regression_metrics(truth, ridge.test),
+                                "rmse_ci95": bootstrap_rmse(ridge.test - truth, seed=seed), **ridge.fields()}}
 
     def predictions(self, splits, outputs: np.ndarray, labels: list[str]) -> pd.DataFrame:
         """Every test text with its target and the predicted value."""

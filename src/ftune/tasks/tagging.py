@@ -26,6 +26,7 @@ from ftune.data.validate import window_warning
 from ftune.errors import ConfigError
 from ftune.lazy import lazy
 from ftune.tasks.base import Task, TaskOptions, class_weights, cross_entropy_sum
+from ftune.tasks.baselines import tuned_tagger
 from ftune.tasks.scoring import bootstrap_accuracy, softmax
 
 pd = lazy("pandas")
@@ -75,6 +76,8 @@ class Tagging(Task):
     note = ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as wrong), "
             "with the 95% bootstrap interval for the fine-tuned model.")
     unit = "sentences"
+    titles = {"most_frequent_tag": "most frequent tag per word",
+              "feature_tagger": "feature-based tagger (linear, tuned on validation)"}
     default_label_column = "tags"
     distills = True  # the teacher's logits per token
     weight: torch.Tensor | None = None
@@ -112,7 +115,7 @@ class Tagging(Task):
         return score(rows, data, labels, interval_seed)
 
     def baselines(self, splits, seed: int) -> dict:
-        return baselines(splits)
+        return baselines(splits, seed)
 
     def predictions(self, splits, outputs, labels: list[str]) -> pd.DataFrame:
         return word_predictions(splits, outputs, labels)
@@ -238,8 +241,10 @@ def is_entity_scheme(names: list[str]) -> bool:
                                                                       for n in names)
 
 
-def baselines(splits) -> dict:
-    """The classic tagging baseline: each word's most frequent tag in train; unseen words get the commonest tag."""
+def baselines(splits, seed: int = 0) -> dict:
+    """The classic tagging baseline, each word's most frequent tag in train (unseen words get the commonest tag); and
+    a linear tagger over each word's features with C chosen on validation word accuracy (tasks.baselines), with the
+    interval the fine-tuned model's accuracy has. That needs two tags in train to tell apart."""
     counts: dict[str, Counter] = {}
     for words, tags in zip(splits.train["tokens"], splits.train["tags"]):
         for word, tag in zip(words, tags):
@@ -248,7 +253,12 @@ def baselines(splits) -> dict:
     best = {word: c.most_common(1)[0][0] for word, c in counts.items()}
     truth = [np.asarray(t) for t in splits.test["tags"]]
     predicted = [np.asarray([best.get(w, overall) for w in words]) for words in splits.test["tokens"]]
-    return {"most_frequent_tag": tagging_metrics(truth, predicted, splits.labels, unseen=splits.unseen_labels)}
+    found = {"most_frequent_tag": tagging_metrics(truth, predicted, splits.labels, unseen=splits.unseen_labels)}
+    if len(splits.labels) > 1:
+        choice = tuned_tagger(splits)
+        found["feature_tagger"] = {**tagging_metrics(truth, choice.test, splits.labels, seed,
+                                                     unseen=splits.unseen_labels), **choice.fields()}
+    return found
 
 
 def summarize(splits, data: dict[str, Encoded], max_length: int) -> tuple[dict, list[str]]:
