@@ -38,6 +38,11 @@ def headline(metrics: dict) -> tuple[str, bool]:
     return ("accuracy", False) if accuracy else ("loss", True)
 
 
+def shown(lower: bool):
+    """How a headline score is written: a loss-like score (lower is better) to 4 decimals, else as a percentage."""
+    return (lambda v: f"{v:.4f}") if lower else (lambda v: f"{v:.1%}")
+
+
 def better_baseline(metrics: dict, run_dir: str, ships: bool = False) -> dict | None:
     """The baseline that beat the fine-tuned model on validation, the split both chose on (the baseline its settings,
     the run its checkpoint), as {"baseline", "line"}: the run's first summary line says it, so the user ships the
@@ -53,7 +58,7 @@ def better_baseline(metrics: dict, run_dir: str, ships: bool = False) -> dict | 
     key = (min if lower else max)(scored, key=scored.get)
     if not ((scored[key] < ours) if lower else (scored[key] > ours)):
         return None
-    show = (lambda v: f"{v:.4f}") if lower else (lambda v: f"{v:.1%}")  # noqa: E731
+    show = shown(lower)
     titled = ((metrics.get("scores") or {}).get("titles") or {}).get(key, key.replace("_", " "))
     ship = f"ship it with `ftune export {run_dir} --baseline`" if ships else "a model to prefer over this run"
     return {"baseline": key, "line": f"the {titled} baseline beat the fine-tuned model on validation ({name} "
@@ -71,7 +76,7 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
     low, high = finetuned.get(f"{name}_ci95") or (value, value)
     worst, best = (high, low) if lower else (low, high)  # the interval's ends nearest to failing and to passing
     beats = (lambda a, b: a < b) if lower else (lambda a, b: a > b)  # noqa: E731
-    show = (lambda v: f"{v:.4f}") if lower else (lambda v: f"{v:.1%}")  # noqa: E731
+    show = shown(lower)
     interval = f" (95% CI {show(low)}–{show(high)})" if f"{name}_ci95" in finetuned else ""
     not_above_base = base.get(name) is not None and not beats(worst, base[name])
     if not_above_base:
