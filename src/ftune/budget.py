@@ -29,7 +29,7 @@ from ftune import recipe
 from ftune.config import Config, default_learning_rate
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.run import default_output_dir, write_json
-from ftune.tasks import TASKS, task_for
+from ftune.tasks import TASKS
 from ftune.tune import with_params
 
 ETA = 2  # keep the best half: with 4-5 candidates that is two rungs (4 -> 2 -> 1), so the last two get a second,
@@ -232,10 +232,10 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
     start = time.monotonic()
     check_config(config)
     root = _folder(config)
-    preflight(config, resume=False, check_output=False)  # bad data or model: one error now, not one per candidate
+    splits = preflight(config, resume=False, check_output=False)  # bad data or model: one error now, not per candidate
     root.mkdir(parents=True, exist_ok=True)
     task = TASKS[config.task.name]
-    texts = len(task_for(config).load_splits(config.train.seed).train)
+    texts = len(splits.train)
     full_epochs = config.train.epochs or recipe.choose_epochs(texts, config.train)[0]
     full = rung_length(1.0, full_epochs, texts, config.train)
     listed = candidates(config)

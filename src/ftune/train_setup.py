@@ -16,7 +16,7 @@ from transformers import get_scheduler
 
 from ftune.checkpoint import TrainState, list_checkpoints, load_checkpoint, repair
 from ftune.config import Config
-from ftune.data import Encoded
+from ftune.data import Encoded, Splits
 from ftune.data.batching import train_batches
 from ftune.distill import cut_student, distill_loss, load_teacher, teacher_scores, with_teacher
 from ftune.distributed import check_strategy, sharded
@@ -208,7 +208,7 @@ def _check_checkpoint_fits(checkpoint: Path, accelerator: Accelerator) -> None:
                        "state is sharded); start a new run, or train with ddp")
 
 
-def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
+def preflight(config: Config, resume: bool, check_output: bool = True) -> Splits:
     """The user errors `train` would meet, met once here, before a launcher starts processes that would each meet them.
 
     `check_output` is off on machines other than the first of several: the first one's run directory
@@ -221,6 +221,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> None:
     check_max_length(config, source, load_tokenizer(source, config.model.trust_remote_code))
     if check_output:
         check_run_dir(config, resume, splits.fingerprint())
+    return splits  # read once: a caller that needs them (ftune.budget) does not read the data again
 
 
 def check_max_length(config: Config, source: str, tokenizer) -> None:
