@@ -159,6 +159,35 @@ def test_a_rung_that_would_end_past_the_budget_is_not_started(tiny_config, tmp_p
            "so far" in lines
 
 
+def test_time_left_after_the_final_run_measures_the_spread_over_seeds(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(output_dir=str(tmp_path / "out"))
+    fake = FakeTraining(monkeypatch, config, SCORES, {"full": 1.0, "lora": 1.0, "freeze": 1.0})
+
+    def scored(config, quiet=False):  # each seed's test score, beside a baseline inside their range
+        run = fake.train(config, quiet)
+        run.metrics["test"] = {"finetuned": {"accuracy": (80 + config.train.seed) / 100},
+                               "tfidf": {"accuracy": 0.805}, "base_model": {"accuracy": 0.5}}
+        return run
+
+    monkeypatch.setattr(ftune.training, "train", scored)
+    lines = []
+    result = budget.search(config, 10_000, say=lines.append)
+    seeds = fake.configs[-2:]
+    assert [c.output_dir for c in seeds] == [str(tmp_path / "out" / f"seed-{n}") for n in (1, 2)]
+    assert [(c.train.seed, c.data.split_seed, c.method.name) for c in seeds] == [(1, 0, "full"), (2, 0, "full")]
+    assert result.spread == {"metric": "accuracy", "seeds": {0: 0.80, 1: 0.81, 2: 0.82}, "min": 0.80, "max": 0.82,
+                             "baseline": "tfidf", "baseline_score": 0.805, "baseline_inside": True}
+    assert "spread over 3 seeds: test accuracy 0.8000 to 0.8200; the tfidf baseline's 0.8050 is inside that range: " \
+           "the gain over it is within run-to-run noise" in lines
+    assert json.loads((tmp_path / "out" / "budget.json").read_text())["spread"]["seeds"] == {"0": 0.8, "1": 0.81,
+                                                                                          "2": 0.82}
+    lines.clear()
+    fake.configs.clear()
+    budget.search(tiny_config(output_dir=str(tmp_path / "short")), 300, say=lines.append)  # no time left for seeds
+    assert not any("seed-" in c.output_dir for c in fake.configs)
+    assert any(line.startswith("spread over seeds: not measured") for line in lines)
+
+
 def test_an_output_folder_with_files_is_refused(tiny_config, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("")

@@ -35,7 +35,7 @@ def test_method_without_name_is_full():
     (["trian.epochs=2"], "unknown key 'trian'; did you mean 'train'?"),
     (["method.r=8"], "'method.r' is not an option of method 'full'; it belongs to method 'lora'"),
     (["method.name=lora", "method.rank=4"], "did you mean 'method.r'?"),
-    (["method.name=adapters"], "method.name must be one of full, freeze, lora, dora, prompt-tuning (got 'adapters')"),
+    (["method.name=adapters"], "method.name must be one of full, freeze, lora, dora, prompt-tuning, contrastive (got 'adapters')"),
     (["train.learning_rate=fast"], "train.learning_rate: Input should be a valid number"),
     (["train.epochs=0"], "train.epochs: Input should be greater than or equal to 1"),
     (["epochs"], "must look like section.key=value"),

@@ -68,3 +68,14 @@ def test_overfitting_is_read_from_the_validation_curve():
     found = diagnose(metrics, [{"type": "train", "loss": 0.6}, {"type": "train", "loss": 0.1}], CONFIG, "runs/x")
     assert found["verdict"] == "learned little" and "overfitting" in found["causes"][0]
     assert json.loads(json.dumps(found)) == found  # it is saved in metrics.json
+
+
+def test_a_few_labeled_texts_a_label_is_named_instead_of_a_hard_task():
+    metrics = run_metrics(0.5, (0.46, 0.54))
+    metrics["data"] = {"classes": {"train": {"negative": 7, "positive": 8}}}
+    found = diagnose(metrics, [{"type": "train", "loss": v} for v in (0.7, 0.5, 0.4)], CONFIG, "runs/x")
+    assert found["causes"] == ["few labeled texts: 7 in training for 'negative' (7–8 a label), too few for this model "
+                               "to learn the task reliably: label more texts"]
+    metrics["data"]["classes"]["train"] = {"negative": 700, "positive": 800}
+    assert "the task may be hard" in diagnose(metrics, [{"type": "train", "loss": v} for v in (0.7, 0.5, 0.4)],
+                                              CONFIG, "runs/x")["causes"][0]

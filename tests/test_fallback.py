@@ -40,3 +40,15 @@ def test_a_run_choosing_on_another_metric_is_not_compared():
     m = metrics(0.5, 0.9)
     m["validation"]["metric"] = "macro_f1"  # train.metric: the run's best is not the baseline's score
     assert better_baseline(m, "r") is None
+
+
+def test_a_validation_split_too_small_to_choose_by_is_compared_on_test_and_says_so():
+    few = metrics(0.5, 1.0)  # e.g. 2 validation texts: the baseline's 100% is 2 of 2
+    few["validation"]["kept"] = "last"
+    few["test"]["finetuned"]["accuracy"] = 0.604
+    few["test"]["tfidf"]["accuracy"] = 0.634
+    line = better_baseline(few, "runs/x", ships=True)["line"]
+    assert "baseline beat the fine-tuned model on test (the validation split is too small to compare on) (accuracy " \
+           "63.4% against 60.4%)" in line
+    few["test"]["tfidf"]["accuracy"] = 0.55
+    assert better_baseline(few, "r") is None

@@ -139,6 +139,11 @@ def test_a_tiny_decoder_learns_and_generates(name, tmp_path):
     from ftune.tiny import build_tiny_decoder
     from helpers import instructions
 
+    try:  # a method may refuse decoders when the config is read (contrastive: pairs need labels)
+        load_config(overrides={"task": "causal-lm", "method.name": name})
+    except ConfigError as refused:
+        assert "\n" not in str(refused) and f"method {name} does not apply to task causal-lm" in str(refused)
+        pytest.skip(f"{name} does not train decoders")
     rows = instructions(96)
     decoder = build_tiny_decoder(tmp_path / "decoder", [r["prompt"] + " " + r["response"] for r in rows])
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -197,3 +202,29 @@ def test_switching_a_recipe_to_another_method_says_how_to_replace_its_section():
     switched = load_config(RECIPE, ["method={name: prompt-tuning}", "train.learning_rate=null"])
     assert switched.method == METHODS["prompt-tuning"].Options() and switched.train.learning_rate == 3e-2
     assert load_config(RECIPE, ["method.name=dora"]).method.r == 16  # dora keeps LoRA's options
+
+
+def test_contrastive_pairs_pull_one_label_together_and_push_two_apart():
+    from ftune.methods.contrastive import pair_loss
+
+    labels = torch.tensor([0, 0, 1, 1])
+    assert pair_loss(torch.tensor([[2.0, 0], [1, 0], [0, 1], [0, 3]]), labels) == 0  # one direction per label
+    # One label's texts orthogonal (error 1 for each such pair), two labels' half aligned (1 and 0): (1 + 0.5) / 2.
+    assert torch.isclose(pair_loss(torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]]), labels), torch.tensor(0.75))
+    assert torch.isclose(pair_loss(torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([0, 0])), torch.tensor(1.0))
+    assert pair_loss(torch.tensor([[1.0, 0]]), torch.tensor([1])) == 0  # a batch of one text has no pair
+    unlabeled = torch.tensor([[2.0, 0], [1, 0], [0, 1], [0, 3], [1, 1]])  # a distillation's text without a label
+    assert pair_loss(unlabeled, torch.tensor([0, 0, 1, 1, -100])) == 0
+
+
+@pytest.mark.e2e
+def test_contrastive_adds_its_pairs_to_the_task_loss_and_weight_zero_is_full(tiny_config, tmp_path):
+    def first_loss(**overrides) -> float:
+        run = ftune.train(tiny_config(**{"train.epochs": 1, "train.baselines": False, "train.log_steps": 1,
+                                         "output_dir": str(tmp_path / str(overrides)), **overrides}), quiet=True)
+        rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+        return next(row["loss"] for row in rows if row["type"] == "train")
+
+    full = first_loss(**{"method.name": "full"})
+    assert first_loss(**{"method.name": "contrastive", "method.weight": 0.0}) == pytest.approx(full, abs=1e-6)
+    assert first_loss(**{"method.name": "contrastive"}) > full + 1e-3  # the pairs' term, on the same first batch

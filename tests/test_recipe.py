@@ -8,7 +8,8 @@ import pytest
 
 import ftune
 from ftune import recipe
-from ftune.config import load_config
+from helpers import synthetic_reviews
+from ftune.config import default_learning_rate, load_config
 
 
 def test_unset_epochs_stay_unset_until_a_run_sees_the_data():
@@ -63,6 +64,40 @@ def test_a_run_with_epochs_unset_says_its_choice_and_keeps_it(tiny_config, tmp_p
     chosen = json.loads((run.path / "run.json").read_text())["chosen_from_data"]
     assert written.train.epochs == chosen["epochs"]["value"] == recipe.MAX_EPOCHS  # 1 step an epoch: capped
     assert json.loads((run.path / "metrics.json").read_text())["train"]["steps"] == recipe.MAX_EPOCHS
-    assert f"epochs {recipe.MAX_EPOCHS}: chosen from the data" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert f"epochs {recipe.MAX_EPOCHS}: chosen from the data" in printed
     assert f"train.epochs {recipe.MAX_EPOCHS}, chosen from the data" in (run.path / "report.md").read_text()
     assert config.train.epochs is None  # the caller's config is not changed
+    # 120 texts over the tiny reviews' 2 labels: few a label, so the method is chosen too, and kept
+    assert written.method.name == chosen["method"]["value"] == "contrastive" and config.method.name == "full"
+    assert "method contrastive: chosen from the data" in printed and "--method sets another" in printed
+
+
+def test_few_texts_a_label_get_the_contrastive_method_unless_the_config_names_one(tiny_config):
+    config = tiny_config()
+    chosen = recipe.resolved(config, 120, classes=2)
+    assert chosen.method.name == "contrastive" and config.method.name == "full"
+    assert chosen._chosen["method"]["key"] == "--method" and "120 training texts over 2 labels" in \
+        chosen._chosen["method"]["reason"]
+    assert recipe.resolved(config, 2 * recipe.FEW_PER_CLASS + 1, classes=2).method.name == "full"
+    assert recipe.resolved(tiny_config(**{"method.name": "full"}), 120, classes=2).method.name == "full"
+    assert recipe.resolved(tiny_config(task="regression"), 20).method.name == "full"
+    student = tiny_config(**{"distill.teacher": "runs/teacher"})
+    assert recipe.resolved(student, 120, classes=2).method.name == "full"  # it learns from the teacher's answers
+    unset_rate = load_config(overrides={"data.train": "mr"})
+    assert recipe.resolved(unset_rate, 16, classes=2).train.learning_rate == \
+        default_learning_rate("classification", "contrastive")
+    assert recipe.left_to_data(config) == ("method.",)
+    assert recipe.left_to_data(unset_rate) == ("train.epochs", "method.")
+
+
+@pytest.mark.e2e
+def test_a_validation_split_too_small_to_choose_by_keeps_the_last_weights(tiny_config, tmp_path):
+    synthetic_reviews(80).to_csv(tmp_path / "few.csv", index=False)  # 16 test, 7 validation texts
+    run = ftune.train(tiny_config(**{"data.train": str(tmp_path / "few.csv"), "train.epochs": 4,
+                                     "method.name": "full"}), quiet=True)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["validation"]["kept"] == "last" and metrics["validation"]["best_step"] == metrics["train"]["steps"]
+    assert "The last weights are kept and scored: the validation split has fewer than 30 texts" in \
+        (run.path / "report.md").read_text()
+    assert recipe.chooses_checkpoint(recipe.MIN_VALIDATION) and not recipe.chooses_checkpoint(recipe.MIN_VALIDATION - 1)

@@ -33,7 +33,7 @@ def runs(tiny_model, tmp_path_factory) -> dict:
     plan = {"alpha": {"data.train": "two.csv", "train.seed": 0} | lora,
             "beta": {"data.train": "two.csv", "train.seed": 1} | lora,
             "gamma": {"data.train": "three.csv", "train.seed": 0} | lora,
-            "full": {"data.train": "two.csv", "train.seed": 0}}
+            "full": {"data.train": "two.csv", "train.seed": 0, "method.name": "full"}}
     for name, overrides in plan.items():
         where = {"data.train": str(root / overrides["data.train"]), "output_dir": str(root / name)}
         ftune.train(ftune.load_config(overrides=base | overrides | where), quiet=True)

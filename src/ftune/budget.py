@@ -3,7 +3,9 @@ winner at the full length, and report every candidate.
 
     OUTPUT/candidates/r0-1-full/   a candidate's run in rung 0 (train.evaluate_test false, tracking none)
     OUTPUT/final/                  the winner at the full length: a complete run, the test split scored
-    OUTPUT/budget.json             the plan, every candidate's recipe, and per rung its steps, score, seconds, kept
+    OUTPUT/seed-1, seed-2          the winner again at other training seeds, when the budget has time left
+    OUTPUT/budget.json             the plan, every candidate's recipe, per rung its steps, score, seconds, kept;
+                                   the spread of the winner's test score over seeds
 
 Successive halving (Jamieson & Talwalkar 2016): rung 0 trains every candidate for a short run, the best 1/ETA go on
 to a rung ETA times as long, and so on until one is left; that one trains at the full length. The candidates are scored
@@ -35,6 +37,7 @@ from ftune.tune import with_params
 ETA = 2  # keep the best half: with 4-5 candidates that is two rungs (4 -> 2 -> 1), so the last two get a second,
 # twice-as-long look before one is chosen; ETA 3 would choose after one quarter-length rung (4 -> 1)
 MAX_CANDIDATES = 5
+SPREAD_SEEDS = 2  # more seeds of the winner when the budget has time left: three scores show how far a run swings
 RATE_FACTOR = 3  # the grid's best rate was 3-4x the method's default for full and lora (docs/tuning.md)
 OTHER_METHODS = ("lora", "freeze", "full")  # tried beside the config's own, in this order, while the list is short
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -220,6 +223,7 @@ class BudgetResult:
     elapsed_s: float = 0.0
     seconds_per_step: float | None = None
     full_steps: int = 0
+    spread: dict | None = None  # the winner's test score per seed, when the budget had time for more seeds
 
 
 def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda line: None,
@@ -236,6 +240,11 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
     root.mkdir(parents=True, exist_ok=True)
     task = TASKS[config.task.name]
     texts = len(splits.train)
+    method = recipe.choose_method(config, texts, len(splits.labels))
+    if method:  # few texts a label: the data's method is the config "as given", the others are still tried beside it
+        rate = default_learning_rate(task.name, method[0]) if config._learning_rate_is_default else \
+            config.train.learning_rate
+        config = with_params(config, {"method": {"name": method[0]}, "train.learning_rate": rate}, where="--budget")
     full_epochs = config.train.epochs or recipe.choose_epochs(texts, config.train)[0]
     full = rung_length(1.0, full_epochs, texts, config.train)
     listed = candidates(config)
@@ -247,6 +256,9 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
     def decide(line: str) -> None:
         result.notes.append(line)
         (tell or say)(line)
+
+    if method:
+        decide(f"method {method[0]}: chosen from the data ({method[1]})")
 
     def run(candidate: Candidate, rung: int, length: Length) -> Trial:
         trial = Trial(candidate.index, rung, length.epochs, length.texts, length.steps)
@@ -319,9 +331,43 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
     began = time.monotonic()
     result.final = train(_final_config(config, winner, root / "final"), quiet=quiet)
     result.final_seconds = time.monotonic() - began
+    _more_seeds(result, config, winner, budget_s - (time.monotonic() - start), decide, quiet)
     result.elapsed_s = time.monotonic() - start
     _write(result)
     return result
+
+
+def _more_seeds(result: BudgetResult, config: Config, winner: Candidate, left_s: float, decide: Callable,
+                quiet: bool) -> None:
+    """With time left for SPREAD_SEEDS more runs as long as the final one, the winner again at other training seeds
+    (OUTPUT/seed-N, the same split): result.spread holds each seed's test score and whether the gain over the best
+    baseline is inside their range. Fine-tuning scores swing with the seed, most on small data."""
+    from ftune.training import train
+
+    final = result.final.metrics.get("test", {})
+    if "finetuned" not in final:
+        return
+    if left_s < SPREAD_SEEDS * result.final_seconds:
+        decide(f"spread over seeds: not measured, {left_s:.0f} s of the budget is left and another seed takes "
+               f"~{result.final_seconds:.0f} s; `ftune train --seeds 0,1,2` measures it")
+        return
+    name = result.metric if result.metric in final["finetuned"] else next(iter(final["finetuned"]))
+    scores = {config.train.seed: final["finetuned"][name]}
+    for seed in range(config.train.seed + 1, config.train.seed + 1 + SPREAD_SEEDS):
+        settings = _final_config(config, winner, result.path / f"seed-{seed}")
+        settings.train.seed, settings.data.split_seed = seed, config.data.split_seed or config.train.seed
+        scores[seed] = train(settings, quiet=quiet).metrics["test"]["finetuned"][name]
+    low, high = min(scores.values()), max(scores.values())
+    baselines = {k: v[name] for k, v in final.items() if k not in ("finetuned", "base_model", "teacher")
+                 and isinstance(v, dict) and isinstance(v.get(name), (int, float))}
+    best = (min if result.lower_is_better else max)(baselines, key=baselines.get) if baselines else None
+    inside = best is not None and low <= baselines[best] <= high
+    result.spread = {"metric": name, "seeds": scores, "min": low, "max": high, "baseline": best,
+                     "baseline_score": baselines.get(best), "baseline_inside": inside}
+    versus = "" if best is None else (f"; the {best} baseline's {baselines[best]:.4f} is inside that range: the "
+                                      f"gain over it is within run-to-run noise" if inside else
+                                      f"; the {best} baseline's {baselines[best]:.4f} is outside it")
+    decide(f"spread over {len(scores)} seeds: test {name} {low:.4f} to {high:.4f}{versus}")
 
 
 def _keep(trials: list[Trial], keep: int, lower_is_better: bool) -> list[int]:
@@ -360,7 +406,7 @@ def _write(result: BudgetResult) -> None:
         "seconds_per_step": result.seconds_per_step, "full_steps": result.full_steps, "notes": result.notes,
         "candidates": [{**asdict(c), "name": c.name} for c in result.candidates],
         "trials": [{**asdict(t), "seconds": round(t.seconds, 1), "kept": t.outcome == "kept"} for t in result.trials],
-        "winner": result.winner,
+        "winner": result.winner, "spread": result.spread,
         "final": None if final is None else {"run_dir": str(final.path), "seconds": round(result.final_seconds, 1),
                                              "steps": final.metrics["train"]["steps"],
                                              "validation": final.metrics["validation"]["best"]},

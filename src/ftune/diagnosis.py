@@ -10,6 +10,8 @@ import math
 import statistics
 from typing import NamedTuple
 
+from ftune.recipe import FEW_PER_CLASS
+
 FLAT = 0.05   # a loss that fell by less than 5% from its start did not move
 ROSE = 1.5    # one that ended 50% above its start: the steps were too large
 TAIL = 0.1    # the last evaluation's fall was at least 10% of the whole fall: the curve had not levelled off
@@ -46,13 +48,18 @@ def shown(lower: bool):
 def better_baseline(metrics: dict, run_dir: str, ships: bool = False) -> dict | None:
     """The baseline that beat the fine-tuned model on validation, the split both chose on (the baseline its settings,
     the run its checkpoint), as {"baseline", "line"}: the run's first summary line says it, so the user ships the
-    better model (`ships`: the task's baseline exports, `ftune export RUN --baseline`). None when the fine-tuned
-    model is at least as good, or no baseline has a validation score."""
+    better model (`ships`: the task's baseline exports, `ftune export RUN --baseline`). A run whose validation split
+    was too small to choose by (it kept its last weights) is compared on the test split instead, and the line says
+    so. None when the fine-tuned model is at least as good, or no baseline has a score to compare."""
     name, lower = headline(metrics)
-    validation = metrics["validation"]
-    ours = validation.get("best") if validation.get("metric") == name else None
-    scored = {key: row["validation"] for key, row in metrics["test"].items()
-              if isinstance(row, dict) and isinstance(row.get("validation"), (int, float))}
+    validation, test = metrics["validation"], metrics["test"]
+    on_test = validation.get("kept") == "last"  # a handful of validation texts: a comparison there is chance
+    split = "test" if on_test else "validation"
+    ours = (test.get("finetuned") or {}).get(name) if on_test else \
+        validation.get("best") if validation.get("metric") == name else None
+    scored = {key: row[name if on_test else "validation"] for key, row in test.items()
+              if key not in ("finetuned", "base_model", "teacher") and isinstance(row, dict)
+              and isinstance(row.get(name if on_test else "validation"), (int, float))}
     if ours is None or not scored:
         return None
     key = (min if lower else max)(scored, key=scored.get)
@@ -61,7 +68,8 @@ def better_baseline(metrics: dict, run_dir: str, ships: bool = False) -> dict | 
     show = shown(lower)
     titled = ((metrics.get("scores") or {}).get("titles") or {}).get(key, key.replace("_", " "))
     ship = f"ship it with `ftune export {run_dir} --baseline`" if ships else "a model to prefer over this run"
-    return {"baseline": key, "line": f"the {titled} baseline beat the fine-tuned model on validation ({name} "
+    why = " (the validation split is too small to compare on)" if on_test else ""
+    return {"baseline": key, "line": f"the {titled} baseline beat the fine-tuned model on {split}{why} ({name} "
                                       f"{show(scored[key])} against {show(ours)}): it is the better model for this "
                                       f"data, {ship}; see the diagnosis for what to try"}
 
@@ -256,6 +264,12 @@ def _causes(metrics: dict, curves: Curves, config: dict, flat: bool) -> tuple[li
         causes.append(f"validation {metric} was best at the first evaluation and worse after: overfitting "
                       f"(fewer epochs, more data, or a smaller learning rate)")
         fixes.append("--set train.early_stopping_patience=1")
+    counts = ((metrics.get("data") or {}).get("classes") or {}).get("train") or {}
+    if counts and min(counts.values()) <= FEW_PER_CLASS:  # a few texts a label: fewer than anything above can fix
+        fewest = min(counts, key=counts.get)
+        causes.append(f"few labeled texts: {counts[fewest]} in training for '{fewest}' "
+                      f"({min(counts.values())}–{max(counts.values())} a label), too few for this model to learn the "
+                      f"task reliably: label more texts")
     if not causes:
         causes.append("the task may be hard for this model, or the labels noisy: compare with the baseline's mistakes "
                       "in the report, and try `ftune data validate`")

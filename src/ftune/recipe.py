@@ -1,4 +1,5 @@
-"""Settings a config leaves unset, chosen from the data: how many passes (epochs) a run makes over its training split.
+"""Settings a config leaves unset, chosen from the data: how many passes (epochs) a run makes over its training split,
+and for a few labeled texts a class, the method.
 
 A fixed 3 epochs is 45 optimizer steps on 480 texts and 2,800 on 30,000: the first is too few to learn (the loss
 is still falling when the run ends; see docs/tuning.md#defaults-that-follow-the-data for the grid behind this), the
@@ -6,6 +7,9 @@ second longer than it needs to be on a CPU. So the step count is what is fixed: 
 (more epochs over a small split, up to MAX_EPOCHS), 3 epochs where that is already enough, and fewer than 3 where 3
 would pass MAX_STEPS. The best checkpoint on validation is what a run keeps, so passes past the best cost time, not
 accuracy. The learning rate stays the method's (ftune.methods), which was measured at these step counts.
+
+With FEW_PER_CLASS training texts a class or fewer (on average), a config that names no method gets method contrastive:
+its pairs of texts teach the model more than the labels alone (docs/tuning.md#few-labeled-texts, bench/fewshot.py).
 
 Pure functions of the config and the split sizes: `ftune train` resolves them before the run directory is written, so
 config.yaml holds the numbers (a --resume or a rerun sees the same), and run.json keeps the reason.
@@ -17,11 +21,13 @@ import math
 
 from ftune.schema import TrainConfig
 
-FILLS = ("train.epochs",)  # the settings a run fills when the config leaves them unset (dotted, as --set names them)
 DEFAULT_EPOCHS = 3  # where the step count is neither too few nor too many: the usual BERT fine-tuning recipe
 MIN_STEPS = 300  # fewer left the loss still falling on the small splits of the grid (docs/tuning.md)
 MAX_STEPS = 3000  # past this, more passes over a large split gained nothing in the grid, and cost CPU hours
 MAX_EPOCHS = 40  # a split of a few dozen texts: the passes stop here (each pass is a step or two)
+FEW_PER_CLASS = 64  # texts a class at or below which pairs help: the largest count bench/fewshot.py measured
+MIN_VALIDATION = 30  # fewer validation texts than this choose a checkpoint by noise (one text is 3+ points of
+# accuracy, and the first evaluation to reach 100% of two texts was kept): such a run keeps its last weights
 
 
 def steps_per_epoch(texts: int, train: TrainConfig, processes: int = 1) -> int:
@@ -47,12 +53,46 @@ def choose_epochs(texts: int, train: TrainConfig, processes: int = 1) -> tuple[i
     return epochs, f"{epochs} epochs of {per_epoch} steps over {texts:,} training texts: {why}"
 
 
-def resolved(config, texts: int, processes: int = 1):
-    """`config` with the train settings it leaves unset filled from the training split's size: a copy (the caller's
-    config may start other runs), whose `_chosen` is {setting: {"value", "reason"}} for run.json and the run's first
-    lines (empty when the config set them all)."""
+def chooses_checkpoint(validation_texts: int) -> bool:
+    """Whether a run keeps the checkpoint that scored best on validation (else its last weights)."""
+    return validation_texts >= MIN_VALIDATION
+
+
+def left_to_data(config) -> tuple[str, ...]:
+    """The settings (dotted prefixes, as --set names them) a run of this config fills from the data."""
+    return (("train.epochs",) if config.train.epochs is None else ()) + \
+        (("method.",) if "method" not in config.model_fields_set else ())
+
+
+def choose_method(config, texts: int, classes: int) -> tuple[str, str] | None:
+    """The method for a config that names none, and the reason; None keeps the default."""
+    from ftune.tasks import TASKS
+
+    if "method" in config.model_fields_set or not TASKS[config.task.name].one_label_per_text or classes < 2 \
+            or config.distill:  # a student learns its teacher's answers on every text, not a few labels alone
+        return None
+    if texts > FEW_PER_CLASS * classes:
+        return None
+    return "contrastive", (f"{texts:,} training texts over {classes} labels, {FEW_PER_CLASS} or fewer a label: pairs "
+                           f"of texts teach more than the labels alone")
+
+
+def resolved(config, texts: int, processes: int = 1, classes: int = 0):
+    """`config` with the settings it leaves unset filled from the training split (its size, its labels): a copy (the
+    caller's config may start other runs), whose `_chosen` is {setting: {"value", "reason", "key"}} for run.json and
+    the run's first lines (empty when the config set them all)."""
+    from ftune.config import default_learning_rate
+    from ftune.methods import METHODS
+
     config = config.model_copy(deep=True)
+    method = choose_method(config, texts, classes)
+    if method:
+        config.method = METHODS[method[0]].Options()
+        if config._learning_rate_is_default:
+            config.train.learning_rate = default_learning_rate(config.task.name, method[0])
+        config._chosen = {**config._chosen, "method": {"value": method[0], "reason": method[1], "key": "--method"}}
     if config.train.epochs is None:
         config.train.epochs, why = choose_epochs(texts, config.train, processes)
-        config._chosen = {**config._chosen, "epochs": {"value": config.train.epochs, "reason": why}}
+        config._chosen = {**config._chosen, "epochs": {"value": config.train.epochs, "reason": why,
+                                                       "key": "train.epochs"}}
     return config

@@ -16,6 +16,7 @@ import pandas as pd
 from ftune import plots
 from ftune.diagnosis import lines
 from ftune.integrity import own_dir, read_yaml_file, write_text
+from ftune.recipe import MIN_VALIDATION
 from ftune.run import RUN_FILE, damaged_run_fix, read_history, read_json
 from ftune.tasks import TASKS
 
@@ -112,8 +113,11 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     stopped = " (stopped early)" if train["stopped_early"] else ""
     best = f"Best validation {validation['metric']}: {validation['best']:.4f} at step {validation['best_step']}; " \
            f"the test scores are from those weights." if validation["best"] is not None else ""
+    if validation.get("kept") == "last":
+        best = (f"The last weights are kept and scored: the validation split has fewer than {MIN_VALIDATION} "
+                f"texts, too few to choose a checkpoint by.")
     curves = (plots.training_curves(history, validation["metric"], plot_dir / "curves.png").name,) if history else ()
-    chosen = "".join(f" train.{key} {c['value']}, chosen from the data: {c['reason']}."
+    chosen = "".join(f" {c.get('key', 'train.' + key).lstrip('-')} {c['value']}, chosen from the data: {c['reason']}."
                      for key, c in (manifest.get("chosen_from_data") or {}).items())
     best += chosen
     sections.append(Section("Training", f"{train['steps']} steps, {train['epochs']} epochs{stopped}, "

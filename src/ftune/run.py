@@ -34,6 +34,7 @@ from typing import IO, Any
 from ftune import integrity
 from ftune.config import Config, to_yaml, validate
 from ftune.errors import RunError
+from ftune.recipe import left_to_data
 from ftune.run_folder import LOCK_FILE, RUN_FILE, TASK_FILE, RunFolder, damaged_run_fix, live_status  # noqa: F401
 
 MAX_HISTORY_BYTES = 512 << 20  # metrics.jsonl: a line per logging step, a few hundred bytes each
@@ -154,7 +155,7 @@ def _check_resumable(path: Path, config: Config, data_hash: str | None) -> None:
         raise RunError(f"{path} is a complete run; nothing to resume (use another --output-dir for a new run)")
     saved = validate(integrity.read_yaml_file(path / "config.yaml", damaged_run_fix(path)), str(path / "config.yaml"))
     new = config.model_copy(update={"output_dir": saved.output_dir})
-    diff = _first_difference(saved.model_dump(), new.model_dump())
+    diff = _first_difference(saved.model_dump(), new.model_dump(), skip=left_to_data(config))
     if diff:
         raise RunError(f"{path}: {diff} differs from the interrupted run's config; resume with the same settings")
     started_with = manifest.get("data_hash")
@@ -171,10 +172,14 @@ def update_manifest(path: Path, **fields: Any) -> dict:
     return manifest
 
 
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+def _first_difference(a: dict, b: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> str | None:
+    """The first setting of `a` that `b` has otherwise; `skip`: dotted prefixes `b` leaves to the data (a run of
+    it chooses them as the saved run did, from the same data)."""
     for key in a:
+        if f"{prefix}{key}".startswith(skip) or f"{prefix}{key}.".startswith(skip):
+            continue
         if isinstance(a[key], dict) and isinstance(b.get(key), dict):
-            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.", skip)
             if found:
                 return found
         elif a[key] != b.get(key):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ftune import recipe
 from ftune.card import write_cards
 from ftune.checkpoint import TrainState
 from ftune.config import Config
@@ -46,6 +47,7 @@ def write_run(config: Config, task: Task, splits, data: dict[str, Encoded], data
                    "unit": task.unit, "titles": task.titles | teacher_title(config)},
         "test": test,
         "validation": {"best": state.best_metric, "best_step": state.best_step, "metric": cfg.metric,
+                       "kept": "best" if recipe.chooses_checkpoint(len(data["validation"])) else "last",
                        "base_model": state.base_model_validation, "history": state.evaluations},
         "train": {"steps": state.global_step, "epochs": state.epoch, "stopped_early": state.stopped_early,
                   "processes": state.processes,

@@ -178,7 +178,7 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     old, new = dotted(saved.model_dump()), dotted(cfg.model_dump())
     old.pop("output_dir"), new.pop("output_dir")  # the same folder, however the path was written
     for key in old:
-        if key in recipe.FILLS and new.get(key) is None:  # unset now: the seed's run chose it from the same data
+        if key.startswith(recipe.left_to_data(cfg)):  # unset now: the seed's run chose it from the same data
             continue
         if old[key] != new.get(key):
             raise RunError(f"{run_dir}: {key} is {new.get(key)!r} now but the finished seed used {old[key]!r}; "

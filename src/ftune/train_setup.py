@@ -23,7 +23,7 @@ from ftune.distributed import check_strategy, sharded
 from ftune.errors import ConfigError, RunError
 from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, knobs
-from ftune.methods import count_parameters, frozen_to, method_for
+from ftune.methods import Method, count_parameters, frozen_to, method_for
 from ftune.models import load_tokenizer, resolve_model
 from ftune.optim import (STATE_BYTES, check_optimizer, compile_layers, compile_seconds, frozen_dtype, make_optimizer,
                          mixed_precision, param_groups)
@@ -38,7 +38,7 @@ class Setup:
     model: torch.nn.Module
     data: dict[str, Encoded]
     summary: dict  # the data summary of the report, with `warnings`
-    loss: Callable  # the task's loss, or with a teacher its blend with the teacher's soft labels
+    loss: Callable  # the task's loss (with a teacher its blend with the soft labels), with the method's term beside
     batch_size: int  # per process
     global_batch: int  # batch_size x processes
     batch_counts: list[int]  # micro-batches of each epoch
@@ -58,8 +58,9 @@ def set_up(config: Config, task: Task, splits, source: str, tokenizer, run_dir: 
            progress: TrainProgress, accelerator: Accelerator) -> Setup:
     cfg, world = config.train, accelerator.num_processes
     dtype = frozen_dtype(config, accelerator.device, accelerator.mixed_precision)
-    model, data, summary, teacher_test, compile_start = _model_and_data(config, task, splits, source, tokenizer,
-                                                                        accelerator.device, dtype, progress)
+    method = method_for(config)  # one instance: a method's loss may read what its wrapping of the model records
+    model, data, summary, teacher_test, compile_start = _model_and_data(config, task, method, splits, source,
+                                                                        tokenizer, accelerator.device, dtype, progress)
     if resume:
         if accelerator.is_main_process:  # a kill during a save, or a damaged file: put back or set aside first
             for line in repair(run_dir):
@@ -81,17 +82,18 @@ def set_up(config: Config, task: Task, splits, source: str, tokenizer, run_dir: 
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler: stepped by the loop
     multiple = cfg.pad_to_multiple_of
     distill = config.distill
-    setup = Setup(model, data, summary, distill_loss(task.loss, distill.temperature, distill.alpha) if distill else
-                  task.loss, batch_size, batch_size * world, counts, total_steps, rate, optimizer, scheduler,
-                  _state(run_dir, resume, model, optimizer, scheduler, accelerator, batch_size, progress), dtype,
-                  pad_id, (16 if accelerator.device.type == "cuda" else 1) if multiple == "auto" else multiple,
+    loss = distill_loss(task.loss, distill.temperature, distill.alpha) if distill else task.loss
+    setup = Setup(model, data, summary, method.training_loss(loss), batch_size, batch_size * world, counts,
+                  total_steps, rate, optimizer, scheduler,
+                  _state(run_dir, resume, model, optimizer, scheduler, accelerator, batch_size, progress), dtype, pad_id,
+                  (16 if accelerator.device.type == "cuda" else 1) if multiple == "auto" else multiple,
                   teacher_test, compile_start)
     _describe(config, setup, accelerator, progress)
     return setup
 
 
-def _model_and_data(config: Config, task: Task, splits, source: str, tokenizer, device, dtype: torch.dtype | None,
-                    progress: TrainProgress):
+def _model_and_data(config: Config, task: Task, method: Method, splits, source: str, tokenizer, device,
+                    dtype: torch.dtype | None, progress: TrainProgress):
     """The model under its method (its frozen weights in `dtype`, compiled when asked), the encoded splits with their
     summary, and with a teacher its soft labels on the training texts and its test scores."""
     distill = config.distill
@@ -105,7 +107,7 @@ def _model_and_data(config: Config, task: Task, splits, source: str, tokenizer, 
         # The current v5 name; transformers 5.17 (seen on the GPU machine) has only the older one.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
-    model = method_for(config).wrap(model, task.peft_type)
+    model = method.wrap(model, task.peft_type)
     if dtype:
         frozen_to(model, dtype)
     compile_start = None
@@ -156,7 +158,8 @@ def _describe(config: Config, setup: Setup, accelerator: Accelerator, progress: 
         f"{setup.global_batch * cfg.gradient_accumulation_steps} per step | {setup.total_steps} steps on "
         f"{accelerator.device}{precision}" + (" | frozen base in bf16" if setup.frozen_dtype else ""))
     for key, choice in config._chosen.items():
-        progress.note(f"{key} {choice['value']}: chosen from the data ({choice['reason']}; train.{key} sets another)")
+        progress.note(f"{key} {choice['value']}: chosen from the data ({choice['reason']}; "
+                      f"{choice.get('key', 'train.' + key)} sets another)")
     if config._learning_rate_is_default:
         source = method_for(config).learning_rate_source
         progress.note(f"learning rate {cfg.learning_rate:g}: the default for {config.method.name} "

@@ -56,7 +56,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
     with accelerator.main_process_first():  # the first process fetches built-in data and fills the caches
         task = task_for(config)
         splits = task.load_splits(cfg.seed)  # bad data or model: stop before any file
-        config = recipe.resolved(config, len(splits.train), accelerator.num_processes)  # before config.yaml is written
+        config = recipe.resolved(config, len(splits.train), accelerator.num_processes, len(splits.labels))
         cfg = config.train
         source = resolve_model(config.model.name)
         tokenizer = load_tokenizer(source, config.model.trust_remote_code)
@@ -241,7 +241,8 @@ class _Fit:
         state.evaluations.append(result)
         self.record({"type": "eval", **result})
         weights = trainable_weights(self.accelerator, self.model)  # every process joins: shards are gathered
-        if self.task.is_better(cfg.metric, scores[cfg.metric], state.best_metric):
+        last = not recipe.chooses_checkpoint(len(self.data["validation"]))  # a handful of texts: the last weights
+        if last or self.task.is_better(cfg.metric, scores[cfg.metric], state.best_metric):
             state.best_metric, state.best_step = scores[cfg.metric], state.global_step
             state.evals_without_improvement = 0
             if self.main:

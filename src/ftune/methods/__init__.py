@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ftune.methods.base import Method, MethodOptions, count_parameters, encoder_layers, frozen_to
+from ftune.methods.contrastive import Contrastive
 from ftune.methods.dora import Dora
 from ftune.methods.freeze import Freeze
 from ftune.methods.full import Full
@@ -21,7 +22,8 @@ from ftune.methods.prompt_tuning import PromptTuning
 if TYPE_CHECKING:
     from ftune.config import Config
 
-METHODS: dict[str, type[Method]] = {method.name: method for method in (Full, Freeze, Lora, Dora, PromptTuning)}
+METHODS: dict[str, type[Method]] = {method.name: method
+                                    for method in (Full, Freeze, Lora, Dora, PromptTuning, Contrastive)}
 DEFAULT_METHOD = Full.name  # a config's method when it names none
 
 

@@ -12,6 +12,7 @@ A run asks its method (`method_for(config)`, the registry in ftune.methods):
     method.refuse_merge(what, instead)      # export, a distillation student cut from a run: needs `mergeable`
     method.mixes_in_batch                   # serve --mixed-adapters may mix its adapters in one pass
     method.search_space(config)             # `ftune tune`'s ranges for its own options
+    method.training_loss(task_loss)         # the loss the loop trains on: the task's, or the method's beside it
 
 Nothing outside ftune.methods compares a method's name; what differs between methods is asked here. Method modules
 import neither torch nor peft at the top: the config imports them for their option classes.
@@ -20,6 +21,7 @@ import neither torch nor peft at the top: the config imports them for their opti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ftune.errors import ConfigError
@@ -104,6 +106,11 @@ class Method(ABC):
         if self.trains_adapter and not self.mergeable:
             raise ConfigError(f"{what} needs the adapter merged into the model's weights, and a {self.name} adapter "
                               f"cannot be merged; {instead}")
+
+    def training_loss(self, task_loss: Callable) -> Callable:
+        """The loss the loop minimizes, `(out, batch) -> (sum, count)` as the task's: the task's own unless the method
+        adds a term of its own (evaluation reads the task's loss alone)."""
+        return task_loss
 
     def search_space(self, config: Config) -> dict[str, dict[str, Any]]:
         """`ftune tune`'s ranges for this method's own options, in a --space file's shape ({low, high, log} or

@@ -40,6 +40,7 @@ class Classification(Task):
     Prediction = Prediction
     peft_type = "SEQ_CLS"
     weighs_classes = True
+    one_label_per_text = True
     metrics = ("accuracy", "macro_f1", "loss")
     note = "Accuracy with the 95% bootstrap interval for the fine-tuned model."
     titles = {"tfidf": "TF-IDF + linear model (tuned on validation)"}
