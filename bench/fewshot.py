@@ -164,24 +164,28 @@ def main() -> None:
 
 
 def write_table(log: Path) -> None:
-    """Per dataset and count: each row's mean test accuracy over seeds, with the spread (min-max) across them."""
+    """Per dataset and count: each row's mean test accuracy over seeds with the range (min-max) across them, the
+    seeds, and the mean seconds of ftune's defaults and of SetFit (each row's whole process: load, train, score)."""
     entries = [e for e in map(json.loads, log.read_text().splitlines()) if "error" not in e]
     cells: dict[tuple, dict[str, list]] = {}
     for e in entries:
         cell = cells.setdefault((e["data"], e["per_class"]), {})
         cell.setdefault(e["row"], []).append(e["accuracy"])
+        cell.setdefault(f"{e['row']} s", []).append(e["seconds"])
         if e["row"] == "defaults" and e.get("baseline") is not None:
             cell.setdefault("baseline", []).append(e["baseline"])
     columns = ("baseline",) + ROWS
-    lines = ["| data (role) | per class | seeds | " + " | ".join(columns) + " |", "|---" * (3 + len(columns)) + "|"]
+    lines = ["| data (role) | per class | seeds | " + " | ".join(columns) + " | seconds: defaults / setfit |",
+             "|---" * (4 + len(columns)) + "|"]
     for (name, per_class), cell in sorted(cells.items(), key=lambda kv: (list(DATA).index(kv[0][0]), kv[0][1])):
         def shown(values: list | None) -> str:
             if not values:
                 return ""
-            return f"{np.mean(values):.1%} ({min(values):.1%}–{max(values):.1%})"
-        seeds = max(len(v) for v in cell.values())
-        lines.append(f"| {name} ({DATA[name][4]}) | {per_class} | {seeds} | " +
-                     " | ".join(shown(cell.get(c)) for c in columns) + " |")
+            spread = f" ({min(values):.1%}–{max(values):.1%})" if len(values) > 1 else ""
+            return f"{np.mean(values):.1%}{spread}"
+        seconds = " / ".join(f"{np.mean(cell[k]):.0f}" if cell.get(k) else "–" for k in ("defaults s", "setfit s"))
+        lines.append(f"| {name} ({DATA[name][4]}) | {per_class} | {len(cell.get('defaults', []))} | " +
+                     " | ".join(shown(cell.get(c)) for c in columns) + f" | {seconds} |")
     (RESULTS / "fewshot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
