@@ -63,7 +63,7 @@ def split(name: str, per_class: int, seed: int, folder: Path) -> tuple[Path, Pat
     test = frame.sample(n=test_texts, random_state=1000)
     rest = frame.drop(test.index)
     train = pd.concat([group.sample(n=per_class, random_state=seed) for _, group in rest.groupby("label")])
-    train, test = train.sample(frac=1, random_state=seed), test
+    train = train.sample(frac=1, random_state=seed)  # the classes mixed, as a user's file would have them
     train.to_csv(folder / "train.csv", index=False)
     test.to_csv(folder / "test.csv", index=False)
     return folder / "train.csv", folder / "test.csv"
@@ -86,16 +86,10 @@ def run_ftune(train: Path, test: Path, max_length: int, seed: int, row: str, fol
     return {"accuracy": test_scores["finetuned"]["accuracy"], "ci95": test_scores["finetuned"]["accuracy_ci95"],
             "baseline": test_scores.get("tfidf", {}).get("accuracy"),
             "baseline_ci95": test_scores.get("tfidf", {}).get("accuracy_ci95"),
-            "method": manifest.get("config", {}).get("method", {}).get("name") or _method_of(out),
+            "method": manifest["method"],
             "steps": metrics["train"]["steps"], "chosen": manifest.get("chosen_from_data", {}),
             **({"winner": searched["candidates"][searched["winner"]]["name"], "spread": searched.get("spread"),
                 "notes": searched["notes"]} if searched else {})}
-
-
-def _method_of(run: Path) -> str:
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text())["method"]["name"]
 
 
 SETFIT_SCRIPT = """

@@ -29,6 +29,7 @@ from typing import Any
 
 from ftune import recipe
 from ftune.config import Config, default_learning_rate
+from ftune.diagnosis import baseline_scores
 from ftune.errors import ConfigError, RunError, TrainingStopped
 from ftune.run import default_output_dir, write_json
 from ftune.tasks import TASKS
@@ -242,9 +243,8 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
     texts = len(splits.train)
     method = recipe.choose_method(config, texts, len(splits.labels))
     if method:  # few texts a label: the data's method is the config "as given", the others are still tried beside it
-        rate = default_learning_rate(task.name, method[0]) if config._learning_rate_is_default else \
-            config.train.learning_rate
-        config = with_params(config, {"method": {"name": method[0]}, "train.learning_rate": rate}, where="--budget")
+        config = with_params(config, {"method": {"name": method[0]},
+                                      "train.learning_rate": recipe.rate_with(config, method[0])}, where="--budget")
     full_epochs = config.train.epochs or recipe.choose_epochs(texts, config.train)[0]
     full = rung_length(1.0, full_epochs, texts, config.train)
     listed = candidates(config)
@@ -358,8 +358,7 @@ def _more_seeds(result: BudgetResult, config: Config, winner: Candidate, left_s:
         settings.train.seed, settings.data.split_seed = seed, config.data.split_seed or config.train.seed
         scores[seed] = train(settings, quiet=quiet).metrics["test"]["finetuned"][name]
     low, high = min(scores.values()), max(scores.values())
-    baselines = {k: v[name] for k, v in final.items() if k not in ("finetuned", "base_model", "teacher")
-                 and isinstance(v, dict) and isinstance(v.get(name), (int, float))}
+    baselines = baseline_scores(final, name)
     best = (min if result.lower_is_better else max)(baselines, key=baselines.get) if baselines else None
     inside = best is not None and low <= baselines[best] <= high
     result.spread = {"metric": name, "seeds": scores, "min": low, "max": high, "baseline": best,

@@ -30,6 +30,13 @@ def baseline_name(model: str, metrics: dict) -> str:
     return f"{named} baseline"
 
 
+def baseline_scores(test: dict, key: str) -> dict[str, float]:
+    """Each simple baseline's number under `key` in a run's test table (a metric, or "validation": the score it was
+    chosen by); the fine-tuned model, the untrained base and a distillation teacher are not baselines."""
+    return {model: row[key] for model, row in test.items() if model not in ("finetuned", "base_model", "teacher")
+            and isinstance(row, dict) and isinstance(row.get(key), (int, float))}
+
+
 def headline(metrics: dict) -> tuple[str, bool]:
     """The run's headline score and whether lower is better, as its task recorded them in metrics.json (runs
     written before that: accuracy, or loss for a decoder)."""
@@ -57,9 +64,7 @@ def better_baseline(metrics: dict, run_dir: str, ships: bool = False) -> dict | 
     split = "test" if on_test else "validation"
     ours = (test.get("finetuned") or {}).get(name) if on_test else \
         validation.get("best") if validation.get("metric") == name else None
-    scored = {key: row[name if on_test else "validation"] for key, row in test.items()
-              if key not in ("finetuned", "base_model", "teacher") and isinstance(row, dict)
-              and isinstance(row.get(name if on_test else "validation"), (int, float))}
+    scored = baseline_scores(test, name if on_test else "validation")
     if ours is None or not scored:
         return None
     key = (min if lower else max)(scored, key=scored.get)
@@ -90,9 +95,8 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
     if not_above_base:
         findings.append(f"test {name} {show(value)} is not clearly {'below' if lower else 'above'} the untrained base "
                         f"model's {show(base[name])}{interval}")
-    for model, scores in test.items():
-        simple = (scores or {}).get(name) if model not in ("finetuned", "base_model", "teacher") else None
-        if simple is not None and beats(simple, best):
+    for model, simple in baseline_scores(test, name).items():
+        if beats(simple, best):
             findings.append(f"test {name} {show(value)} is {'above' if lower else 'below'} the "
                             f"{BASELINE_NAMES.get(model) or baseline_name(model, metrics)}'s {show(simple)}, "
                             f"beyond the 95% interval ({show(low)}–{show(high)})")

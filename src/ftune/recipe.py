@@ -77,19 +77,26 @@ def choose_method(config, texts: int, classes: int) -> tuple[str, str] | None:
                            f"of texts teach more than the labels alone")
 
 
+def rate_with(config, method: str) -> float:
+    """The learning rate of `config` under another method: that method's default where the config's rate was its
+    method's default, else the rate the config set."""
+    from ftune.config import default_learning_rate
+
+    return default_learning_rate(config.task.name, method) if config._learning_rate_is_default else \
+        config.train.learning_rate
+
+
 def resolved(config, texts: int, processes: int = 1, classes: int = 0):
     """`config` with the settings it leaves unset filled from the training split (its size, its labels): a copy (the
     caller's config may start other runs), whose `_chosen` is {setting: {"value", "reason", "key"}} for run.json and
     the run's first lines (empty when the config set them all)."""
-    from ftune.config import default_learning_rate
     from ftune.methods import METHODS
 
     config = config.model_copy(deep=True)
     method = choose_method(config, texts, classes)
     if method:
+        config.train.learning_rate = rate_with(config, method[0])
         config.method = METHODS[method[0]].Options()
-        if config._learning_rate_is_default:
-            config.train.learning_rate = default_learning_rate(config.task.name, method[0])
         config._chosen = {**config._chosen, "method": {"value": method[0], "reason": method[1], "key": "--method"}}
     if config.train.epochs is None:
         config.train.epochs, why = choose_epochs(texts, config.train, processes)

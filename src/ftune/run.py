@@ -176,7 +176,7 @@ def _first_difference(a: dict, b: dict, prefix: str = "", skip: tuple[str, ...] 
     """The first setting of `a` that `b` has otherwise; `skip`: dotted prefixes `b` leaves to the data (a run of
     it chooses them as the saved run did, from the same data)."""
     for key in a:
-        if f"{prefix}{key}".startswith(skip) or f"{prefix}{key}.".startswith(skip):
+        if f"{prefix}{key}.".startswith(skip):  # "train.epochs." and "method." alike
             continue
         if isinstance(a[key], dict) and isinstance(b.get(key), dict):
             found = _first_difference(a[key], b[key], f"{prefix}{key}.", skip)
