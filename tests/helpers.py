@@ -144,6 +144,24 @@ def _instructions(folder: Path) -> TinyData:
     return TinyData({"data.train": _jsonl(folder, rows)}, [text for row in rows for text in row.values()])
 
 
+def preference_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Prompts with the right opposite chosen and a wrong one (the word itself, or another's opposite) rejected."""
+    rng = random.Random(seed)
+    words = list(OPPOSITES.items()) + [(b, a) for a, b in OPPOSITES.items()]
+    rows = []
+    for _ in range(n):
+        (w, o), (_, wrong) = rng.choice(words), rng.choice(words)
+        wrong = w if wrong == o else wrong
+        rows.append({"prompt": f"what is the opposite of {w} ?", "chosen": f"the opposite of {w} is {o} .",
+                     "rejected": f"the opposite of {w} is {wrong} ."})
+    return rows
+
+
+def _pairs(folder: Path) -> TinyData:
+    rows = preference_pairs(80)
+    return TinyData({"data.train": _jsonl(folder, rows)}, [text for row in rows for text in row.values()])
+
+
 def counted_reviews(n: int, seed: int = 0) -> pd.DataFrame:
     """Texts whose target is how many praise words they hold (0-3): a number a model can read off the words."""
     rng = random.Random(seed)
@@ -182,7 +200,7 @@ def _topics(folder: Path) -> TinyData:
 # A task registered in TASKS gets the contract suite's checks once it has an entry here.
 TINY_DATA: dict[str, Callable[[Path], TinyData]] = {
     "classification": _reviews, "token-classification": _tagged, "causal-lm": _instructions,
-    "regression": _praise_counts, "multi-label": _topics, "ordinal": _praise_counts}
+    "regression": _praise_counts, "multi-label": _topics, "ordinal": _praise_counts, "preference": _pairs}
 
 
 KEY = "test-key"

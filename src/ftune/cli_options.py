@@ -27,6 +27,7 @@ from pydantic import BaseModel
 # Every config key that is a flag, with its flag: one table, so a key has the same flag in every command.
 FLAGS = {
     "model.name": "--model",
+    "model.init_from": "--init-from",
     "data.train": "--data",
     "data.validation": "--validation-data",
     "data.test": "--test-data",

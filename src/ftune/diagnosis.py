@@ -21,6 +21,7 @@ FEW_STEPS = 20  # fewer optimizer steps than this are too few to learn much; a r
 # (full 1e-5-5e-5, LoRA 2e-4-1e-3, prompt tuning 3e-2), and beyond them a run diverges more often than it learns.
 # A method not listed gets full fine-tuning's, the most careful.
 MAX_RATE = {"full": 2e-4, "freeze": 3e-3, "lora": 3e-3, "dora": 3e-3, "prompt-tuning": 0.1}
+CHOSEN_FELL = 0.01  # preference tuning: the chosen answers' log-probability fell by more than this a token
 BASELINE_NAMES = {"tfidf": "TF-IDF baseline", "most_frequent_tag": "most-frequent-tag baseline"}
 
 
@@ -102,17 +103,33 @@ def diagnose(metrics: dict, history: list[dict], config: dict, run_dir: str) -> 
                             f"beyond the 95% interval ({show(low)}–{show(high)})")
     curves = read_curves(metrics, history)
     flat = _flat(curves)
-    if flat:
+    if flat and (not_above_base or base.get(name) is None):  # a score clearly above the base's is read over the loss
         findings.append(f"the loss never fell: {flat}")
+    both_fell = _both_answers_fell(finetuned)
+    if both_fell:
+        findings.append(both_fell)
     if not findings:
         return None
     causes, fix = _causes(metrics, curves, config, flat is not None)
+    if both_fell:  # preference tuning's own failure, and its own fix, before the generic ones
+        causes.insert(0, "the margin grew by pushing both answers down, a known failure of DPO on pairs whose "
+                         "answers differ little: the model drifts from answers it should keep")
+        fix = "--set task.loss=orpo" if (config.get("task") or {}).get("loss", "dpo") == "dpo" else fix
     # "Nothing" only for a model no better than its untrained self (or, without that score, a loss that never moved):
     # one clearly above its base but below a simple baseline learned, only less than the baseline did.
     nothing = not_above_base or (base.get(name) is None and flat is not None)
     retry = f"ftune train {run_dir}/config.yaml {fix} --output-dir {run_dir}-retry" if fix else None
     return {"verdict": "learned nothing" if nothing else "learned little", "findings": findings, "causes": causes,
             "try": retry}
+
+
+def _both_answers_fell(finetuned: dict) -> str | None:
+    """Preference tuning: the chosen answers' log-probability fell with the rejected ones' (it should hold or rise)."""
+    chosen, rejected = finetuned.get("chosen_shift"), finetuned.get("rejected_shift")
+    if chosen is None or rejected is None or chosen >= -CHOSEN_FELL or rejected >= chosen:
+        return None
+    return (f"the chosen answers' log-probability fell ({chosen:+.3f} a token) along with the rejected ones' "
+            f"({rejected:+.3f}) on test")
 
 
 class Curves(NamedTuple):

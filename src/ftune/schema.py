@@ -20,6 +20,9 @@ MAX_SEED = 2**32 - 1  # what numpy's seeding takes; another seed would fail only
 class ModelConfig(Section):
     name: str = Field("minilm", description="'minilm' (bundled default), a local directory, or a hub id")
     trust_remote_code: bool = Field(False, description="run model code shipped with the weights")
+    init_from: str | None = Field(None, description="a finished run to start from instead of the base model's "
+                                                    "weights (an adapter run is merged into its base first): SFT, "
+                                                    "then preference tuning")
 
 
 class LongTextConfig(Section):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -24,7 +24,8 @@ from ftune.errors import ConfigError, RunError
 from ftune.lr_find import choose_learning_rate
 from ftune.memory import auto_batch_size, check_fits, estimate, free_bytes, knobs
 from ftune.methods import Method, count_parameters, frozen_to, method_for
-from ftune.models import load_tokenizer, resolve_model
+from ftune.init_from import model_source
+from ftune.models import load_tokenizer
 from ftune.optim import (STATE_BYTES, check_optimizer, compile_layers, compile_seconds, frozen_dtype, make_optimizer,
                          mixed_precision, param_groups)
 from ftune.progress import TrainProgress
@@ -54,6 +55,13 @@ class Setup:
     compile_start: float | None = None  # torch.compile seconds of this process before this run
 
 
+def starting_point(config: Config) -> tuple[str, Any]:
+    """(the folder or hub id of the run's first weights, their tokenizer): the base model, or the run that
+    model.init_from names (ftune.init_from)."""
+    source = model_source(config)
+    return source, load_tokenizer(source, config.model.trust_remote_code)
+
+
 def set_up(config: Config, task: Task, splits, source: str, tokenizer, run_dir: Path, resume: bool,
            progress: TrainProgress, accelerator: Accelerator) -> Setup:
     cfg, world = config.train, accelerator.num_processes
@@ -80,6 +88,9 @@ def set_up(config: Config, task: Task, splits, source: str, tokenizer, run_dir: 
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=total_steps,
                               num_warmup_steps=round(total_steps * cfg.warmup_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler: stepped by the loop
+    started = task.before_training(model, data, pad_id, accelerator.device, dtype)  # before a resume's weights load
+    if started:
+        progress.note(started)
     multiple = cfg.pad_to_multiple_of
     distill = config.distill
     loss = distill_loss(task.loss, distill.temperature, distill.alpha) if distill else task.loss
@@ -220,8 +231,7 @@ def preflight(config: Config, resume: bool, check_output: bool = True) -> Splits
     mixed_precision(config.train.precision)
     check_optimizer(config.train.optimizer)
     splits = task_for(config).load_splits(config.train.seed)  # also fetches built-in data
-    source = resolve_model(config.model.name)
-    check_max_length(config, source, load_tokenizer(source, config.model.trust_remote_code))
+    check_max_length(config, *starting_point(config))
     if check_output:
         check_run_dir(config, resume, splits.fingerprint())
     return splits  # read once: a caller that needs them (ftune.budget) does not read the data again

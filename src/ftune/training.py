@@ -29,7 +29,6 @@ from ftune.distributed import (gathered, gathered_outputs, make_accelerator, on_
 from ftune.errors import ConfigError, RunError, RunPruned, TrainingStopped
 from ftune.inference import to_device
 from ftune.memory import knobs, out_of_memory_message
-from ftune.models import load_tokenizer, resolve_model
 from ftune.optim import check_optimizer, compile_seconds, mixed_precision
 from ftune.predictors import Run
 from ftune.progress import TrainProgress
@@ -37,7 +36,8 @@ from ftune.run import discard_run, last_step, open_run_dir, release_run_dir, upd
 from ftune.run_files import write_run
 from ftune.stopping import StopFlag, stop_on_signals
 from ftune.tasks import Task, task_for
-from ftune.train_setup import Setup, check_max_length, epoch_batches, preflight, set_up  # noqa: F401 (preflight: the CLI's)
+from ftune.train_setup import (Setup, check_max_length, epoch_batches, preflight, set_up,  # noqa: F401 (preflight: the CLI's)
+                               starting_point)
 from ftune.trackers import connect
 from ftune.tracking import Tracker
 
@@ -58,8 +58,7 @@ def train(config: Config, resume: bool = False, quiet: bool = False,
         splits = task.load_splits(cfg.seed)  # bad data or model: stop before any file
         config = recipe.resolved(config, len(splits.train), accelerator.num_processes, len(splits.labels))
         cfg = config.train
-        source = resolve_model(config.model.name)
-        tokenizer = load_tokenizer(source, config.model.trust_remote_code)
+        source, tokenizer = starting_point(config)  # the base model, or the run model.init_from names
         check_max_length(config, source, tokenizer)
     main = accelerator.is_main_process
     tracker = Tracker()

@@ -122,6 +122,9 @@ def _from_table(frame: pd.DataFrame, data: DataConfig, options: dict[str, Any]) 
     if data.label_column is None:  # a label column the user named means labels, whatever else the table holds
         messages = options.get("messages_column", "messages")
         prompt, response = options.get("prompt_column", "prompt"), options.get("response_column", "response")
+        chosen, rejected = options.get("chosen_column", "chosen"), options.get("rejected_column", "rejected")
+        if {chosen, rejected} <= columns:
+            return Inferred("preference", f"columns '{chosen}' and '{rejected}' hold answers preferred and not")
         if messages in columns and _mostly(frame[messages].map(_is_chat).tolist()):
             return Inferred("causal-lm", f"column '{messages}' holds chats (role and content messages)")
         if {prompt, response} <= columns and "label" not in columns:

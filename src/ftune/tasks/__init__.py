@@ -18,6 +18,7 @@ from ftune.tasks.causal_lm import CausalLM
 from ftune.tasks.classification import Classification
 from ftune.tasks.multi_label import MultiLabel
 from ftune.tasks.ordinal import Ordinal
+from ftune.tasks.preference import Preference
 from ftune.tasks.regression import Regression
 from ftune.tasks.tagging import Tagging
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ftune.config import Config
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Tagging, CausalLM, Regression, MultiLabel,
-                                                                 Ordinal)}
+                                                                 Ordinal, Preference)}
 DEFAULT_TASK = Classification.name  # a config's task when it names none and none is read off the data
 
 

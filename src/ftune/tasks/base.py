@@ -117,6 +117,12 @@ class Task(ABC):
     def prepare_loss(self, train: Encoded, labels: list[str], device: torch.device) -> None:
         """Anything the loss needs from the whole training split, computed once (class weights)."""
 
+    def before_training(self, model: torch.nn.Module, data: dict[str, Encoded], pad_id: int, device, dtype) -> str | None:
+        """Once per run, with the model as it starts (on --resume too, before the checkpoint's weights are loaded):
+        what the task needs from the untrained model over the encoded splits (preference tuning: the reference's
+        log-probabilities). Returns a line for the log, or None."""
+        return None
+
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the model's forward pass gets: the batch without its labels (and a teacher's logits when distilling),
         so the model computes no loss of its own (an encoder-decoder task would keep what its decoder needs)."""
