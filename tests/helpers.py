@@ -80,8 +80,7 @@ def entity_sentences(n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]
     return rows
 
 
-OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "light": "dark",
-             "early": "late", "happy": "sad", "open": "closed", "rich": "poor"}
+from ftune.tiny import OPPOSITES  # noqa: E402 (beside the helpers that use it)
 
 
 def chat_run(root: Path, rows: list[dict], texts: list[str], **train: float) -> str:
@@ -145,16 +144,24 @@ def _instructions(folder: Path) -> TinyData:
 
 
 def preference_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Prompts with the right opposite chosen and a wrong one (the word itself, or another's opposite) rejected."""
-    rng = random.Random(seed)
-    words = list(OPPOSITES.items()) + [(b, a) for a, b in OPPOSITES.items()]
+    """Prompts with the right opposite chosen and a wrong one rejected (ftune.tiny's, which the bench shares)."""
+    from ftune.tiny import opposite_pairs
+
+    return opposite_pairs(n, seed)
+
+
+def unpaired_answers(n: int, seed: int = 0) -> list[dict]:
+    """KTO's data from the same prompts: each answer alone, right (label true) or wrong (false)."""
     rows = []
-    for _ in range(n):
-        (w, o), (_, wrong) = rng.choice(words), rng.choice(words)
-        wrong = w if wrong == o else wrong
-        rows.append({"prompt": f"what is the opposite of {w} ?", "chosen": f"the opposite of {w} is {o} .",
-                     "rejected": f"the opposite of {w} is {wrong} ."})
+    for i, pair in enumerate(preference_pairs(n, seed)):
+        good = i % 2 == 0
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good})
     return rows
+
+
+def _unpaired(folder: Path) -> TinyData:
+    rows = unpaired_answers(80)
+    return TinyData({"data.train": _jsonl(folder, rows)}, [row["prompt"] + " " + row["completion"] for row in rows])
 
 
 def _pairs(folder: Path) -> TinyData:
@@ -200,7 +207,8 @@ def _topics(folder: Path) -> TinyData:
 # A task registered in TASKS gets the contract suite's checks once it has an entry here.
 TINY_DATA: dict[str, Callable[[Path], TinyData]] = {
     "classification": _reviews, "token-classification": _tagged, "causal-lm": _instructions,
-    "regression": _praise_counts, "multi-label": _topics, "ordinal": _praise_counts, "preference": _pairs}
+    "regression": _praise_counts, "multi-label": _topics, "ordinal": _praise_counts, "preference": _pairs,
+    "reward-model": _pairs, "kto": _unpaired}
 
 
 KEY = "test-key"

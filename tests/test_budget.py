@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import ftune_cli
+from helpers import ftune_cli, synthetic_reviews
 
 import ftune
 import ftune.training
@@ -145,6 +145,20 @@ def test_a_budget_under_one_run_trains_the_config_as_given_and_says_so(tiny_conf
     assert [(t.candidate, t.rung, t.outcome) for t in result.trials] == [
         (0, 0, "kept"), (1, None, "not trained"), (2, None, "not trained"), (3, None, "not trained"),
         (4, None, "not trained")]
+
+
+def test_a_validation_split_too_small_to_choose_on_trains_the_config_as_given(tiny_config, tmp_path, monkeypatch):
+    """With 3 validation texts, one text is 33 points: a search would pick its winner by chance (seen: --budget on 16
+    spam messages a class chose freeze by 2 of 3 texts, 7 points below the plain run on test)."""
+    synthetic_reviews(40).to_csv(tmp_path / "few.csv", index=False)
+    config = tiny_config(**{"output_dir": str(tmp_path / "out"), "data.train": str(tmp_path / "few.csv"),
+                            "method.name": "full"})
+    fake = FakeTraining(monkeypatch, config, SCORES, {"full": 1.0, "lora": 1.0, "freeze": 1.0})
+    lines = []
+    budget.search(config, 10_000, say=lines.append)
+    assert any(line.startswith("the validation split holds 3 texts, too few to choose between recipes on (30 or "
+                               "more") for line in lines), lines
+    assert [c.output_dir for c in fake.configs[:1]] == [str(tmp_path / "out" / "final")]
 
 
 def test_a_rung_that_would_end_past_the_budget_is_not_started(tiny_config, tmp_path, monkeypatch):

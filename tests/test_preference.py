@@ -15,7 +15,7 @@ from ftune.data import collate
 from ftune.tasks import task_for
 from ftune.tasks.preference import encode_pairs, select_pairs
 from ftune.tiny import build_tiny_decoder
-from helpers import ftune_cli, instructions, preference_pairs
+from helpers import ftune_cli, instructions, preference_pairs, unpaired_answers
 
 
 def _jsonl(path, rows: list[dict]) -> str:
@@ -167,3 +167,41 @@ def test_the_diagnosis_names_both_answers_falling():
                                  "ones' (-0.600) on test"]
     assert found["causes"][0].startswith("the margin grew by pushing both answers down")
     assert found["try"] == "ftune train runs/x/config.yaml --set task.loss=orpo --output-dir runs/x-retry"
+
+
+def test_a_reward_model_learns_the_preference_and_predict_scores_prompt_and_answer(decoder, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A tiny decoder with a one-output head, Bradley-Terry on 320 pairs: held-out accuracy far above the untrained
+    head's and the length heuristic's; `ftune predict --text-pair-column` scores a right answer above a wrong one."""
+    pairs = _jsonl(tmp_path / "pairs.jsonl", preference_pairs(320, seed=1))
+    code, _, err = ftune_cli(monkeypatch, capsys, "train", "--task", "reward-model", "--model", str(decoder), "--data",
+                             pairs, "--output-dir", str(tmp_path / "rm"), "--tracking", "none", "--epochs", "3",
+                             "--learning-rate", "0.001", "--method", "full")
+    assert code == 0, err
+    test = json.loads((tmp_path / "rm" / "metrics.json").read_text())["test"]
+    assert test["finetuned"]["accuracy"] >= 0.9 and test["finetuned"]["accuracy"] > test["longer_answer"]["accuracy"]
+    assert test["finetuned"]["margin"] > 1
+    written = pd.read_csv(tmp_path / "rm" / "test_predictions.csv")
+    assert {"chosen_score", "rejected_score", "predicted"} <= set(written.columns)
+    question = "what is the opposite of hot ?"
+    _jsonl(tmp_path / "ask.jsonl", [{"text": question, "answer": "the opposite of hot is cold ."},
+                                    {"text": question, "answer": "the opposite of hot is up ."}])
+    code, out, err = ftune_cli(monkeypatch, capsys, "predict", str(tmp_path / "rm"), "--input",
+                               str(tmp_path / "ask.jsonl"), "--text-pair-column", "answer")
+    assert code == 0, err
+    right, wrong = (json.loads(line)["score"] for line in out.strip().splitlines())
+    assert right > wrong
+
+
+def test_kto_learns_from_answers_marked_good_or_bad(decoder, tmp_path):
+    """Unpaired answers (no pair shares a prompt's two answers): held-out reward accuracy above the labels' balance."""
+    rows = unpaired_answers(400, seed=1)
+    config = ftune.load_config(overrides={
+        "task": "kto", "model.name": str(decoder), "data.train": _jsonl(tmp_path / "answers.jsonl", rows),
+        "data.max_length": 48, "train.epochs": 3, "train.learning_rate": 1e-3, "method.name": "full",
+        "tracking.backend": "none", "output_dir": str(tmp_path / "run")}, infer_task=True)
+    run = ftune.train(config, quiet=True)
+    test = json.loads((run.path / "metrics.json").read_text())["test"]
+    assert test["base_model"]["reward_accuracy"] == pytest.approx(0.5, abs=0.05)
+    assert test["finetuned"]["reward_accuracy"] >= max(0.65, test["all_good"]["reward_accuracy"] + 0.05)
+    assert test["finetuned"]["chosen_shift"] > test["finetuned"]["rejected_shift"]

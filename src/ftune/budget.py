@@ -286,6 +286,11 @@ def search(config: Config, budget_s: float, say: Callable[[str], None] = lambda 
         return trial
 
     alive = [c.index for c in listed]  # candidates still in, best first after each rung
+    if not recipe.chooses_checkpoint(len(splits.validation)):  # a choice made by a text or two is made by chance
+        alive = [0]
+        decide(f"the validation split holds {len(splits.validation)} texts, too few to choose between recipes on "
+               f"({recipe.MIN_VALIDATION} or more; give a larger one with --validation-data): training the config as "
+               f"given, without a search")
     chosen: Plan | None = None
     for rung in schedule:
         if len(alive) < 2:

@@ -21,8 +21,8 @@ from ftune.tasks import TASKS
 
 PIPELINE_TAGS = {"classification": "text-classification", "multi-label": "text-classification",
                  "regression": "text-classification", "token-classification": "token-classification",
-                 "causal-lm": "text-generation"}
-PEFT_CLASSES = {"token-classification": "AutoPeftModelForTokenClassification", "causal-lm": "AutoPeftModelForCausalLM"}
+                 "reward-model": "text-classification"}  # a decoder that writes text (Task.serves "chat"): generation
+PEFT_CLASSES = {"token-classification": "AutoPeftModelForTokenClassification"}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # org/name, or a bare name like bert-base-uncased
 CARD = "README.md"
 CONFIGS = ("config.json", "adapter_config.json")  # the small text files of a model folder that may name a local path
@@ -136,9 +136,9 @@ def run_card(run_dir: str | Path, folder: str, repo_id: str | None = None) -> st
     train_name = file_name(facts.config.data.train)
     data = ModelCardData(
         library_name="peft" if folder == "adapter" else "transformers", base_model=hub_id,
-        pipeline_tag=PIPELINE_TAGS.get(task), tags=["ftune", task, method], metrics=shown or None,
+        pipeline_tag=_pipeline(task), tags=["ftune", task, method], metrics=shown or None,
         model_name=facts.name,
-        eval_results=[EvalResult(task_type=PIPELINE_TAGS.get(task, task), dataset_type=train_name,
+        eval_results=[EvalResult(task_type=_pipeline(task) or task, dataset_type=train_name,
                                  dataset_name=train_name, dataset_split="test", metric_type=m,
                                  metric_value=round(float(finetuned[m]), 4), metric_name=f"test {m}")
                       for m in shown] or None)
@@ -181,8 +181,13 @@ def score_line(facts: RunFacts, lead: str = "Test") -> str:
     return f"{lead} {metric}: {finetuned[metric]:.4f}{interval} on {finetuned.get('n', '?')} held-out {unit}."
 
 
+def _pipeline(task: str) -> str | None:
+    """The hub's pipeline tag for a task's model."""
+    return "text-generation" if TASKS[task].serves == "chat" else PIPELINE_TAGS.get(task)
+
+
 def _labels(facts: RunFacts) -> list[str]:
-    if not facts.labels or facts.config.task.name in ("regression", "causal-lm"):
+    if len(facts.labels) < 2:  # a decoder's text, or one output (regression's value, a reward model's score)
         return []
     rows = "\n".join(f"| {i} | {cell(name)} |" for i, name in enumerate(facts.labels))
     return [f"## Labels\n\n| id | label |\n|---|---|\n{rows}"]
@@ -242,11 +247,12 @@ def _training(facts: RunFacts) -> str:
 
 def _usage(facts: RunFacts, folder: str, repo_id: str | None) -> str:
     task = facts.config.task.name
+    chat = TASKS[task].serves == "chat"  # causal-lm, preference, kto: a decoder that writes text
     where = repo_id or f"path/to/{folder}"
     if folder == "adapter":
-        cls = PEFT_CLASSES.get(task, "AutoPeftModelForSequenceClassification")
+        cls = "AutoPeftModelForCausalLM" if chat else PEFT_CLASSES.get(task, "AutoPeftModelForSequenceClassification")
         id2label, label2id = dict(enumerate(facts.labels)), {n: i for i, n in enumerate(facts.labels)}
-        names = "" if task == "causal-lm" else \
+        names = "" if chat else \
             f", num_labels={len(facts.labels)},\n    id2label={id2label!r},\n    label2id={label2id!r}"
         code = (f"from peft import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{where}\"{names})\n"
@@ -254,10 +260,10 @@ def _usage(facts: RunFacts, folder: str, repo_id: str | None) -> str:
         note = (f"The adapter holds the {facts.config.method.name} weights and the new head; peft loads the base "
                 "model named in adapter_config.json. The label names are in labels.json (pass them as above).")
     else:
-        pipeline = PIPELINE_TAGS.get(task, "text-classification")
+        pipeline = _pipeline(task) or "text-classification"
         extra = {"token-classification": ', aggregation_strategy="simple"', "multi-label": ", top_k=None"}.get(task, "")
         code = (f"from transformers import pipeline\n\nmodel = pipeline(\"{pipeline}\", model=\"{where}\"{extra})\n"
-                f"print(model(\"{'an instruction to answer' if task == 'causal-lm' else 'a text to label'}\"))")
+                f"print(model(\"{'an instruction to answer' if chat else 'a text to label'}\"))")
         note = ""
         if task == "regression":
             mean, std = facts.task_state.get("mean"), facts.task_state.get("std")
@@ -266,7 +272,7 @@ def _usage(facts: RunFacts, folder: str, repo_id: str | None) -> str:
                         f"(ftune predict does).")
         if task == "multi-label" and facts.task_state.get("thresholds"):
             note = f"Each label has its own decision threshold, fixed on validation: {facts.task_state['thresholds']}."
-    if task == "causal-lm":
+    if chat:
         commands = "`ftune generate RUN --prompt \"...\"`, `ftune serve RUN` (an OpenAI-compatible chat API)"
     else:
         commands = "`ftune predict RUN --text \"...\"`, `ftune serve RUN`" + \

@@ -235,6 +235,9 @@ def predict(
     text: Annotated[Optional[list[str]], typer.Option(help="a text to label, repeatable")] = None,
     input_: Annotated[Opt, typer.Option("--input", help="CSV/TSV/JSON/JSONL/Parquet/TXT file, or - for stdin lines")] = None,
     text_column: Annotated[Opt, typer.Option(help="column of --input holding the text")] = None,
+    text_pair_column: Annotated[Opt, typer.Option(help="column of --input holding each text's second text (pair "
+                                                       "tasks; for a reward model the answer, the text its prompt)")
+                                ] = None,
     output: Annotated[Optional[Path], typer.Option(help="write .csv or .jsonl here instead of printing")] = None,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
     trust_remote_code: TrustOpt = False,
@@ -263,7 +266,10 @@ def predict(
     else:
         raise FtuneError("nothing to predict: pass --text TEXT, --input FILE, or --input - for stdin")
     texts = frame.pop("_text").tolist() if "_text" in frame else frame["text"].tolist()
-    results = predictor.predict(texts)
+    if text_pair_column and (not input_ or input_ == "-"):
+        raise FtuneError("--text-pair-column reads a column of --input FILE; pass the file with both columns")
+    pairs = _read_input(input_, text_pair_column)["_text"].tolist() if text_pair_column else None
+    results = predictor.predict(texts, pairs)
     if output:
         write_predictions(frame, results, output)
         out.print(f"wrote {len(texts)} predictions to {output}", highlight=False)
@@ -275,7 +281,8 @@ def predict(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    format_: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
+    format_: Annotated[str, typer.Option("--format", help="export format: onnx (classifiers, taggers, regression), "
+                                                          "gguf (decoders: llama.cpp, Ollama)")] = "onnx",
     quantize: Annotated[Opt, typer.Option(help="also write an int8 model (dynamic quantization): int8")] = None,
     output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/onnx)")] = None,
     data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
@@ -289,8 +296,10 @@ def export(
     from ftune.export import export_onnx
     from ftune.run import read_json
 
-    if format_ != "onnx":
-        raise FtuneError(f"--format {format_!r} is not supported; use --format onnx")
+    if format_ not in ("onnx", "gguf"):
+        raise FtuneError(f"--format {format_!r} is not supported; use --format onnx or gguf")
+    if format_ == "gguf":
+        return _export_gguf(run, output, quantize, baseline, trust_remote_code)
     if baseline:
         return _export_baseline(run, output, quantize, data)
     with out.status("exporting, then checking the export against PyTorch on held-out texts"):
@@ -304,6 +313,24 @@ def export(
     _print_table(("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"), rows,
                  f"parity on {parity['texts']} held-out texts")
     out.print(f"export folder: {folder}")
+
+
+def _export_gguf(run: Path, output: Path | None, quantize: str | None, baseline: bool, trust_remote_code: bool
+                 ) -> None:
+    from ftune.export_gguf import export_gguf
+    from ftune.run import read_json
+
+    if quantize or baseline:
+        raise FtuneError(f"--format gguf writes f16 and q8_0 files itself and takes no "
+                         f"{'--quantize' if quantize else '--baseline'}; leave it out")
+    with out.status("exporting to GGUF, then reading the files back with transformers"):
+        folder = export_gguf(run, output, trust_remote_code=trust_remote_code)
+    parity = read_json(folder / "export.json")["parity"]
+    rows = [(kind, f"{parity[kind]['max_abs_diff']:.2g}", _pct(parity[kind]["same_next_token"]),
+             f"{parity[kind]['bytes'] / 1e6:.1f}") for kind in ("f16", "q8_0")]
+    _print_table(("file", "max |logit diff|", "same next token as PyTorch", "size MB"), rows,
+                 f"read back by transformers, every position of {parity['chats']} held-out chats")
+    out.print(f"export folder: {folder}  (ollama create NAME -f {folder}/Modelfile)")
 
 
 def _export_baseline(run: Path, output: Path | None, quantize: str | None, data: str | None) -> None:
@@ -384,6 +411,33 @@ def serve(
     out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs){api}",
               highlight=False)
     run_server(served, host, port, settings)
+
+
+@app.command()
+def ui(
+    root: Annotated[Path, typer.Option(help="folder of runs: new runs are written there, and the page lists "
+                                            "them")] = Path("runs"),
+    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 7860,
+    token: Annotated[Opt, typer.Option(help="the token the URL must carry (default: a random one)")] = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """The workflow in a browser, over a folder of runs: look at a data file, configure, train and watch a run,
+    read reports, compare runs, try a model, export and serve it. Data files are read under this folder."""
+    import secrets
+
+    import uvicorn
+
+    from ftune.serve_guards import LOOPBACK_HOSTS, is_loopback
+    from ftune.ui.app import create_app
+
+    token = token or secrets.token_urlsafe(24)
+    allowed = LOOPBACK_HOSTS if is_loopback(host) else None  # the Host check against DNS rebinding, on loopback
+    app_ = create_app(root, Path.cwd(), token, allowed, trust_remote_code)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    out.print(f"ftune ui on http://{shown}:{port}/?token={token}  (runs: {root}; Ctrl+C stops it)", highlight=False,
+              soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()

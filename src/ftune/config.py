@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
 from ftune import safe_yaml
-from ftune.errors import ConfigError
+from ftune.errors import ConfigError, FtuneError
 from ftune.methods import DEFAULT_METHOD, METHODS, method_for
 from ftune.schema import (DEFAULT_LEARNING_RATES, METHOD_NAMES, DataConfig, DistillConfig,  # noqa: F401
                           DistributedConfig, LongTextConfig, Method, ModelConfig, Section, TrackingConfig, TrainConfig)
@@ -120,12 +120,25 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | di
     items = list(overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or []))
     for key, value in items:
         _set_dotted(raw, key, value)
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    if model.get("init_from") and "name" not in model:  # a run's start is its base model, as that run named it
+        raw["model"] = {**model, "name": _base_of(str(model["init_from"])) or "minilm"}
     inferred = _infer_task(raw) if infer_task else None
     if inferred is not None:
         raw = {**raw, "task": {**(raw.get("task") or {}), "name": inferred.task}}
     config = validate(raw, where, given={key for key, _ in items})
     config._task_inferred = inferred
     return config
+
+
+def _base_of(run: str) -> str | None:
+    """The base model a run's config.yaml names; None when it cannot be read (training then says why, with the fix,
+    as ftune.init_from checks the run)."""
+    try:
+        name = safe_yaml.load(Path(run) / "config.yaml", run).get("model", {}).get("name")
+    except (FtuneError, OSError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _infer_task(raw: dict[str, Any]) -> Any:

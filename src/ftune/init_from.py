@@ -25,6 +25,14 @@ def model_source(config) -> str:
     return resolve_model(config.model.name) if start is None else starting_run(start, config)
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names point at the same base: one folder (however written), or one hub id or alias."""
+    try:
+        return Path(resolve_model(a)).resolve() == Path(resolve_model(b)).resolve()
+    except Exception:  # noqa: BLE001 - a base that no longer resolves: compare the names
+        return a == b
+
+
 def starting_run(path: str, config) -> str:
     """The folder of a finished run's weights (an adapter merged into its base first), checked to fit this run."""
     from ftune.tasks import TASKS
@@ -35,6 +43,9 @@ def starting_run(path: str, config) -> str:
         raise ConfigError(f"model.init_from: {path} is a {run.config.task.name} run, whose model has another head "
                           f"than a {config.task.name} run's; start from a run of the same kind of model "
                           f"({ours.peft_type}), or from the base model (drop --init-from)")
+    if not _same_model(config.model.name, run.config.model.name):
+        raise ConfigError(f"model.init_from: {path} was trained from {run.config.model.name}, and this run names "
+                          f"model {config.model.name}; leave --model out (the run's base is taken) or name that base")
     if (run.path / "model" / "config.json").is_file():
         return str((run.path / "model").resolve())
     return _merged(run)

@@ -43,6 +43,8 @@ class Encoded:
     teacher_logits: np.ndarray | list[np.ndarray] | None = None
     # Preference tuning: the reference model's log-probability of each answer ([examples, 2]), batched as `reference`
     reference: np.ndarray | None = None
+    # KTO: whether each example's answer is a good one (1) or a bad one (0), batched as `desirable`
+    desirable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -55,7 +57,8 @@ class Encoded:
                        groups=self.groups[indices] if self.groups is not None else None,
                        position_ids=pick(self.position_ids),
                        teacher_logits=None if self.teacher_logits is None else pick(self.teacher_logits),
-                       reference=None if self.reference is None else self.reference[indices])
+                       reference=None if self.reference is None else self.reference[indices],
+                       desirable=None if self.desirable is None else self.desirable[indices])
 
     def loss_terms(self, indices) -> np.ndarray:
         """The labels the loss averages over for these examples: every label, or every token label but -100."""
@@ -130,9 +133,9 @@ def _truncated(texts: list[str], pairs: list[str] | None, tokenizer, max_length:
 
 def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, cap: int | None = None
             ) -> dict[str, torch.Tensor]:
-    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels], [reference], [teacher_logits].
-    Its width is the longest text's, rounded up to a `multiple` (no further than `cap`): on a GPU a few fixed shapes
-    keep its kernels' plans."""
+    """One padded batch: input_ids, attention_mask, [token_type_ids], [position_ids], [labels], [reference],
+    [desirable], [teacher_logits]. Its width is the longest text's, rounded up to a `multiple` (no further than
+    `cap`): on a GPU a few fixed shapes keep its kernels' plans."""
     width = max(len(data.input_ids[i]) for i in indices)
     rounded = -(-width // multiple) * multiple
     width = max(width, min(rounded, cap or rounded))
@@ -160,6 +163,8 @@ def collate(data: Encoded, indices: list[int], pad_id: int, multiple: int = 1, c
             batch["labels"][row, :len(data.labels[i])] = torch.from_numpy(data.labels[i].astype(np.int64))
     if data.reference is not None:
         batch["reference"] = torch.from_numpy(data.reference[indices])
+    if data.desirable is not None:
+        batch["desirable"] = torch.from_numpy(data.desirable[indices])
     if data.teacher_logits is not None:  # a row per text, or a row per token (zeros on padding: never read)
         rows = [data.teacher_logits[i] for i in indices]
         batch["teacher_logits"] = soft = torch.zeros((len(indices), *((width,) if rows[0].ndim == 2 else ()),

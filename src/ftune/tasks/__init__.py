@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING
 from ftune.tasks.base import Task, TaskOptions
 from ftune.tasks.causal_lm import CausalLM
 from ftune.tasks.classification import Classification
+from ftune.tasks.kto import KTO
 from ftune.tasks.multi_label import MultiLabel
 from ftune.tasks.ordinal import Ordinal
 from ftune.tasks.preference import Preference
 from ftune.tasks.regression import Regression
+from ftune.tasks.reward import RewardModel
 from ftune.tasks.tagging import Tagging
 
 if TYPE_CHECKING:
     from ftune.config import Config
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Tagging, CausalLM, Regression, MultiLabel,
-                                                                 Ordinal, Preference)}
+                                                                 Ordinal, Preference, KTO, RewardModel)}
 DEFAULT_TASK = Classification.name  # a config's task when it names none and none is read off the data
 
 

@@ -194,6 +194,35 @@ def most_frequent_labels(truth: np.ndarray) -> np.ndarray:
     return best
 
 
+# --- pairs of answers -----------------------------------------------------------------------------------------------
+
+def tuned_pairwise(splits) -> Choice:
+    """A classical reward model: per test pair, > 0 where it prefers the chosen answer (0: a tie). Logistic regression
+    on the difference of the two answers' TF-IDF features (each answer read with its prompt's messages, word
+    1-2-grams, the vocabulary of the training pairs), fitted on the training pairs both ways round, with the C of the
+    best validation accuracy. `splits` hold chats in columns `chosen` and `rejected` (ftune.tasks.preference)."""
+    started = time.perf_counter()
+
+    def texts(frame: pd.DataFrame, side: str) -> list[str]:
+        return [" ".join(m["content"] for m in chat) for chat in frame[side]]
+
+    vectorizer = sk_text.TfidfVectorizer(sublinear_tf=True, **WORD_NGRAMS)
+    vectorizer.fit(texts(splits.train, "chosen") + texts(splits.train, "rejected"))
+    diffs = [vectorizer.transform(texts(getattr(splits, split), "chosen")) -
+             vectorizer.transform(texts(getattr(splits, split), "rejected")) for split in SPLITS]
+    both_ways = sparse.vstack([diffs[0], -diffs[0]], format="csr")
+    y = np.r_[np.ones(diffs[0].shape[0], np.int64), np.zeros(diffs[0].shape[0], np.int64)]
+    grid = {f"pairwise logistic regression, C={c:g}": partial(logistic, c) for c in LOGISTIC_C}
+    return choose({"word n-grams": [both_ways, *diffs[1:]]}, grid, y,
+                  lambda model, x: model.decision_function(x).ravel(), pairwise_accuracy, started=started)
+
+
+def pairwise_accuracy(margins: np.ndarray) -> float:
+    """The share of pairs whose chosen answer scores higher; a tie counts half (50% is chance)."""
+    margins = np.asarray(margins, dtype=np.float64)
+    return float(((margins > 0) + 0.5 * (margins == 0)).mean()) if len(margins) else 0.5
+
+
 # --- tags -----------------------------------------------------------------------------------------------------------
 
 def tuned_tagger(splits) -> Choice:

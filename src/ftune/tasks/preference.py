@@ -38,6 +38,7 @@ from ftune.errors import DataError
 from ftune.lazy import lazy
 from ftune.tasks.base import TaskOptions
 from ftune.tasks.causal_lm import CausalLM, Learned, _checked_chat, encode_chats
+from ftune.tasks.baselines import pairwise_accuracy, tuned_pairwise
 from ftune.tasks.scoring import bootstrap_accuracy
 
 pd = lazy("pandas")
@@ -81,12 +82,16 @@ class Preference(CausalLM):
             "half; 50% is chance). Shifts: how far each answer's log-probability per token moved from the reference.")
     unit = "pairs"
     titles = {"base_model": "the model as the run starts (its own reference)", "longer_answer": "the longer answer "
-              "preferred", "reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
+              "preferred", "tfidf_pairwise": "TF-IDF pairwise logistic regression (tuned on validation)", "reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
               "chosen_shift": "chosen log-prob shift", "rejected_shift": "rejected log-prob shift"}
 
     @property
     def beta(self) -> float:
         return self.options.beta or BETA[self.options.loss]
+
+    @property
+    def loss_name(self) -> str:
+        return self.options.loss
 
     # --- data ---------------------------------------------------------------------------------------------------------
     def load_splits(self, seed: int):
@@ -111,7 +116,7 @@ class Preference(CausalLM):
 
     # --- model and loss -----------------------------------------------------------------------------------------------
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in super().inputs(batch).items() if k != "reference"}
+        return {k: v for k, v in super().inputs(batch).items() if k not in ("reference", "desirable")}
 
     def before_training(self, model, data: dict[str, Encoded], pad_id: int, device, dtype) -> str:
         """The reference: every answer's log-probability under the model as the run starts, once per split."""
@@ -121,7 +126,7 @@ class Preference(CausalLM):
             rows = predict_outputs(model, data[name], 16, pad_id, device, per_row=lambda out, batch: list(
                 out.logp.float().cpu().numpy()), forward=self.forward, dtype=dtype)
             data[name].reference = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 2), np.float32)
-        return f"preference ({self.options.loss}, beta {self.beta:g}): the reference is the model as this run starts"
+        return f"{self.loss_name} (beta {self.beta:g}): the reference is the model as this run starts"
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Pairs:
         """Each answer's summed log-probability from one forward pass over the pair's row."""
@@ -176,11 +181,25 @@ class Preference(CausalLM):
         return metrics, rows
 
     def baselines(self, splits, seed: int) -> dict:
-        """The longer answer preferred: how much of the preference length alone gives away."""
-        test = splits.test
-        longer = np.array([len(c[-1]["content"]) - len(r[-1]["content"]) for c, r in zip(test.chosen, test.rejected)])
-        correct = (longer > 0) + 0.5 * (longer == 0)
-        return {"longer_answer": {"reward_accuracy": float(correct.mean()), "n": len(test)}}
+        """The longer answer preferred, and a classical reward model (TF-IDF, tuned on validation)."""
+        return pair_baselines(splits, seed, self.headline())
+
+
+def pair_baselines(splits, seed: int, metric: str) -> dict:
+    """The baselines of a split of pairs, scored as `metric` (a pairwise accuracy): the longer answer preferred, and
+    TF-IDF pairwise logistic regression chosen on validation (tasks.baselines), with its interval."""
+    choice = tuned_pairwise(splits)
+    hits = (choice.test > 0) + 0.5 * (choice.test == 0)
+    return {"longer_answer": {metric: longer_answer(splits.test), "n": len(splits.test)},
+            "tfidf_pairwise": {metric: pairwise_accuracy(choice.test), f"{metric}_ci95": list(bootstrap_accuracy(
+                hits.astype(np.float64), seed=seed)), "n": len(splits.test), **choice.fields()}}
+
+
+def longer_answer(pairs: pd.DataFrame) -> float:
+    """The share of pairs whose chosen answer is the longer one (a tie counts half): how much of the preference
+    length alone gives away, the bias reward models are known to learn first."""
+    longer = np.array([len(c[-1]["content"]) - len(r[-1]["content"]) for c, r in zip(pairs.chosen, pairs.rejected)])
+    return float(((longer > 0) + 0.5 * (longer == 0)).mean()) if len(longer) else 0.5
 
 
 def select_pairs(frame: pd.DataFrame, options: PreferenceOptions, where: str) -> pd.DataFrame:
@@ -212,16 +231,17 @@ def _messages(cell, role: str) -> list[dict]:
     return list(cell) if isinstance(cell, list) else [{"role": role, "content": str(cell)}]
 
 
-def encode_pairs(frame: pd.DataFrame, tokenizer, max_length: int, split: str) -> Encoded:
-    """One row per pair: the chosen chat's ids then the rejected chat's (each as causal-lm lays it out, cut at
+def encode_pairs(frame: pd.DataFrame, tokenizer, max_length: int, split: str, columns=("chosen", "rejected")
+                 ) -> Encoded:
+    """One row per pair: the first column's chat ids then the second's (each as causal-lm lays it out, cut at
     max_length), positions restarting at the second so each attends only to itself."""
-    chosen = encode_chats(frame["chosen"].tolist(), tokenizer, max_length, use_cache=True)
-    rejected = encode_chats(frame["rejected"].tolist(), tokenizer, max_length, use_cache=True)
+    first, second = (encode_chats(frame[c].tolist(), tokenizer, max_length, use_cache=True) for c in columns)
     ids, labels, positions = [], [], []
-    for i, (a, b, la, lb) in enumerate(zip(chosen.input_ids, rejected.input_ids, chosen.labels, rejected.labels)):
+    for i, (a, b, la, lb) in enumerate(zip(first.input_ids, second.input_ids, first.labels, second.labels)):
         if (la == IGNORE).all() or (lb == IGNORE).all():
-            prompt = frame["chosen"].iloc[i][-2]["content"] if len(frame["chosen"].iloc[i]) > 1 else ""
-            raise DataError(f"{split} pair {i + 1} (prompt '{prompt[:40]}'): its prompt fills data.max_length "
+            chat = frame[columns[0]].iloc[i]
+            prompt = chat[-2]["content"] if len(chat) > 1 else ""
+            raise DataError(f"{split} example {i + 1} (prompt '{prompt[:40]}'): its prompt fills data.max_length "
                             f"({max_length} tokens), so no answer token is left to learn; raise data.max_length or "
                             f"shorten the prompt")
         ids.append(np.concatenate([a, b]))
