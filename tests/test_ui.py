@@ -20,7 +20,7 @@ import uvicorn
 
 import ftune
 from ftune.ui.app import create_app
-from helpers import synthetic_reviews
+from helpers import chat_run, instructions, synthetic_reviews
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 TOKEN = "test-token"
@@ -140,6 +140,12 @@ def test_the_whole_flow_in_a_browser_and_the_run_equals_the_cli_s(ui, tiny_model
         page.click("#export")
         expect(page.locator("#parity")).to_contain_text("onnx-int8", timeout=300_000)
         page.screenshot(path=str(shots / "5-try-and-ship.png"), full_page=True)
+        page.click("nav button[data-tab=runs]")  # the lists now hold the export
+        page.click("nav button[data-tab=try]")
+        page.select_option("#try-run", "ui-run/onnx")
+        page.click("#predict")
+        expect(page.locator("#answers")).to_contain_text("boring", timeout=60_000)
+        assert "neg" in page.locator("#answers tr").nth(2).inner_text()
         browser.close()
 
 
@@ -179,3 +185,18 @@ def test_a_run_stops_with_a_checkpoint_resumes_and_is_served(ui, tiny_model):
                 time.sleep(0.5)
         assert httpx.get(f"{served['url']}/health").status_code == 200
         assert client.post("/api/runs/short/unserve").json()["said"] == "stopped"
+
+
+@pytest.mark.e2e
+def test_a_decoder_run_answers_in_a_stream(ui):
+    rows = instructions(32)
+    chat_run(ui["work"] / "runs" / "chatty", rows, [t for r in rows for t in r.values()])
+    with httpx.Client(base_url=ui["url"], params={"token": TOKEN}, timeout=60) as client:
+        refused = client.post("/api/predict", json={"source": "chatty/run", "texts": ["hello"]})
+        assert refused.status_code == 400 and "chat box" in refused.text
+        with client.stream("POST", "/api/chat", json={"source": "chatty/run",
+                                                      "texts": ["what is the opposite of hot ?"]}) as streamed:
+            pieces = list(streamed.iter_text())
+        assert streamed.status_code == 200 and "".join(pieces).strip()
+        outside = client.post("/api/predict", json={"source": "../../etc", "texts": ["x"]})
+        assert outside.status_code == 404

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -45,6 +45,7 @@ class Settings(BaseModel):
 
 
 class Texts(BaseModel):
+    source: str  # a run's name, or RUN/onnx: an export of it
     texts: list[str]
 
 
@@ -184,7 +185,8 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
         for name, job in queue.jobs.items():
             rows.setdefault(name, {"name": name, "status": job.state})
             rows[name]["queue"] = job.state
-        return {"runs": list(rows.values())}
+        exports = [f"{p.parent.name}/{p.name}" for p in sorted(root.glob("*/*")) if (p / "export.json").is_file()]
+        return {"runs": list(rows.values()), "exports": exports}
 
     @app.get("/api/runs/{name}/progress")
     def progress(name: str) -> dict:
@@ -211,27 +213,59 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
         return FileResponse(target)
 
     # --- try it and ship it -------------------------------------------------------------------------------------
-    @app.post("/api/runs/{name}/predict")
-    def predict(name: str, body: Texts) -> dict:
-        from ftune.tasks import TASKS
+    def model(source: str):
+        """A run's model (or a decoder run's generator), or an export's, loaded once: `source` is a run's name or
+        RUN/onnx under the runs folder."""
+        folder = (root / source).resolve()
+        if root not in folder.parents or not ((folder / "run.json").is_file() or (folder / "export.json").is_file()):
+            raise HTTPException(404, f"no run or export {source} in {root}")
+        if source not in predictors:
+            from ftune.generate import is_causal_lm_run
 
-        folder = _run(root, name)
-        if name not in predictors:
-            from ftune.config import load_config
-
-            task = load_config(folder / "config.yaml").task.name
-            if TASKS[task].serves == "chat":
+            if is_causal_lm_run(folder):
                 from ftune.generate import Generator
 
-                predictors[name] = Generator(folder, trust_remote_code=trust_remote_code, device="cpu")
+                predictors[source] = Generator(folder, trust_remote_code=trust_remote_code, device="cpu")
             else:
                 from ftune.predictors import load_predictor
 
-                predictors[name] = load_predictor(folder, None, trust_remote_code, "cpu", "fp32")
-        model = predictors[name]
-        if getattr(model, "writes_text", False):
-            return {"answers": [{"text": model.generate(t, max_new_tokens=64)} for t in body.texts[:8]]}
-        return {"answers": model.predict(body.texts[:64])}
+                predictors[source] = load_predictor(folder, None, trust_remote_code, "cpu", "fp32")
+        return predictors[source]
+
+    @app.post("/api/predict")
+    def predict(body: Texts) -> dict:
+        """Answers to texts: a label with every class's score, the tags of each word, a value, a score."""
+        found = model(body.source)
+        if getattr(found, "writes_text", False):
+            raise HTTPException(400, f"{body.source} writes text: use the chat box")
+        return {"answers": found.predict(body.texts[:64])}
+
+    @app.post("/api/chat")
+    def chat(body: Texts) -> StreamingResponse:
+        """A decoder run's answer to one message, streamed as plain text while it is written."""
+        import queue
+        import threading
+        import time
+
+        from ftune.chat_api import _Answer
+
+        found = model(body.source)
+        if not getattr(found, "writes_text", False):
+            raise HTTPException(400, f"{body.source} labels texts: use the Answer button")
+        ids = found.prompt([{"role": "user", "content": (body.texts or [""])[0]}])
+        pieces: queue.Queue = queue.Queue()
+        answer = _Answer(found.tokenizer, threading.Lock(), len(ids), [], threading.Event(), time.monotonic() + 120,
+                         emit=pieces.put)
+
+        def write() -> None:
+            try:
+                found.complete(ids, 128, stopping_criteria=[answer])
+                answer.finish()
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=write, daemon=True).start()
+        return StreamingResponse(iter(pieces.get, None), media_type="text/plain; charset=utf-8")
 
     @app.post("/api/runs/{name}/export")
     def export(name: str) -> dict:

@@ -138,7 +138,8 @@ async function startRun() {
 async function refreshRuns(select) {
   const r = await call("/api/runs");
   const names = r.runs.map((x) => x.name);
-  for (const id of ["train-run", "try-run"]) options($(id), names, select || $(id).value || names[names.length - 1]);
+  options($("train-run"), names, select || $("train-run").value || names[names.length - 1]);
+  options($("try-run"), [...names, ...r.exports], select || $("try-run").value || names[names.length - 1]);
   const t = table(r.runs.map((x) => ({ ...x, tick: "" })), ["tick", "name", "status", "model", "method", "data",
                                                            "test score", "best validation", "train s"]);
   t.id = "runs-table";
@@ -209,18 +210,32 @@ async function predict() {
   $("ship-error").textContent = "";
   const texts = $("try-texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
   try {
-    const r = await call(`/api/runs/${$("try-run").value}/predict`, { texts });
-    const rows = r.answers.map((a, i) => ({ text: texts[i], answer: a.label ?? a.text ?? a.value ?? a.score ??
-      JSON.stringify(a.tags ?? a.labels ?? a), score: a.score === undefined ? "" : a.score.toFixed(4),
+    const r = await call("/api/predict", { source: $("try-run").value, texts });
+    const rows = r.answers.map((a, i) => ({ text: texts[i], answer: a.label ?? a.tagged ?? a.value ?? a.score ??
+      (a.labels ? a.labels.join(", ") : JSON.stringify(a)), score: typeof a.score === "number" && a.label ? a.score.toFixed(4) : "",
       scores: a.scores ? Object.entries(a.scores).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ") : "" }));
     $("answers").innerHTML = ""; $("answers").appendChild(table(rows, ["text", "answer", "score", "scores"]));
   } catch (e) { $("ship-error").textContent = e.message; }
 }
 
+async function chat() {  // a decoder run's answer, shown as it is written
+  $("ship-error").textContent = ""; $("chat-answer").textContent = "";
+  const response = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ source: $("try-run").value, texts: [$("try-texts").value.trim()] }) });
+  if (!response.ok) { const e = await response.json().catch(() => ({})); $("ship-error").textContent = e.error || e.detail; return; }
+  const reader = response.body.getReader(); const decoder = new TextDecoder();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    $("chat-answer").textContent += decoder.decode(value, { stream: true });
+  }
+}
+
 async function ship(action) {
   $("ship-error").textContent = ""; $("ship-said").textContent = "working…";
   try {
-    const r = await call(`/api/runs/${$("try-run").value}/${action}`, {});
+    const run = $("try-run").value.split("/")[0];  // an export ships as its run does
+    const r = await call(`/api/runs/${run}/${action}`, {});
     $("ship-said").textContent = r.said ? `${r.said}${r.url ? " at " + r.url : ""}` : `exported to ${r.folder}`;
     if (r.parity) {
       const metric = r.parity.metric;
@@ -246,6 +261,7 @@ $("resume-run").addEventListener("click", async () => { await call(`/api/runs/${
                                                         follow($("train-run").value); });
 $("compare").addEventListener("click", compare);
 $("predict").addEventListener("click", predict);
+$("chat").addEventListener("click", chat);
 $("export").addEventListener("click", () => ship("export"));
 $("serve").addEventListener("click", () => ship("serve"));
 $("unserve").addEventListener("click", () => ship("unserve"));
