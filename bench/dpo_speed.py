@@ -17,7 +17,7 @@ Timed: the training loop (TRL: trainer.train(); ftune: metrics.json's train seco
 pass before it, which the "pairs/s with the reference" column counts; peak GPU memory per process. The loss at the
 first step is printed for both as a check (same pairs, same start: about ln 2).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/dpo_speed.py --quick        # CPU: a check, 2 cores, about a minute
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/dpo_speed.py --quick        # CPU: 2 cores, about a minute
     python bench/dpo_speed.py                                           # GPU (bench/bundle_trl.sh's .device/)
 
 Writes bench/results/dpo_speed.{json,md}.
@@ -120,13 +120,13 @@ def one(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the tiny shape and short texts, for a CPU")
-    parser.add_argument("--pairs", type=int, default=None, help="pairs in the epoch (default 512, --quick 128)")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs in the epoch (default 512, --quick 1024)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--timeout", type=int, default=600)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.pairs = args.pairs or (128 if args.quick else 512)
+    args.pairs = args.pairs or (1024 if args.quick else 512)
     if args.one:
         return one(args)
     import torch

@@ -66,6 +66,10 @@ def test_the_tokenizer_chat_template_and_end_of_turn_travel_in_the_file(exported
     assert rendered[0] == rendered[1]
     assert ours("héllo wörld <|end|>")["input_ids"] == theirs("héllo wörld <|end|>")["input_ids"]
     assert (folder / "Modelfile").read_text() == 'FROM ./model-q8_0.gguf\nPARAMETER stop "<|end|>"\n'
+    import gguf
+
+    fields = gguf.GGUFReader(folder / "model-f16.gguf").fields  # GPT-2's split rule, by the name llama.cpp knows
+    assert bytes(fields["tokenizer.ggml.pre"].parts[-1]).decode() == "gpt-2"
 
 
 def test_runs_gguf_cannot_hold_are_refused_in_one_line(tmp_path, monkeypatch, capsys, tiny_config):

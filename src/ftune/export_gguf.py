@@ -79,7 +79,8 @@ def _architecture(config) -> str:
 
 
 def _check_tokenizer(tokenizer) -> None:
-    """The tokenizer must be byte-level BPE (Llama 3, Qwen, SmolLM, GPT-2): the kind written here."""
+    """The tokenizer must be byte-level BPE (Llama 3, Qwen, SmolLM, GPT-2) whose rule for splitting text before the
+    merges llama.cpp knows by name: the kind written here."""
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     kind = (state.get("model") or {}).get("type")
     byte_level = "ByteLevel" in json.dumps(state.get("pre_tokenizer")) and "ByteLevel" in json.dumps(state.get("decoder"))
@@ -87,6 +88,26 @@ def _check_tokenizer(tokenizer) -> None:
         raise ConfigError(f"GGUF export writes byte-level BPE tokenizers (Llama 3, Qwen, SmolLM); this run's is "
                           f"{kind or 'another kind'}{'' if byte_level else ' without byte-level pieces'}: convert "
                           f"its model/ folder with llama.cpp's convert_hf_to_gguf.py")
+    if _split_rule(state) is None:
+        raise ConfigError("GGUF export: this tokenizer splits text before its merges by a rule llama.cpp does not name "
+                          "(known here: GPT-2's, Llama 3's, Qwen2's); convert its model/ folder with llama.cpp's "
+                          "convert_hf_to_gguf.py")
+
+
+def _split_rule(state: dict) -> str | None:
+    """llama.cpp's name (tokenizer.ggml.pre) for how the tokenizer splits text before its merges: GPT-2's own regex
+    (a ByteLevel pre-tokenizer with use_regex), or a Split by Llama 3's or Qwen2's pattern; None for another rule.
+    Its "default" rule splits punctuation off first, so " ?" would become two tokens the model never saw."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    pre = state.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    patterns = [step.get("pattern", {}).get("Regex") for step in pre.get("pretokenizers", []) if step.get("type") == "Split"]
+    for name in ("llama-bpe", "qwen2"):  # the names llama.cpp's converter writes for Llama 3 and Qwen2
+        if GGUF_PRE_TOKENIZER_SPLITS.get(name) in patterns:
+            return name
+    return None
 
 
 def write_gguf(model: torch.nn.Module, tokenizer, arch: str, path: Path, kind: str) -> None:
@@ -170,7 +191,7 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
         types[index] = gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(_split_rule(state))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

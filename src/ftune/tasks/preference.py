@@ -65,7 +65,7 @@ class PreferenceOptions(TaskOptions):
 @dataclass
 class Pairs:
     """Each pair's log-probabilities ([batch, 2]: chosen, rejected) summed over its learned tokens, the token counts,
-    and the reference's (None before `before_training`: the model is then its own reference)."""
+    and the reference's (before `before_training` has computed them, the model's own: it is its own reference)."""
 
     logp: torch.Tensor
     count: torch.Tensor
@@ -81,8 +81,10 @@ class Preference(CausalLM):
     note = ("Reward accuracy: the share of pairs whose chosen answer gets the higher implicit reward (a tie counts "
             "half; 50% is chance). Shifts: how far each answer's log-probability per token moved from the reference.")
     unit = "pairs"
-    titles = {"base_model": "the model as the run starts (its own reference)", "longer_answer": "the longer answer "
-              "preferred", "tfidf_pairwise": "TF-IDF pairwise logistic regression (tuned on validation)", "reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
+    titles = {"base_model": "the model as the run starts (its own reference)",
+              "longer_answer": "the longer answer preferred",
+              "tfidf_pairwise": "TF-IDF pairwise logistic regression (tuned on validation)",
+              "reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
               "chosen_shift": "chosen log-prob shift", "rejected_shift": "rejected log-prob shift"}
 
     @property
@@ -119,11 +121,12 @@ class Preference(CausalLM):
         return {k: v for k, v in super().inputs(batch).items() if k not in ("reference", "desirable")}
 
     def before_training(self, model, data: dict[str, Encoded], pad_id: int, device, dtype) -> str:
-        """The reference: every answer's log-probability under the model as the run starts, once per split."""
+        """The reference: every answer's log-probability under the model as the run starts, once per split (ORPO and
+        SimPO train without it; their reports' shifts read it)."""
         from ftune.inference import predict_outputs
 
         for name in SPLITS:
-            rows = predict_outputs(model, data[name], 16, pad_id, device, per_row=lambda out, batch: list(
+            rows = predict_outputs(model, data[name], self.config.train.eval_batch_size, pad_id, device, per_row=lambda out, batch: list(
                 out.logp.float().cpu().numpy()), forward=self.forward, dtype=dtype)
             data[name].reference = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 2), np.float32)
         return f"{self.loss_name} (beta {self.beta:g}): the reference is the model as this run starts"

@@ -19,6 +19,7 @@ import hmac
 import json
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ftune.errors import FtuneError
+from ftune.serve_guards import Guard
 from ftune.ui.jobs import Queue, log_tail
 
 STATIC = Path(__file__).parent / "static"
@@ -54,18 +56,25 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
     """The app over `root` (the runs folder), reading data files under `workdir`."""
     root, workdir = root.resolve(), workdir.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    app = FastAPI(title="ftune ui", docs_url=None, redoc_url=None, openapi_url=None)
-    queue = Queue(env={"HF_HUB_OFFLINE": "1"} if _offline() else None)
+    queue = Queue()
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
     predictors: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        queue.stop_all()  # the run training gets SIGTERM: a checkpoint, then `resume` continues it next time
+        for process, _port in servers.values():
+            process.terminate()
+
+    app = FastAPI(title="ftune ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(Guard, api_key=None, body_limit=BODY_LIMIT, read_timeout_s=30.0)  # the service's body guard
 
     @app.middleware("http")
     async def check_token(request: Request, call_next):
         given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             return PlainTextResponse("open the URL `ftune ui` printed (it holds the token)", status_code=403)
-        if int(request.headers.get("content-length") or 0) > BODY_LIMIT:
-            return PlainTextResponse(f"request body over {BODY_LIMIT} bytes", status_code=413)
         response = await call_next(request)
         if request.query_params.get("token"):
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
@@ -294,12 +303,6 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
 
     app.state.queue, app.state.servers = queue, servers
     return app
-
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
 def _inside(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:

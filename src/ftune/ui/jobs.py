@@ -8,7 +8,6 @@ Stopping sends SIGTERM, which ftune turns into a checkpoint and a resumable stat
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -37,11 +36,10 @@ class Job:
 class Queue:
     """Jobs in order, one process at a time, run by a daemon thread."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self):
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
-        self.env = {**os.environ, **(env or {})}
         threading.Thread(target=self._work, daemon=True, name="ftune-ui-queue").start()
 
     def add(self, name: str, folder: Path, args: list[str]) -> Job:
@@ -62,6 +60,11 @@ class Queue:
             job.process.send_signal(signal.SIGTERM)
             return "stopping: a checkpoint is saved, then `resume` continues it"
 
+    def stop_all(self) -> None:
+        """When the app shuts down: nothing more starts, and the run training gets SIGTERM (a checkpoint)."""
+        for name in list(self.jobs):
+            self.stop(name)
+
     def _next(self) -> Job | None:
         with self.lock:
             if any(j.state == "training" for j in self.jobs.values()):
@@ -81,7 +84,7 @@ class Queue:
             job.folder.parent.mkdir(parents=True, exist_ok=True)
             log = job.folder.parent / f".{job.folder.name}.{LOG}"  # the run folder is the CLI's to create
             with log.open("w", encoding="utf-8") as out:
-                job.process = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+                job.process = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT)
                 job.exit_code = job.process.wait()
             if job.folder.is_dir():  # the log beside the run's own files
                 log.replace(job.folder / LOG)
