@@ -205,3 +205,11 @@ def test_kto_learns_from_answers_marked_good_or_bad(decoder, tmp_path):
     assert test["base_model"]["reward_accuracy"] == pytest.approx(0.5, abs=0.05)
     assert test["finetuned"]["reward_accuracy"] >= max(0.65, test["all_good"]["reward_accuracy"] + 0.05)
     assert test["finetuned"]["chosen_shift"] > test["finetuned"]["rejected_shift"]
+
+
+@pytest.mark.parametrize("task", ["preference", "kto"])
+def test_prompt_tuning_is_refused_where_a_row_holds_two_answers(task):
+    from ftune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="peft drops the position ids that keep a row's two answers apart"):
+        ftune.load_config(overrides={"task": task, "method.name": "prompt-tuning"})

@@ -54,6 +54,9 @@ class PromptTuning(Method):
         if getattr(config.task, "packing", False):
             raise ValueError("method prompt-tuning with task.packing: peft drops the position ids that keep packed "
                              "examples apart; set task.packing=false or use method lora")
+        if task.pairs_in_a_row:
+            raise ValueError(f"method prompt-tuning does not apply to task {task.name}: peft drops the position ids "
+                             f"that keep a row's two answers apart; use method lora")
 
     def wrap(self, model, task_type: str):
         from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model

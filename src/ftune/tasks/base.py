@@ -67,6 +67,7 @@ class Task(ABC):
     titles: ClassVar[dict[str, str]] = {}  # how tables name its scores and baselines (else by key): metrics.json
     weighs_classes: ClassVar[bool] = False  # train.class_weights applies (prepare_loss reads it)
     one_label_per_text: ClassVar[bool] = False  # batch["labels"] holds one class id per text (method contrastive)
+    pairs_in_a_row: ClassVar[bool] = False  # a row holds two texts kept apart by position_ids (preference, kto)
     labeled: ClassVar[bool] = True  # the run has label names (labels.json); a decoder writes text instead
     exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
     ships_baseline: ClassVar[bool] = False  # `ftune export RUN --baseline` can write its TF-IDF baseline as ONNX

@@ -81,6 +81,7 @@ class Preference(CausalLM):
     note = ("Reward accuracy: the share of pairs whose chosen answer gets the higher implicit reward (a tie counts "
             "half; 50% is chance). Shifts: how far each answer's log-probability per token moved from the reference.")
     unit = "pairs"
+    pairs_in_a_row = True
     titles = {"base_model": "the model as the run starts (its own reference)",
               "longer_answer": "the longer answer preferred",
               "tfidf_pairwise": "TF-IDF pairwise logistic regression (tuned on validation)",
