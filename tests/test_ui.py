@@ -200,3 +200,31 @@ def test_a_decoder_run_answers_in_a_stream(ui):
         assert streamed.status_code == 200 and "".join(pieces).strip()
         outside = client.post("/api/predict", json={"source": "../../etc", "texts": ["x"]})
         assert outside.status_code == 404
+
+
+@pytest.mark.e2e
+def test_the_command_prints_its_url_with_the_token_and_serves_the_page(tmp_path):
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "ftune", "ui", "--port", str(port), "--root", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/?token=" in line, line
+        url = line.split()[3]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                page = httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert page.status_code == 200 and "Train" in page.text
+        assert httpx.get(url.split("?")[0]).status_code == 403  # the same page without the token
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

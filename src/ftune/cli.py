@@ -41,8 +41,8 @@ PrecisionOpt = Annotated[str, typer.Option(help="a run's PyTorch model: fp32, or
 
 
 @app.command()
-@config_flags("model.name", "model.init_from", *DATA, "method.name", "train.epochs", "train.learning_rate", "train.batch_size",
-              "output_dir", "tracking.backend")
+@config_flags("model.name", "model.init_from", *DATA, "method.name", "train.epochs", "train.learning_rate",
+              "train.batch_size", "output_dir", "tracking.backend")
 def train(
     config: ConfigArg = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --output-dir")] = False,
