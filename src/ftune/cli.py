@@ -203,6 +203,8 @@ def evaluate(
     text_column: Annotated[Opt, typer.Option()] = None,
     text_pair_column: Annotated[Opt, typer.Option()] = None,
     label_column: Annotated[Opt, typer.Option()] = None,
+    slice_by: Annotated[Opt, typer.Option(help="a column of --data holding each row's group (a source, a language, "
+                                               "a length bucket): every metric per group, and the largest gap")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
     trust_remote_code: TrustOpt = False,
@@ -215,14 +217,19 @@ def evaluate(
 
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     if variant is None and not is_export(run):
-        metrics = evaluate_run(Run(run), data, trust_remote_code, device, precision, **columns)
+        metrics = evaluate_run(Run(run), data, trust_remote_code, device, precision, slice_by, **columns)
     else:  # an export; --variant on a run is refused by load_predictor, with the fix
         predictor = load_predictor(run, variant, trust_remote_code, device, precision)
         Console(stderr=True).print(predictor.using(), highlight=False, markup=False, soft_wrap=True)
-        metrics = evaluate_export(predictor, data, **columns)
+        metrics = evaluate_export(predictor, data, slice_by, **columns)
     if json_out:
         print(json.dumps(metrics, indent=2))
         return
+    if "slices" in metrics:
+        from ftune.slices import lines
+
+        for line in lines(metrics.pop("slices")):
+            out.print(line, highlight=False, markup=False)
     scores = ", ".join(f"{name} {value:.4f}" + (" (95% CI {:.3f}–{:.3f})".format(*metrics[f"{name}_ci95"])
                                                   if f"{name}_ci95" in metrics else "")
                        for name, value in metrics.items() if isinstance(value, float))

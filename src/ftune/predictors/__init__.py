@@ -62,26 +62,50 @@ def is_export(path: str | Path) -> bool:
 
 
 def evaluate_run(run: run_dir.Run, source: str, trust_remote_code: bool = False, device: str = "auto",
-                 precision: str = "fp32", **columns: str | None) -> dict:
-    """The task's metrics of a finished run on another labeled source, with the run's column names unless given."""
+                 precision: str = "fp32", slice_by: str | None = None, **columns: str | None) -> dict:
+    """The task's metrics of a finished run on another labeled source, with the run's column names unless given;
+    `slice_by`: a column of the source whose groups are scored apart too (ftune.slices), under "slices"."""
     # A damaged or untrusted run, or a device this machine lacks, is refused before the data is read.
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code, device=device, precision=precision)
-    return _score_source(predictor, run.config.data, source, columns)
+    return _score_source(predictor, run.config.data, source, columns, slice_by)
 
 
-def evaluate_export(predictor: Labeler, source: str, **columns: str | None) -> dict:
+def evaluate_export(predictor: Labeler, source: str, slice_by: str | None = None, **columns: str | None) -> dict:
     """The same metrics (and intervals) from an export's model (`load_predictor(EXPORT_DIR, variant)`), with the
     run's column names the export keeps unless given: an export scores wherever its run does."""
-    return _score_source(predictor, predictor.data_config, source, columns)
+    return _score_source(predictor, predictor.data_config, source, columns, slice_by)
 
 
-def _score_source(predictor: Labeler, data_cfg, source: str, columns: dict) -> dict:
+def _score_source(predictor: Labeler, data_cfg, source: str, columns: dict, slice_by: str | None = None) -> dict:
     data_cfg = data_cfg.model_copy(update={k: v for k, v in columns.items() if v})
     if isinstance(predictor, ClassicalPredictor):  # raw texts in: nothing to tokenize
+        if slice_by:
+            raise ConfigError("--slice-by scores a fine-tuned run or its ONNX export; the baseline export has no "
+                              "per-example scores to slice")
         return predictor.score_source(source, data_cfg)
     task = predictor.task
+    groups = _slice_column(source, slice_by) if slice_by else None  # a missing column: said before the model runs
     data = task.encode_source(source, data_cfg, predictor.labels, predictor.tokenizer)
-    return task.score(predictor.outputs(data, task.rows), data, predictor.labels, interval_seed=0)[0]
+    rows = predictor.outputs(data, task.rows)
+    metrics = task.score(rows, data, predictor.labels, interval_seed=0)[0]
+    if slice_by:
+        from ftune.slices import slice_scores
+
+        metrics["slices"] = slice_scores(task, rows, data, predictor.labels, groups, slice_by)
+    return metrics
+
+
+def _slice_column(source: str, name: str):
+    from ftune.data.prepare import eval_table
+
+    table = eval_table(source)
+    if name not in table.columns:
+        raise ConfigError(f"--slice-by {name}: {source} has no such column (columns: "
+                          f"{', '.join(map(str, table.columns[:12]))}); name the column that holds each row's group")
+    if table[name].isna().any():
+        row = int(table[name].isna().to_numpy().nonzero()[0][0])
+        raise ConfigError(f"--slice-by {name}: {source} row {row + 1} has no group; fill the column or drop the row")
+    return table[name].to_numpy()
 
 
 __all__ = ["EXPORT_FILE", "ClassicalPredictor", "Labeler", "Predictor", "Run", "evaluate_export", "evaluate_run",
