@@ -685,11 +685,10 @@ def data_validate(
 
     cfg = _config(config, set_, flags)
     task = task_for(cfg)
-    splits = task.load_splits(cfg.train.seed)
-    from ftune.models import load_tokenizer, resolve_model  # transformers: after the data's own errors
+    splits = task.load_splits(cfg.train.seed)  # the data's own errors before torch and transformers load
+    from ftune.train_setup import data_report
 
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name), cfg.model.trust_remote_code)
-    summary, found = task.summarize(splits, task.encode_splits(splits, tokenizer))
+    task, splits, tokenizer, summary, found = data_report(cfg, (task, splits))
     shown = list(summary.get("classes", {}).get("train", {}))[:8]  # class (or tag) counts, where the task has them
     rows = [(name, str(summary[name]), *(str(summary.get("classes", {}).get(name, {}).get(c, 0)) for c in shown))
             for name in ("train", "validation", "test")]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ftune.errors import ConfigError, RunError
-from ftune.integrity import MANIFEST_KEY, manifest, staged_dir, write_json, write_text
+from ftune.export import _check_output, _foreign
+from ftune.integrity import MANIFEST_KEY, manifest, remove_stale, staged_dir, write_json, write_text
 from ftune.predictors import EXPORT_FILE
 from ftune.run import Run
 from ftune.tasks import TASKS, task_for
@@ -42,14 +43,14 @@ def export_gguf(run_dir: str | Path, output_dir: str | Path | None = None, trust
     if task.serves != "chat":
         raise ConfigError(f"{run.path} is a {task.name} run; GGUF holds decoders that write text "
                           f"({', '.join(n for n, t in TASKS.items() if t.serves == 'chat')}); use --format onnx")
+    out = Path(output_dir) if output_dir else run.path / "gguf"
+    _check_output(out)  # ONNX export's rule: an earlier export is replaced only when nothing else is in its folder
     tokenizer, model, is_adapter = load_run_model(run, trust_remote_code)
     model = (model.merge_and_unload() if is_adapter else model).float().eval()
     arch = _architecture(model.config)
     _check_tokenizer(tokenizer)
-    out = Path(output_dir) if output_dir else run.path / "gguf"
-    if out.exists() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
-        raise ConfigError(f"{out} exists and is not an ftune export; pick an empty or new --output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
     with staged_dir(out) as staging:
         for kind, name in FILES.items():
             write_gguf(model, tokenizer, arch, staging / name, kind)
@@ -66,6 +67,7 @@ def export_gguf(run_dir: str | Path, output_dir: str | Path | None = None, trust
                 "parity": {"chats": len(chats), **parity}, "created_at": datetime.now(timezone.utc).isoformat(),
                 "versions": _versions(), MANIFEST_KEY: manifest(staging, (p.name for p in staging.iterdir()))}
         write_json(staging / EXPORT_FILE, info)
+        _check_output(out, also=[p.name for p in staging.iterdir()])  # nothing of the user's appeared meanwhile
     return out
 
 

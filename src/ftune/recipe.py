@@ -3,9 +3,9 @@ and for a few labeled texts a class, the method.
 
 A fixed 3 epochs is 45 optimizer steps on 480 texts and 2,800 on 30,000: the first is too few to learn (the loss
 is still falling when the run ends; docs/tuning.md#how-long-a-run-trains-epochs-from-the-data has the grid behind
-this), the second longer than it needs to be on a CPU. So the step count is what is fixed: at least MIN_STEPS optimizer steps
-(more epochs over a small split, up to MAX_EPOCHS), 3 epochs where that is already enough, and fewer than 3 where 3
-would pass MAX_STEPS. The best checkpoint on validation is what a run keeps, so passes past the best cost time, not
+this), the second longer than it needs to be on a CPU. So the step count is what is fixed: at least MIN_STEPS
+optimizer steps (more epochs over a small split, up to MAX_EPOCHS), 3 epochs where that is already enough, and fewer
+than 3 where 3 would pass MAX_STEPS. The best checkpoint on validation is what a run keeps, so passes past the best cost time, not
 accuracy. The learning rate stays the method's (ftune.methods), which was measured at these step counts.
 
 With FEW_PER_CLASS training texts a class or fewer (on average), a config that names no method gets method contrastive:

@@ -62,6 +62,19 @@ def starting_point(config: Config) -> tuple[str, Any]:
     return source, load_tokenizer(source, config.model.trust_remote_code)
 
 
+def data_report(config: Config, read: tuple[Task, Splits] | None = None) -> tuple[Task, Splits, Any, dict, list[str]]:
+    """What `ftune data validate` (and `ftune ui`) show before any training: the task, its splits (`read`: the task
+    and the splits it read already; one task, since reading may fix its state, as regression's scale), the tokenizer
+    of the run's first weights (it measures the texts), the data summary and its warnings."""
+    if read is None:
+        task = task_for(config)
+        read = task, task.load_splits(config.train.seed)
+    task, splits = read
+    tokenizer = starting_point(config)[1]
+    summary, warnings = task.summarize(splits, task.encode_splits(splits, tokenizer))
+    return task, splits, tokenizer, summary, warnings
+
+
 def set_up(config: Config, task: Task, splits, source: str, tokenizer, run_dir: Path, resume: bool,
            progress: TrainProgress, accelerator: Accelerator) -> Setup:
     cfg, world = config.train, accelerator.num_processes

@@ -123,9 +123,9 @@ def _from_table(frame: pd.DataFrame, data: DataConfig, options: dict[str, Any]) 
         messages = options.get("messages_column", "messages")
         prompt, response = options.get("prompt_column", "prompt"), options.get("response_column", "response")
         chosen, rejected = options.get("chosen_column", "chosen"), options.get("rejected_column", "rejected")
-        completion = options.get("completion_column", "completion")
-        if {prompt, completion, "label"} <= columns:
-            return Inferred("kto", f"columns '{prompt}', '{completion}' and 'label' hold answers marked good or bad")
+        completion, marks = options.get("completion_column", "completion"), options.get("label_column", "label")
+        if {prompt, completion, marks} <= columns:
+            return Inferred("kto", f"columns '{prompt}', '{completion}' and '{marks}' hold answers marked good or bad")
         if {chosen, rejected} <= columns:
             return Inferred("preference", f"columns '{chosen}' and '{rejected}' hold answers preferred and not")
         if messages in columns and _mostly(frame[messages].map(_is_chat).tolist()):

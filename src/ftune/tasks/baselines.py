@@ -202,19 +202,20 @@ def tuned_pairwise(splits) -> Choice:
     1-2-grams, the vocabulary of the training pairs), fitted on the training pairs both ways round, with the C of the
     best validation accuracy. `splits` hold chats in columns `chosen` and `rejected` (ftune.tasks.preference)."""
     started = time.perf_counter()
-
-    def texts(frame: pd.DataFrame, side: str) -> list[str]:
-        return [" ".join(m["content"] for m in chat) for chat in frame[side]]
-
     vectorizer = sk_text.TfidfVectorizer(sublinear_tf=True, **WORD_NGRAMS)
-    vectorizer.fit(texts(splits.train, "chosen") + texts(splits.train, "rejected"))
-    diffs = [vectorizer.transform(texts(getattr(splits, split), "chosen")) -
-             vectorizer.transform(texts(getattr(splits, split), "rejected")) for split in SPLITS]
+    vectorizer.fit(chat_texts(splits.train["chosen"]) + chat_texts(splits.train["rejected"]))
+    diffs = [vectorizer.transform(chat_texts(getattr(splits, split)["chosen"])) -
+             vectorizer.transform(chat_texts(getattr(splits, split)["rejected"])) for split in SPLITS]
     both_ways = sparse.vstack([diffs[0], -diffs[0]], format="csr")
     y = np.r_[np.ones(diffs[0].shape[0], np.int64), np.zeros(diffs[0].shape[0], np.int64)]
     grid = {f"pairwise logistic regression, C={c:g}": partial(logistic, c) for c in LOGISTIC_C}
     return choose({"word n-grams": [both_ways, *diffs[1:]]}, grid, y,
                   lambda model, x: model.decision_function(x).ravel(), pairwise_accuracy, started=started)
+
+
+def chat_texts(chats) -> list[str]:
+    """Each chat (a list of {role, content} messages) as one text for TF-IDF: its messages' contents, joined."""
+    return [" ".join(m["content"] for m in chat) for chat in chats]
 
 
 def pairwise_accuracy(margins: np.ndarray) -> float:

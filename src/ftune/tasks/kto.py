@@ -32,7 +32,7 @@ from ftune.lazy import lazy
 from ftune.tasks.base import TaskOptions
 from ftune.tasks.causal_lm import _checked_chat
 from ftune.tasks.preference import Pairs, Preference, _messages, encode_pairs
-from ftune.tasks.baselines import tuned_classifier
+from ftune.tasks.baselines import chat_texts, tuned_classifier
 from ftune.tasks.scoring import bootstrap_accuracy
 
 pd = lazy("pandas")
@@ -130,8 +130,7 @@ class KTO(Preference):
     def baselines(self, splits, seed: int) -> dict:
         """Every answer called good (the labels' balance), and TF-IDF + a linear model telling good answers from bad
         (tuned on validation, as classification's baseline)."""
-        texts = {name: pd.DataFrame({"text": [" ".join(m["content"] for m in chat) for chat in frame["chosen"]],
-                                     "label": frame["desirable"].astype(np.int64)})
+        texts = {name: pd.DataFrame({"text": chat_texts(frame["chosen"]), "label": frame["desirable"].astype(np.int64)})
                  for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
         choice = tuned_classifier(SimpleNamespace(**texts), lambda truth, predicted: np.mean(predicted == truth))
         hits = (choice.test == texts["test"]["label"].to_numpy()).astype(np.float64)

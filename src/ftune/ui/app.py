@@ -123,11 +123,9 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
     def data(body: Settings) -> dict:
         """The first rows and columns of the training file, the task read off it, then what `ftune data validate`
         says: split sizes and warnings (or the one error)."""
-        from ftune.config import load_config
         from ftune.data.sources import read_source
 
-        settings = _inside(body.settings, workdir)
-        config = load_config(overrides=settings, infer_task=True)
+        config = _checked(body.settings, workdir)[1]
         table = read_source(config.data.train)
         frame = next(iter(table.values())) if isinstance(table, dict) else table
         preview = json.loads(frame.head(PREVIEW_ROWS).to_json(orient="records", default_handler=str))
@@ -151,28 +149,21 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
     @app.post("/api/config")
     def config(body: Settings) -> dict:
         """The settings checked as `ftune train` checks them; the YAML, the command and the memory estimate."""
-        from ftune.config import load_config
-
-        settings = _inside(body.settings, workdir)
-        config = load_config(overrides=settings, infer_task=True)
-        text = yaml.safe_dump(_nested({**settings, "task.name": config.task.name}), sort_keys=False)
+        settings, config = _checked(body.settings, workdir)
         name = _run_name(body.name)
-        return {"yaml": text, "command": f"ftune train config.yaml --output-dir {root / name}",
+        return {"yaml": _yaml(settings, config), "command": f"ftune train config.yaml --output-dir {root / name}",
                 "memory": _memory(config), "task": config.task.name}
 
     # --- train --------------------------------------------------------------------------------------------------
     @app.post("/api/runs")
     def start_run(body: Settings) -> dict:
-        from ftune.config import load_config
-
-        settings = _inside(body.settings, workdir)
-        config = load_config(overrides=settings, infer_task=True)  # refused here, in one line, as the CLI would
+        settings, config = _checked(body.settings, workdir)  # refused here, in one line, as the CLI would
         name = _run_name(body.name)
         folder = root / name
         if folder.exists() or name in queue.jobs:
             raise HTTPException(409, f"{folder} exists; pick another run name")
         spec = root / f".{name}.yaml"
-        spec.write_text(yaml.safe_dump(_nested({**settings, "task.name": config.task.name}), sort_keys=False))
+        spec.write_text(_yaml(settings, config))
         queue.add(name, folder, ["train", str(spec), "--output-dir", str(folder)])
         return {"name": name}
 
@@ -228,17 +219,10 @@ def create_app(root: Path, workdir: Path, token: str, allowed_hosts: list[str] |
         folder = (root / source).resolve()
         if root not in folder.parents or not ((folder / "run.json").is_file() or (folder / "export.json").is_file()):
             raise HTTPException(404, f"no run or export {source} in {root}")
-        if source not in predictors:
-            from ftune.generate import is_causal_lm_run
+        if source not in predictors:  # what `ftune serve` would serve: a decoder's generator, or a predictor
+            from ftune.serve import load
 
-            if is_causal_lm_run(folder):
-                from ftune.generate import Generator
-
-                predictors[source] = Generator(folder, trust_remote_code=trust_remote_code, device="cpu")
-            else:
-                from ftune.predictors import load_predictor
-
-                predictors[source] = load_predictor(folder, None, trust_remote_code, "cpu", "fp32")
+            predictors[source] = load([folder], None, trust_remote_code, "cpu")
         return predictors[source]
 
     @app.post("/api/predict")
@@ -324,15 +308,25 @@ def _inside(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return out
 
 
+def _checked(settings: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Any]:
+    """(the page's settings, data paths kept under the working folder; the config they make, checked as `ftune
+    train` checks it, the task read off the data where they name none)."""
+    from ftune.config import load_config
+
+    settings = _inside(settings, workdir)
+    return settings, load_config(overrides=settings, infer_task=True)
+
+
+def _yaml(settings: dict[str, Any], config) -> str:
+    """config.yaml of the settings the page gave (and the task), the file `ftune train` reads the same way."""
+    return yaml.safe_dump(_nested({**settings, "task.name": config.task.name}), sort_keys=False)
+
+
 def _validate(config) -> dict:
     """What `ftune data validate` reports: each split's size, class counts, and the warnings."""
-    from ftune.models import load_tokenizer, resolve_model
-    from ftune.tasks import task_for
+    from ftune.train_setup import data_report
 
-    task = task_for(config)
-    splits = task.load_splits(config.train.seed)
-    tokenizer = load_tokenizer(resolve_model(config.model.name), config.model.trust_remote_code)
-    summary, warnings = task.summarize(splits, task.encode_splits(splits, tokenizer))
+    _, splits, _, summary, warnings = data_report(config)
     sizes = {name: summary[name] for name in ("train", "validation", "test")}
     return {"splits": sizes, "classes": summary.get("classes", {}).get("train", {}), "warnings": warnings,
             "labels": splits.labels}
