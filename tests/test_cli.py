@@ -219,7 +219,8 @@ def test_generated_flags_keep_their_values_and_types(monkeypatch, capsys):
 
     started = {}
     monkeypatch.setattr("ftune.serve.load", lambda *args: Stub())
-    monkeypatch.setattr("ftune.serve.serve", lambda served, host, port, settings: started.update(settings=settings))
+    monkeypatch.setattr("ftune.serve.serve", lambda served, host, port, settings, cloud: started.update(
+        settings=settings))
     monkeypatch.setenv("FTUNE_API_KEY", "secret")
     cli.app(["serve", "RUN", "--allowed-hosts", "a.example.com, *.b.org", "--max-texts", "8", "--no-batching"],
             standalone_mode=False)

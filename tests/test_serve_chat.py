@@ -269,7 +269,7 @@ def test_ftune_serve_serves_a_causal_lm_run_and_refuses_it_beside_others(run_pat
     from ftune.cli import app
 
     started = {}
-    monkeypatch.setattr("ftune.serve.serve", lambda predictor, host, port, settings: started.update(
+    monkeypatch.setattr("ftune.serve.serve", lambda predictor, host, port, settings, cloud: started.update(
         predictor=predictor, settings=settings))
     result = CliRunner().invoke(app, ["serve", run_path, "--device", "cpu", "--max-new-tokens", "16",
                                       "--max-prompt-chars", "100"])

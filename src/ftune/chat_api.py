@@ -297,7 +297,6 @@ class ChatService:
                     asyncio.Queue(), threading.Event(), loop.time() + settings.timeout_s)
 
     def add_routes(self, app: FastAPI) -> None:
-        settings = self.settings
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "ftune"}
         errors = {400: {"description": "a request this server cannot answer (OpenAI's error object says why)"},
                   401: {"description": "API key missing or wrong"}, 404: {"description": "no such model is served"},
@@ -316,37 +315,40 @@ class ChatService:
                                 "model_not_found").response()
             return card
 
-        @app.post("/v1/chat/completions", responses=errors, openapi_extra={"requestBody": {
-            "required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}})
-        async def completions(request: Request):
-            """OpenAI's chat completion: the answer, or server-sent events of chat.completion.chunk objects."""
+        # the platforms' predict route (ftune.serve_cloud) takes the same requests: self.respond
+        app.post("/v1/chat/completions", responses=errors, openapi_extra={"requestBody": {
+            "required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}})(
+            self.respond)
+
+    async def respond(self, request: Request):
+        """OpenAI's chat completion: the answer, or server-sent events of chat.completion.chunk objects."""
+        try:
             try:
-                try:
-                    body = ChatRequest.model_validate(await request.json())
-                except json.JSONDecodeError as e:
-                    raise _Refused(400, f"the body is not JSON: {e.msg}") from None
-                except pydantic.ValidationError as e:
-                    first = e.errors(include_input=False)[0]
-                    where = ".".join(map(str, first["loc"]))
-                    raise _Refused(400, f"{where}: {first['msg']}" if where else first["msg"], where or None) from None
-                job = self.job(body)
-                done = await self._started(job)
-            except _Refused as refused:
-                return refused.response()
-            answer_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            if body.stream:
-                head = {"id": answer_id, "object": "chat.completion.chunk", "created": created, "model": self.name}
-                usage = bool((body.stream_options or {}).get("include_usage"))
-                return StreamingResponse(self._events(job, done, head, usage), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            try:
-                [written] = await asyncio.wait_for(done, max(0.0, job.deadline - job.loop.time()))
-            except asyncio.TimeoutError:
-                job.cancel.set()  # it may be generating already: free the model thread
-                return _timed_out(settings.timeout_s).response()
-            return {"id": answer_id, "object": "chat.completion", "created": created, "model": self.name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": written.content},
-                                 "finish_reason": written.finish_reason}], "usage": written.usage()}
+                body = ChatRequest.model_validate(await request.json())
+            except json.JSONDecodeError as e:
+                raise _Refused(400, f"the body is not JSON: {e.msg}") from None
+            except pydantic.ValidationError as e:
+                first = e.errors(include_input=False)[0]
+                where = ".".join(map(str, first["loc"]))
+                raise _Refused(400, f"{where}: {first['msg']}" if where else first["msg"], where or None) from None
+            job = self.job(body)
+            done = await self._started(job)
+        except _Refused as refused:
+            return refused.response()
+        answer_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            head = {"id": answer_id, "object": "chat.completion.chunk", "created": created, "model": self.name}
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(self._events(job, done, head, usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            [written] = await asyncio.wait_for(done, max(0.0, job.deadline - job.loop.time()))
+        except asyncio.TimeoutError:
+            job.cancel.set()  # it may be generating already: free the model thread
+            return _timed_out(self.settings.timeout_s).response()
+        return {"id": answer_id, "object": "chat.completion", "created": created, "model": self.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": written.content},
+                             "finish_reason": written.finish_reason}], "usage": written.usage()}
 
     async def _started(self, job: _Job) -> asyncio.Task:
         """Queues the job and waits for the model thread to take it up: a full queue is a 503, no start within

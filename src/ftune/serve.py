@@ -4,6 +4,7 @@
     serve_guards.py     API key, Host, body size and read deadlines, strict JSON, connection limits
     serve_labels.py     the labeling API of a run or export, or of several runs: POST /v1/predict, GET /v1/models
     chat_api.py         OpenAI's chat completions API of a causal-lm run (ftune.generate.Generator)
+    serve_cloud.py      SageMaker's and Vertex AI's health and predict routes on top of either (ftune.cloud.Serving)
 
 Every app also has GET /health and the OpenAPI spec at /openapi.json (docs at /docs). Which API an app gets is
 chosen in one place, `_service`, by what the served model declares it does; a new serving mode is a module with a
@@ -26,6 +27,7 @@ from ftune.serve_guards import DOCS_ASSETS, LOOPBACK_HOSTS, GuardedH11Protocol, 
 from ftune.serve_settings import ServeSettings, connection_limit, room_for_connections  # noqa: F401 (ftune.serve's)
 
 if TYPE_CHECKING:  # ftune.predictors imports torch, seconds that only these annotations would need
+    from ftune.cloud import Serving
     from ftune.generate import Generator
     from ftune.predictors import Labeler
 
@@ -74,9 +76,10 @@ def _service(served: Labeler | dict[str, Labeler] | Generator, settings: ServeSe
     return LabelService(served if several else {model_name(served): served}, several, settings)
 
 
-def create_app(served: Labeler | dict[str, Labeler] | Generator, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(served: Labeler | dict[str, Labeler] | Generator, settings: ServeSettings | None = None,
+               cloud: Serving | None = None) -> FastAPI:
     """The service of one model, or of several ({name: predictor}) that requests choose by name; a causal-lm run's
-    Generator gets the chat API (ftune.chat_api) instead of /v1/predict."""
+    Generator gets the chat API (ftune.chat_api) instead of /v1/predict. `cloud`: a platform's routes as well."""
     settings = settings or ServeSettings()
     service = _service(served, settings)
 
@@ -90,18 +93,23 @@ def create_app(served: Labeler | dict[str, Labeler] | Generator, settings: Serve
     app = FastAPIOffline(title="ftune", version="1", lifespan=lifespan, description=service.description,
                          static_url=DOCS_ASSETS.rstrip("/"))
     app.state.batcher = service.batcher
-    guard(app, settings, service.body_limit)
+    guard(app, settings, service.body_limit, public={cloud.health_route} if cloud else set())  # probed keyless
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "waiting": service.batcher.waiting}
 
     service.add_routes(app)
+    if cloud is not None:
+        from ftune.serve_cloud import add_routes
+
+        add_routes(app, service, cloud)
     return app
 
 
 def build_server(served: Labeler | dict[str, Labeler] | Generator, host: str = "127.0.0.1", port: int = 8000,
-                 settings: ServeSettings | None = None, log_level: str = "info") -> uvicorn.Server:
+                 settings: ServeSettings | None = None, log_level: str = "info",
+                 cloud: Serving | None = None) -> uvicorn.Server:
     """The app under uvicorn with its connection limits, as `ftune serve` runs it."""
     settings = settings or ServeSettings()
     if settings.allowed_hosts is None and is_loopback(host):
@@ -109,12 +117,12 @@ def build_server(served: Labeler | dict[str, Labeler] | Generator, host: str = "
     # asyncio accepts up to `backlog` connections in one pass of its loop, and refusing them takes two more passes:
     # three backlogs must fit in what the open connections leave of the open-file limit
     backlog = max(1, min(2048, (room_for_connections() - settings.max_connections) // 3))
-    config = uvicorn.Config(create_app(served, settings), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(create_app(served, settings, cloud), host=host, port=port, log_level=log_level,
                             limit_concurrency=settings.max_connections, backlog=backlog,
                             http=functools.partial(GuardedH11Protocol, header_timeout_s=settings.read_timeout_s))
     return uvicorn.Server(config)
 
 
 def serve(served: Labeler | dict[str, Labeler] | Generator, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None, log_level: str = "info") -> None:
-    build_server(served, host, port, settings, log_level).run()
+          settings: ServeSettings | None = None, log_level: str = "info", cloud: Serving | None = None) -> None:
+    build_server(served, host, port, settings, log_level, cloud).run()

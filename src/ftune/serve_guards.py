@@ -32,11 +32,13 @@ PUBLIC_PATHS = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/
 DOCS_ASSETS = "/static-offline-docs/"  # Swagger UI's and ReDoc's scripts, served from the package (no CDN): public too
 
 
-def guard(app: FastAPI, settings: ServeSettings, body_limit: int) -> None:
+def guard(app: FastAPI, settings: ServeSettings, body_limit: int, public: set[str] = frozenset()) -> None:
     """Put the guards around `app`: strict JSON on its routes (add them after this), the key and body guard, the
-    Host check, and answers to bad requests and errors that give nothing away."""
+    Host check, and answers to bad requests and errors that give nothing away. `public`: more paths that need no
+    key (a platform's health route)."""
     app.router.route_class = StrictJSONRoute
-    app.add_middleware(Guard, api_key=settings.api_key, body_limit=body_limit, read_timeout_s=settings.read_timeout_s)
+    app.add_middleware(Guard, api_key=settings.api_key, body_limit=body_limit, read_timeout_s=settings.read_timeout_s,
+                       public=PUBLIC_PATHS | public)
     if settings.allowed_hosts is not None:  # added last, so it runs first: a Host check against DNS rebinding
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
 
@@ -56,8 +58,9 @@ class Guard:
     the body is read, then reads the body under the size limit and a deadline and hands it on. Left to Starlette,
     an unauthenticated client could make the server hold a body of any size, and a slow one for ever."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, body_limit: int, read_timeout_s: float):
-        self.app, self.body_limit, self.read_timeout_s = app, body_limit, read_timeout_s
+    def __init__(self, app: ASGIApp, api_key: str | None, body_limit: int, read_timeout_s: float,
+                 public: set[str] = PUBLIC_PATHS):
+        self.app, self.body_limit, self.read_timeout_s, self.public = app, body_limit, read_timeout_s, public
         self.key = api_key.encode() if api_key is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,7 +71,7 @@ class Guard:
             await JSONResponse({"detail": detail}, status, headers)(scope, receive, send)
 
         headers = Headers(scope=scope)
-        if self.key is not None and not _public(scope["path"]) and not self.authorized(headers):
+        if self.key is not None and not self.is_public(scope["path"]) and not self.authorized(headers):
             return await refuse(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
                                 {"WWW-Authenticate": "Bearer"})
         too_large = f"request body over {self.body_limit} bytes: split the texts over several requests"
@@ -98,6 +101,9 @@ class Guard:
 
         await self.app(scope, replay, send)
 
+    def is_public(self, path: str) -> bool:
+        return path in self.public or path.startswith(DOCS_ASSETS)
+
     def authorized(self, headers: Headers) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         matches = hmac.compare_digest(token.strip().encode("latin-1"), self.key)  # constant time
@@ -124,10 +130,6 @@ class StrictJSONRoute(APIRoute):
             return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return strict
-
-
-def _public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS)
 
 
 def is_loopback(host: str) -> bool:

@@ -44,7 +44,7 @@ class LabelService:
         self.description = f"Answers texts with {len(models)} fine-tuned model(s) (task: {', '.join(tasks)})."
 
     def add_routes(self, app: FastAPI) -> None:
-        models, several, settings, batcher = self.models, self.several, self.settings, self.batcher
+        models, several, settings = self.models, self.several, self.settings
         limits = settings.model_dump() | {"api_key": settings.api_key is not None, "max_body_bytes": self.body_limit}
 
         @app.get("/v1/model", responses={400: {"description": "several models are served: GET /v1/models"},
@@ -67,19 +67,11 @@ class LabelService:
                   503: {"description": "too many texts waiting; retry after the Retry-After seconds"},
                   504: {"description": "not answered within the server's timeout"}}
 
-        def chosen(asked: str | None) -> str:
-            if asked is None and len(models) > 1:
-                raise HTTPException(400, f"name the model: \"model\": one of {', '.join(models)} in the body, or POST "
-                                         f"/v1/models/NAME/predict")
-            if asked is not None and asked not in models:
-                raise HTTPException(404, f"no model '{asked}' is served here; the served models: {', '.join(models)}")
-            return asked if asked is not None else next(iter(models))
-
         @app.post("/v1/predict", response_model=response,
                   responses=errors | {400: {"description": "several models are served and the body names none"},
                                       404: {"description": "the body names a model that is not served"}})
         async def predict(body: PredictRequest) -> dict:
-            return await answer(chosen(body.model), body.texts)
+            return await self.answer(self.chosen(body.model), body.texts)
 
         @app.post("/v1/models/{name}/predict", response_model=response,
                   responses=errors | {400: {"description": "the body names another model than the path"},
@@ -87,20 +79,30 @@ class LabelService:
         async def predict_with(name: str, body: PredictRequest) -> dict:
             if body.model is not None and body.model != name:
                 raise HTTPException(400, f"the path names model '{name}' and the body '{body.model}'; name one")
-            return await answer(chosen(name), body.texts)
+            return await self.answer(self.chosen(name), body.texts)
 
-        async def answer(name: str, texts: list[str]) -> dict:
-            if len(texts) > settings.max_texts:
-                raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {settings.max_texts}: "
-                                         f"split them over several requests")
-            for i, text in enumerate(texts):
-                if len(text) > settings.max_chars:
-                    raise HTTPException(413, f"texts[{i}] has {len(text)} characters; the limit is "
-                                             f"{settings.max_chars}")
-            try:
-                results = await asyncio.wait_for(batcher.submit([(name, text) for text in texts]), settings.timeout_s)
-            except Overloaded as e:
-                raise HTTPException(503, f"busy: {e}", headers={"Retry-After": "1"}) from None
-            except TimeoutError:  # asyncio.wait_for's, since Python 3.11
-                raise HTTPException(504, f"not answered within {settings.timeout_s:g} s; retry later") from None
-            return {"predictions": results, "model": name if several else models[name].kind}
+    def chosen(self, asked: str | None) -> str:
+        """The served model a request names (or the one model), else the HTTP error saying what to send."""
+        if asked is None and len(self.models) > 1:
+            raise HTTPException(400, f"name the model: \"model\": one of {', '.join(self.models)} in the body, or "
+                                     f"POST /v1/models/NAME/predict")
+        if asked is not None and asked not in self.models:
+            raise HTTPException(404, f"no model '{asked}' is served here; the served models: {', '.join(self.models)}")
+        return asked if asked is not None else next(iter(self.models))
+
+    async def answer(self, name: str, texts: list[str]) -> dict:
+        """Model `name`'s answers to `texts` through the queue, within the limits: {predictions, model}."""
+        settings = self.settings
+        if len(texts) > settings.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {settings.max_texts}: "
+                                     f"split them over several requests")
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_chars:
+                raise HTTPException(413, f"texts[{i}] has {len(text)} characters; the limit is {settings.max_chars}")
+        try:
+            results = await asyncio.wait_for(self.batcher.submit([(name, text) for text in texts]), settings.timeout_s)
+        except Overloaded as e:
+            raise HTTPException(503, f"busy: {e}", headers={"Retry-After": "1"}) from None
+        except TimeoutError:  # asyncio.wait_for's, since Python 3.11
+            raise HTTPException(504, f"not answered within {settings.timeout_s:g} s; retry later") from None
+        return {"predictions": results, "model": name if self.several else self.models[name].kind}
