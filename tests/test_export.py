@@ -92,3 +92,16 @@ def test_export_user_errors(args, message, runs, tmp_path, monkeypatch, capsys):
     code, _, err = ftune_cli(monkeypatch, capsys, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+
+
+def test_ort_format_is_onnx_runtimes_mobile_file_and_answers_as_the_graph(runs, tmp_path):
+    from ftune.export import export_model
+
+    folder = export_model(runs["full"], tmp_path / "ort", quantize="int8", format="ort")
+    info = json.loads((folder / "export.json").read_text())
+    assert info["files"] == {"fp32": "model.ort", "int8": "model.int8.ort"} and not list(folder.glob("*.onnx"))
+    assert info["parity"]["ort-fp32"]["max_abs_diff"] < 1e-4 and info["parity"]["ort-int8"]["same_label_as_pytorch"] >= 0.9
+    predictor = load_predictor(folder, "fp32")
+    assert predictor.kind == "ort-fp32"
+    assert np.abs(predictor.logits(TEXTS) - Predictor(runs["full"]).logits(TEXTS)).max() < 1e-4
+    assert "ORT format" in (folder / "README.md").read_text() and load_predictor(folder).kind == "ort-int8"

@@ -22,7 +22,13 @@ if os.environ.setdefault("USE_HUB_KERNELS", "NO").upper() not in {"1", "ON", "YE
     # kernel is missing; no ftune run on a CPU uses it (QLoRA needs CUDA). Set here, before anything imports it.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from ftune.errors import ConfigError, DataError, FtuneError, ModelError, RunError
+# torchao (which ExecuTorch export needs, and which peft and transformers import wherever it is installed) warns at
+# import about CUDA kernels a CPU build lacks, and torch about an API torchao calls: advice for their developers that
+# would open every ftune command's output.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from ftune.errors import ConfigError, DataError, FtuneError, ModelError, RunError  # noqa: E402
 
 __version__ = "0.1.0"
 

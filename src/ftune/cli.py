@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -105,6 +106,11 @@ def _show_run(run) -> None:
         _print_table(header, rows, f"test split, {run.metrics['test']['finetuned']['n']} examples")
     else:  # train.evaluate_test=false
         out.print(run.metrics["test"]["note"], highlight=False)
+    for sliced in ((run.metrics["test"].get("finetuned") or {}).get("slices") or {}).values():  # data.slice_columns
+        from ftune.slices import lines
+
+        for line in lines(sliced):
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
     for line in diagnosis_lines(run.metrics.get("diagnosis")):  # a run that learned nothing says so, last thing seen
         out.print(f"[bold yellow]diagnosis:[/] {line}", highlight=False, soft_wrap=True)
     out.print(f"run directory: {run.path}  (report.html inside)", highlight=False)
@@ -194,6 +200,33 @@ def _train_budget(cfg, budget_s: float, quiet: bool) -> None:
     out.print(f"budget: {result.elapsed_s:.0f} s of {result.budget_s:.0f} s; every candidate in "
               f"{result.path / 'budget.json'}", markup=False, highlight=False, soft_wrap=True)
     _show_run(result.final)
+
+
+@app.command("cloud-train")
+def cloud_train(
+    config: Annotated[Opt, typer.Argument(help="YAML config (a gs:// path is read through /gcs); on SageMaker, or "
+                                               "the hyperparameter `config`")] = None,
+    set_: SetOpt = None,
+    platform: Annotated[str, typer.Option(help="sagemaker, vertex, or auto: the one whose variables are set")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+) -> None:
+    """Train as SageMaker or Vertex AI start a training container: the data, the settings and the model's folder come
+    from the platform, then `ftune train` runs. SageMaker: a failure's reason also goes to /opt/ml/output/failure."""
+    from ftune import cloud
+
+    chosen = cloud.detect(platform)
+    with cloud.failure_reported(chosen):
+        job = cloud.training_job(chosen, config, set_ or [])
+        _call(train, config=job.config, set_=job.overrides, quiet=quiet)
+        cloud.publish(job)
+    out.print(f"{chosen}: the run is in {job.model_dir}", highlight=False, soft_wrap=True)
+
+
+def _call(command, **given):
+    """A command called from another as typer calls it: `given`, and every other parameter at its default."""
+    import inspect
+
+    return command(**{name: p.default for name, p in inspect.signature(command).parameters.items()} | given)
 
 
 @app.command("eval")
@@ -289,33 +322,43 @@ def predict(
 def export(
     run: Annotated[Path, typer.Argument(help="run directory")],
     format_: Annotated[str, typer.Option("--format", help="export format: onnx (classifiers, taggers, regression), "
+                                                          "ort (the same, in ONNX Runtime's mobile format), "
+                                                          "executorch (the same, as .pte for phones and devices), "
                                                           "gguf (decoders: llama.cpp, Ollama)")] = "onnx",
     quantize: Annotated[Opt, typer.Option(help="also write an int8 model (dynamic quantization): int8")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/onnx)")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="export folder (default: RUN/FORMAT)")] = None,
     data: Annotated[Opt, typer.Option(help="labeled file for the parity check (default: the run's test split)")] = None,
     trust_remote_code: TrustOpt = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="export the run's TF-IDF baseline instead (default "
                                                               "folder: RUN/baseline), checked against scikit-learn "
                                                               "on the run's test split")] = False,
 ) -> None:
-    """Export a run to ONNX (an adapter merged), optionally int8, and check it against PyTorch; or, with --baseline,
-    its TF-IDF baseline."""
-    from ftune.export import export_onnx
+    """Export a run to ONNX or ExecuTorch (an adapter merged), optionally int8, and check it against PyTorch; or, with
+    --baseline, its TF-IDF baseline; or a decoder to GGUF."""
     from ftune.run import read_json
 
-    if format_ not in ("onnx", "gguf"):
-        raise FtuneError(f"--format {format_!r} is not supported; use --format onnx or gguf")
+    if format_ not in ("onnx", "ort", "executorch", "gguf"):
+        raise FtuneError(f"--format {format_!r} is not supported; use --format onnx, ort, executorch or gguf")
     if format_ == "gguf":
         return _export_gguf(run, output, quantize, baseline, trust_remote_code)
     if baseline:
+        if format_ != "onnx":
+            raise FtuneError(f"--baseline exports the TF-IDF baseline as ONNX only; drop --format {format_}")
         return _export_baseline(run, output, quantize, data)
     with out.status("exporting, then checking the export against PyTorch on held-out texts"):
-        folder = export_onnx(run, output, quantize, data, trust_remote_code=trust_remote_code)
+        if format_ == "executorch":
+            from ftune.export_executorch import export_executorch as exporter
+        else:
+            from ftune.export import export_model
+
+            exporter = functools.partial(export_model, format=format_)
+        folder = exporter(run, output, quantize, data, trust_remote_code=trust_remote_code)
     parity = read_json(folder / "export.json")["parity"]
     metric = parity["metric"]
     rows = [("pytorch", _score(parity["pytorch"][metric]), "", "", "")]
     rows += [(name, _score(row[metric]), f"{row['max_abs_diff']:.2g}", _pct(row.get("same_label_as_pytorch")),
-              f"{row['bytes'] / 1e6:.1f}") for name, row in ((n, parity[n]) for n in ("onnx-fp32", "onnx-int8")
+              f"{row['bytes'] / 1e6:.1f}") for name, row in ((n, parity[n]) for n in (f"{format_}-fp32",
+                                                                                      f"{format_}-int8")
                                                               if n in parity)]
     _print_table(("model", metric, "max |logit diff|", "same top output as PyTorch", "size MB"), rows,
                  f"parity on {parity['texts']} held-out texts")
@@ -390,11 +433,16 @@ def push(
 @app.command()
 @settings_flags(ServeSettings)
 def serve(
-    sources: Annotated[list[Path], typer.Argument(
+    sources: Annotated[Optional[list[Path]], typer.Argument(
         metavar="RUN|EXPORT_DIR", help="run directory or `ftune export` folder; several runs are served side by "
-                                       "side, named by their folders (adapter runs of one base model share it)")],
-    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+                                       "side, named by their folders (adapter runs of one base model share it); "
+                                       "with --platform: the platform's model folder")] = None,
+    host: Annotated[Opt, typer.Option(help="address to bind; loopback unless you mean to expose it (default: "
+                                           "127.0.0.1; with --platform 0.0.0.0)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="TCP port (default: 8000; --platform: the platform's)")] = None,
+    platform: Annotated[Opt, typer.Option(help="answer as a cloud's prediction container: sagemaker (GET /ping, POST "
+                                               "/invocations, /opt/ml/model) or vertex (the AIP_ variables; chosen "
+                                               "when they are set)")] = None,
     variant: Annotated[Opt, typer.Option(help="for an export: int8 or fp32 (default: int8 when there is one)")] = None,
     trust_remote_code: TrustOpt = False,
     device: DeviceOpt = "auto",
@@ -404,20 +452,31 @@ def serve(
     """Serve a run or an export over HTTP: POST /v1/predict, GET /health, GET /v1/model, /docs. Several runs:
     a request names its model ("model": NAME, or POST /v1/models/NAME/predict); GET /v1/models lists them.
     A causal-lm run is served alone, with OpenAI's chat API: POST /v1/chat/completions, GET /v1/models."""
+    from ftune.cloud import serving
     from ftune.serve import is_loopback, load
     from ftune.serve import serve as run_server
 
+    cloud = serving(platform)
+    if cloud is not None:  # the platform's model, port and address unless the command line names them
+        sources, host, port = cloud.sources(sources), host or "0.0.0.0", port or cloud.port
+    elif not sources:
+        from ftune.errors import ConfigError
+
+        raise ConfigError("ftune serve: name the run directory or export folder to serve")
+    host, port = host or "127.0.0.1", port or 8000
     served = load(sources, variant, trust_remote_code, device, precision)
-    if not is_loopback(host) and settings.api_key is None:
+    if not is_loopback(host) and settings.api_key is None and cloud is None:  # a platform fronts its container
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                                    f"this port can use the model")
     models = served if isinstance(served, dict) else {str(sources[0]): served}
     first = next(iter(models.values()))
     where = first.describe().get("device", "cpu")
     api = "  (OpenAI-compatible: POST /v1/chat/completions)" if getattr(first, "writes_text", False) else ""
+    if cloud is not None:
+        api += f"  ({cloud.platform}: GET {cloud.health_route}, POST {cloud.predict_route})"
     out.print(f"serving {', '.join(models)} ({first.kind} on {where}) on http://{host}:{port}  (docs: /docs){api}",
               highlight=False)
-    run_server(served, host, port, settings)
+    run_server(served, host, port, settings, cloud=cloud)
 
 
 @app.command()

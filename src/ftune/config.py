@@ -64,6 +64,11 @@ class Config(Section):
         if getattr(self.task, "long_text", LongTextConfig()) != LongTextConfig() and data.text_pair_column:
             raise ValueError("task.long_text applies to single texts; drop data.text_pair_column or task.long_text")
         _fits_distill(self)
+        if data.slice_columns and (task.serves == "chat" or getattr(self.task, "long_text", None) and
+                                   self.task.long_text.strategy == "chunk"):
+            raise ValueError(f"data.slice_columns scores each test text apart, which a {task.name} run"
+                             f"{' reading long texts in windows' if task.serves != 'chat' else ''} does not do; "
+                             f"drop data.slice_columns")
         method_for(self).check(task, self)  # e.g. prompt tuning refuses per-token tasks
         if train.optimizer != "adamw" and self.distributed.strategy != "ddp":
             raise ValueError(f"train.optimizer={train.optimizer} keeps whole 8-bit states per process; with "

@@ -1,5 +1,7 @@
 """`ftune export`: a run's model as ONNX (and int8), checked against PyTorch on held-out texts; or, with
---baseline, the run's TF-IDF baseline as ONNX, checked against scikit-learn on the run's test texts.
+--baseline, the run's TF-IDF baseline as ONNX, checked against scikit-learn on the run's test texts. `--format ort`
+saves the ONNX graphs in ONNX Runtime's mobile format; ExecuTorch (ftune.export_executorch) shares all of
+export_model but the writer.
 
 torch.onnx (the dynamo exporter) writes the graph; onnxruntime's dynamic quantizer makes the
 int8 copy. optimum's ONNX exporter would do both, but its current release requires
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
@@ -17,6 +20,7 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,12 +36,16 @@ from ftune.predictors.onnx import COLUMN_KEYS
 from ftune.tasks import TASKS, task_for
 from ftune.run import Run
 
+# A format's writer: (merged model, tokenizer, folder, quantize, max_length) -> (input names, {"fp32"[, "int8"]: file})
+Writer = Callable[[torch.nn.Module, object, Path, "str | None", int], tuple[list[str], dict[str, str]]]
+FORMAT_NAMES = {"onnx": "ONNX", "ort": "ONNX Runtime (ORT format)", "executorch": "ExecuTorch"}
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 README = "README.md"  # what the folder holds and how to run it without ftune (ftune.export_card)
 # Every name an export writes, whatever its tokenizer (transformers' file names): a folder that holds only these
 # is an earlier export, safe to replace; any other file there is the user's.
-EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, README, "config.json", "labels.json", "tokenizer.json",
+EXPORT_NAMES = {EXPORT_FILE, FP32_FILE, INT8_FILE, "model.ort", "model.int8.ort", "model.pte", "model.int8.pte",
+                README, "config.json", "labels.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
                 "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
                 "chat_template.json"}
@@ -50,22 +58,25 @@ LOCALE = "C.UTF-8"  # how the graph lowercases: onnxruntime's default, en_US.UTF
 # the graph would then not load; C.UTF-8 is built into glibc 2.35+ and musl
 
 
-def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quantize: str | None = None,
+def export_model(run_dir: str | Path, output_dir: str | Path | None = None, quantize: str | None = None,
                 data: str | None = None, parity_samples: int = 1000, opset: int = 18,
-                trust_remote_code: bool = False) -> Path:
-    """Write EXPORT_DIR with model.onnx [+ model.int8.onnx], tokenizer, labels.json and export.json (with the sha256
-    of every other file). An earlier export there is replaced only when its folder holds nothing else."""
+                trust_remote_code: bool = False, format: str = "onnx", writer: Writer | None = None) -> Path:
+    """Write EXPORT_DIR with model.onnx [+ model.int8.onnx] (or what another format's `writer` writes: ftune.
+    export_executorch), tokenizer, labels.json and export.json (with the sha256 of every other file). An earlier
+    export there is replaced only when its folder holds nothing else."""
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r} is not supported; use --quantize int8 or leave it out")
+    name = FORMAT_NAMES[format]
+    writer = writer or functools.partial(_write_ort if format == "ort" else _write_onnx, opset=opset)
     run = Run(run_dir)
     task = task_for(run.config, run.task_state)
     if not task.exportable:
-        raise ConfigError(f"{run.path} is a {task.name} run; ONNX export covers tasks with one output row per text "
+        raise ConfigError(f"{run.path} is a {task.name} run; {name} export covers tasks with logits per text or token "
                           f"({', '.join(n for n, t in TASKS.items() if t.exportable)}); use `ftune predict` / "
                           f"`ftune serve` on the run directory")
-    method_for(run.config).refuse_merge(f"ONNX export of {run.path}", f"serve or predict the run directory itself "
+    method_for(run.config).refuse_merge(f"{name} export of {run.path}", f"serve or predict the run directory itself "
                                         f"(ftune serve {run.path}, ftune predict {run.path})")
-    out = Path(output_dir) if output_dir else run.path / "onnx"
+    out = Path(output_dir) if output_dir else run.path / format
     _check_output(out)  # before the minutes of work, so a refusal comes at once
     predictor = Predictor(run.path, trust_remote_code=trust_remote_code)
     held_out = _parity_data(task, run, data, parity_samples, predictor.tokenizer)
@@ -75,15 +86,12 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
     remove_stale(out.parent, out.name, lambda folder: not _foreign(folder))  # what a killed export left behind
     with staged_dir(out) as staging:
         model = predictor.plain_model().eval()  # an adapter merged
-        inputs = _export_graph(model, predictor.tokenizer, staging / FP32_FILE, opset)
+        inputs, files = writer(model, predictor.tokenizer, staging, quantize, run.config.data.max_length)
         predictor.tokenizer.save_pretrained(str(staging))
         write_json(staging / "labels.json", predictor.labels)
         _save_config(model, staging)
-        files = {"fp32": FP32_FILE}
-        if quantize == "int8":
-            quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
-            files["int8"] = INT8_FILE
-        info = {"format": "onnx", "files": files, "inputs": inputs, "outputs": ["logits"], "opset": opset,
+        info = {"format": format, "files": files, "inputs": inputs, "outputs": ["logits"],
+                **({"opset": opset} if format != "executorch" else {}),
                 "source_run": str(run.path.resolve()), "base_model": run.config.model.name,
                 "method": run.config.method.name, "max_length": run.config.data.max_length,
                 **{key: getattr(run.config.data, key) for key in COLUMN_KEYS}, "task": run.config.task.model_dump(),
@@ -91,13 +99,48 @@ def export_onnx(run_dir: str | Path, output_dir: str | Path | None = None, quant
                 "created_at": datetime.now(timezone.utc).isoformat(), "versions": _versions(),
                 MANIFEST_KEY: _manifest(staging)}
         write_json(staging / EXPORT_FILE, info)  # OnnxPredictor reads it; the parity figures follow
-        info["parity"] = _parity(staging, files, task, held_out, run.labels, reference)
+        info["parity"] = _parity(staging, files, task, held_out, run.labels, reference, format)
         info["parity"]["data"] = Path(data).name if data else "the run's test split"  # a name: the README shows it
         write_text(staging / README, export_readme(run, info, task, predictor.tokenizer))  # with the parity figures
         info[MANIFEST_KEY] = _manifest(staging)  # the README too: every file but export.json is listed
         write_json(staging / EXPORT_FILE, info)
         _check_output(out, also=[p.name for p in staging.iterdir()])  # nothing of the user's appeared meanwhile
     return out
+
+
+export_onnx = export_model  # ONNX is its default format
+
+
+def _write_onnx(model: torch.nn.Module, tokenizer, folder: Path, quantize: str | None, max_length: int, opset: int
+                ) -> tuple[list[str], dict[str, str]]:
+    """model.onnx [+ model.int8.onnx] in `folder`: (the graph's input names, export.json's "files"). Any length
+    runs: the sequence axis is dynamic."""
+    inputs = _export_graph(model, tokenizer, folder / FP32_FILE, opset)
+    files = {"fp32": FP32_FILE}
+    if quantize == "int8":
+        quantize_int8(folder / FP32_FILE, folder / INT8_FILE)
+        files["int8"] = INT8_FILE
+    return inputs, files
+
+
+def _write_ort(model: torch.nn.Module, tokenizer, folder: Path, quantize: str | None, max_length: int, opset: int
+               ) -> tuple[list[str], dict[str, str]]:
+    """ONNX Runtime's mobile format: each ONNX graph saved by onnxruntime itself as .ort (basic graph optimizations
+    only: those hold on every device), the .onnx files then removed."""
+    import onnxruntime as ort
+
+    inputs, graphs = _write_onnx(model, tokenizer, folder, quantize, max_length, opset)
+    files = {}
+    for variant, graph in graphs.items():
+        files[variant] = graph.removesuffix(".onnx") + ".ort"
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(folder / files[variant])
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.add_session_config_entry("session.save_model_format", "ORT")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+        (folder / graph).unlink()
+    return inputs, files
 
 
 def _manifest(folder: Path) -> dict[str, str]:
@@ -196,18 +239,21 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(f"{tmp}/model.onnx", str(target), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def _parity(folder: Path, files: dict, task, data: Encoded, labels: list[str], reference: list) -> dict:
-    """Each ONNX model's outputs against PyTorch's, and every model's headline score on the same examples."""
-    from ftune.predictors.onnx import OnnxPredictor
+def _parity(folder: Path, files: dict, task, data: Encoded, labels: list[str], reference: list, format: str = "onnx"
+            ) -> dict:
+    """Each exported model's outputs (through its own runtime) against PyTorch's, and every model's headline score on
+    the same examples."""
+    from ftune.predictors import export_predictor
 
+    predictor = export_predictor(folder)
     report = {"texts": len(data), "metric": task.headline(), "pytorch": _scores(task, data, labels, reference, None)}
     for variant, name in files.items():
-        rows = OnnxPredictor(folder, variant).outputs(data, task.rows)
-        report[f"onnx-{variant}"] = _scores(task, data, labels, rows, reference) | {"bytes": (folder / name).stat().st_size}
-    fp32_diff = report["onnx-fp32"]["max_abs_diff"]
+        rows = predictor(folder, variant).outputs(data, task.rows)
+        report[f"{format}-{variant}"] = _scores(task, data, labels, rows, reference) | {"bytes": (folder / name).stat().st_size}
+    fp32_diff = report[f"{format}-fp32"]["max_abs_diff"]
     if not fp32_diff <= PARITY_TOLERANCE:
-        raise RunError(f"the ONNX graph disagrees with PyTorch (max |logit diff| {fp32_diff:.3g} > {PARITY_TOLERANCE}); "
-                       f"nothing was written. Please report it with the model name")
+        raise RunError(f"the {format} model disagrees with PyTorch (max |logit diff| {fp32_diff:.3g} > "
+                       f"{PARITY_TOLERANCE}); nothing was written. Please report it with the model name")
     return report
 
 
@@ -215,8 +261,8 @@ def _scores(task, data: Encoded, labels: list[str], rows: list, reference: list 
     """The task's headline score of these outputs; against the reference, the largest logit difference and how often
     the top output agrees."""
     scores = {task.headline(): task.score(rows, data, labels)[0][task.headline()] if len(data) else None}
-    if reference is not None:
-        logits, expected = np.stack(rows), np.stack(reference)
+    if reference is not None:  # a row per text (classifiers) or per token (taggers): compared output by output
+        logits, expected = (np.concatenate([np.atleast_2d(row) for row in r]) for r in (rows, reference))
         scores["max_abs_diff"] = float(np.abs(logits - expected).max()) if len(data) else 0.0
         if logits.shape[-1] > 1:  # one output (regression): no top output to agree on
             scores["same_label_as_pytorch"] = float((logits.argmax(1) == expected.argmax(1)).mean()) if len(data) else None

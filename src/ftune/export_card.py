@@ -17,13 +17,21 @@ def export_readme(run, info: dict, task, tokenizer) -> str:
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else base_name
     labels = f" (labels: {', '.join(facts.labels)})" if facts.labels and task.name != "regression" else ""
     parity = info.get("parity", {})
-    files = info["files"]
-    sizes = {v: parity.get(f"onnx-{v}", {}).get("bytes", 0) / 1e6 for v in files}
-    rows = [(files["fp32"], f"the model in fp32 (opset {info['opset']}): inputs {', '.join(info['inputs'])} "
-                            f"[batch, sequence], "
-                            f"int64; output logits [batch, {len(facts.labels) or 1}]; {sizes['fp32']:.1f} MB")]
+    files, runtime = info["files"], info.get("format", "onnx")
+    sizes = {v: parity.get(f"{runtime}-{v}", {}).get("bytes", 0) / 1e6 for v in files}
+    if runtime == "executorch":
+        rows = [(files["fp32"], f"the program in fp32, lowered to XNNPACK: inputs {', '.join(info['inputs'])} [1, "
+                                f"2 to {info['max_length']} tokens], int64, one text unpadded; output logits [1, "
+                                f"{len(facts.labels) or 1}]; {sizes['fp32']:.1f} MB")]
+    else:
+        rows = [(files["fp32"], f"the model in fp32 (opset {info['opset']}"
+                                f"{', ONNX Runtime format: loaded by its mobile packages too' if runtime == 'ort' else ''}): inputs {', '.join(info['inputs'])} "
+                                f"[batch, sequence], int64; output logits [batch, {len(facts.labels) or 1}]; "
+                                f"{sizes['fp32']:.1f} MB")]
     if "int8" in files:
-        rows.append((files["int8"], f"the same with int8 weights (dynamic quantization); {sizes['int8']:.1f} MB"))
+        how = ("int8 linear layers (dynamic activations) and int8 embedding rows" if runtime == "executorch" else
+               "int8 weights (dynamic quantization)")
+        rows.append((files["int8"], f"the same with {how}; {sizes['int8']:.1f} MB"))
     rows += [("config.json", "the model's transformers config: id2label, label2id, architecture"),
              ("tokenizer.json, tokenizer_config.json", "the tokenizer"),
              ("labels.json", "the label names in class-id order"),
@@ -34,38 +42,63 @@ def export_readme(run, info: dict, task, tokenizer) -> str:
     score = score_line(facts, lead="The run's test")
     method = facts.config.method.name
     merged = f" (the {method} adapter merged into the weights)." if METHODS[method].trains_adapter else "."
+    name = {"executorch": "ExecuTorch", "ort": "ONNX Runtime (ORT format)"}.get(runtime, "ONNX")
     text = "\n\n".join([
-        f"# {facts.name}: ONNX export",
+        f"# {facts.name}: {name} export",
         f"A {task.name} model{labels} fine-tuned from {base} "
-        f"with ftune (method: {facts.config.method.name}) on {file_name(facts.config.data.train)}, exported to ONNX"
+        f"with ftune (method: {facts.config.method.name}) on {file_name(facts.config.data.train)}, exported to {name}"
         f"{merged} {score}",
         f"## Files\n\n{table}",
-        "## Run it with onnxruntime\n\nNeeds only `pip install onnxruntime tokenizers numpy`; run it in this "
-        "folder.\n\n"
-        f"```python\n{onnx_snippet(info, task, tokenizer, len(facts.labels))}```\n\n"
-        "With ftune: `ftune predict FOLDER --text \"...\"`, "
-        f"`ftune eval FOLDER --data test.csv`, `ftune serve FOLDER`. They use model.int8.onnx when the folder has it "
-        f"(and say so); `--variant fp32` picks model.onnx."
-        + (" For int8 here, open model.int8.onnx instead." if "int8" in files else "")
+        (_executorch_section(info, files) if runtime == "executorch" else
+         "## Run it with onnxruntime\n\nNeeds only `pip install onnxruntime tokenizers numpy`; run it in this "
+         "folder.\n\n"
+         f"```python\n{onnx_snippet(info, task, tokenizer, len(facts.labels))}```")
+        + "\n\nWith ftune: `ftune predict FOLDER --text \"...\"`, "
+        f"`ftune eval FOLDER --data test.csv`, `ftune serve FOLDER`. They use the int8 model when the folder has it "
+        f"(and say so); `--variant fp32` picks {files['fp32']}."
+        + (f" For int8 here, open {files['int8']} instead." if "int8" in files else "")
         + (f" ftune reads a text longer than {info['max_length']} tokens in overlapping windows; this code cuts it."
            if getattr(getattr(task.options, "long_text", None), "strategy", None) == "chunk" else ""),
-        _parity_section(parity, task)])
+        _parity_section(parity, task, runtime, name)])
     return portable(text + "\n", local_paths(facts))
 
 
-def _parity_section(parity: dict, task) -> str:
+def _executorch_section(info: dict, files: dict) -> str:
+    """How to run a .pte: ExecuTorch's Python runtime here, its Module API on a phone."""
+    feed = ", ".join(f'torch.tensor([encoding.{ENCODING_FIELDS[name]}])' for name in info["inputs"])
+    return f"""## Run it with ExecuTorch
+
+On a phone: ExecuTorch's Android (`org.pytorch.executorch.Module`) or iOS runtime, built with the XNNPACK backend
+(and, for {files.get('int8', 'an int8 program')}, the quantized kernels), loads the file as it is; tokenize with the
+`tokenizers` library or the platform's port of tokenizer.json. In Python (`pip install executorch tokenizers`):
+
+```python
+import executorch.kernels.quantized  # the int8 embedding kernel
+import torch
+from executorch.runtime import Runtime
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("tokenizer.json")
+tokenizer.enable_truncation(max_length={info['max_length']})
+method = Runtime.get().load_program("{files['fp32']}").load_method("forward")
+encoding = tokenizer.encode("a text to label")
+logits = method.execute([{feed}])[0]
+```"""
+
+
+def _parity_section(parity: dict, task, runtime: str = "onnx", title: str = "ONNX") -> str:
     metric = parity.get("metric", task.headline())
 
     def shown(value, form: str) -> str:
         return "" if value is None else form.format(value)
 
-    models = {name: parity[name] for name in ("pytorch", "onnx-fp32", "onnx-int8")
+    models = {name: parity[name] for name in ("pytorch", f"{runtime}-fp32", f"{runtime}-int8")
               if isinstance(parity.get(name), dict)}
     rows = [f"| {name} | {shown(row.get(metric), '{:.4f}')} | {shown(row.get('max_abs_diff'), '{:.2g}')} | "
             f"{shown(row.get('same_label_as_pytorch'), '{:.1%}')} | "
             f"{shown(row['bytes'] / 1e6 if 'bytes' in row else None, '{:.1f}')} |" for name, row in models.items()]
     where = parity.get("data") or "the run's test split"
-    return (f"## int8 against fp32\n\nEach ONNX model against the run's PyTorch model on {parity.get('texts', '?')} "
+    return (f"## int8 against fp32\n\nEach {title} model against the run's PyTorch model on {parity.get('texts', '?')} "
             f"held-out texts ({where}); int8 weights are smaller and faster on a CPU but may answer otherwise on a "
             f"few texts, as the last columns show.\n\n| model | {metric} | max \\|logit diff\\| | same label as "
             f"PyTorch | size MB |\n|---|---|---|---|---|\n" + "\n".join(rows))
@@ -103,7 +136,7 @@ import onnxruntime as ort
 folder = "."  # this export folder
 texts = ["a first text to label", "and a second, longer one"]
 
-{tokenize}session = ort.InferenceSession(f"{{folder}}/model.onnx")
+{tokenize}session = ort.InferenceSession(f"{{folder}}/{info['files']['fp32']}")
 feed = {{name: np.array(ids, dtype=np.int64) for name, ids in inputs.items()}}
 logits = session.run(["logits"], feed)[0]
 '''
@@ -114,6 +147,16 @@ for text, value in zip(texts, values):
     print(json.dumps({{"text": text, "value": float(value)}}))
 '''
     labels = 'id2label = json.load(open(f"{folder}/config.json"))["id2label"]\n'
+    if task.name == "token-classification":
+        words = ("[e.word_ids for e in encodings]" if "encodings = " in tokenize else
+                 "[encoded.word_ids(i) for i in range(len(texts))]")
+        return head + labels + f'''# a tag per word, read off its first sub-token (words as the tokenizer splits them;
+# ftune splits a text at whitespace and tokenizes the words)
+for text, words, row in zip(texts, {words}, logits):
+    firsts = {{word: i for i, word in reversed(list(enumerate(words))) if word is not None}}
+    tags = [id2label[str(row[i].argmax())] for _, i in sorted(firsts.items())]
+    print(json.dumps({{"text": text, "tags": tags}}))
+'''
     if task.name == "multi-label":
         thresholds = [round(float(t), 6) for t in task.thresholds(num_labels)]
         return head + labels + f'''probs = 1 / (1 + np.exp(-logits))

@@ -18,6 +18,7 @@ from ftune.diagnosis import lines
 from ftune.integrity import own_dir, read_yaml_file, write_text
 from ftune.recipe import MIN_VALIDATION
 from ftune.run import RUN_FILE, damaged_run_fix, read_history, read_json
+from ftune.slices import MIN_GROUP
 from ftune.tasks import TASKS
 
 ROWS = (("base_model", "base model, untrained head"), ("tfidf", "TF-IDF + linear model (tuned on validation)"),
@@ -106,6 +107,7 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
                         _before_after_note(metrics), header, rows) if finetuned else Section("Test split", test["note"])]
     if metrics.get("diagnosis"):  # first thing after the scores: a run that learned nothing must not look fine
         sections.append(Section("Diagnosis", "", ["what the run shows"], [(line,) for line in lines(metrics["diagnosis"])]))
+    sections += _slice_sections(test)
     if metrics["data"].get("warnings"):
         sections.append(Section("Data warnings", "Found before training; the run went ahead.", ["warning"],
                                 [(w,) for w in metrics["data"]["warnings"]]))
@@ -140,6 +142,28 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
     sections.append(_environment(manifest))
     sections.append(Section("Config", code=config_text.strip()))
     return title, sections
+
+
+def _slice_sections(test: dict) -> list[Section]:
+    """data.slice_columns: each column's groups on the test split, fine-tuned beside the base model, with the gap."""
+    out = []
+    base = (test.get("base_model") or {}).get("slices") or {}
+    for column, sliced in ((test.get("finetuned") or {}).get("slices") or {}).items():
+        metric, gap = sliced["metric"], sliced.get("gap")
+        before = (base.get(column) or {}).get("groups") or {}
+        small = sliced["too_small"]
+        rows = [(name, g["n"], f"{g[metric]:.4f}",
+                 "{:.3f}–{:.3f}".format(*g[f"{metric}_ci95"]) if f"{metric}_ci95" in g else "",
+                 f"{before[name][metric]:.4f}" if name in before else "",
+                 *(["too few to judge" if name in small else ""] if small else []))
+                for name, g in sliced["groups"].items()]
+        note = (f"Largest gap: {metric} {gap['value']:.4f}, between {column}={gap['best']} and {column}={gap['worst']} "
+                f"(groups of {MIN_GROUP} or more; where the intervals overlap, the gap may be chance)." if gap else
+                f"No gap judged: fewer than two groups of {MIN_GROUP} or more test examples.")
+        out.append(Section(f"Scores by slice: {column} (test split)", note,
+                           [column, "n", f"fine-tuned {metric}", "95% CI", f"base model {metric}",
+                            *(["note"] if small else [])], rows))
+    return out
 
 
 def _before_after_note(metrics: dict) -> str:

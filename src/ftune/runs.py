@@ -50,7 +50,19 @@ def compared_rows(metrics: list[dict]) -> list[tuple]:
     models = dict.fromkeys(k for m in metrics for k in m["test"] if k not in ("finetuned", "evaluated", "note"))
     rows += [(f"{SHORT.get(k) or name(k)} {name(head)}", lambda m, k=k: (m["test"].get(k) or {}).get(head),
               "{:.4f}") for k in models]
-    return rows + list(TRAINING_ROWS)
+    return rows + _slice_rows(metrics, head, name) + list(TRAINING_ROWS)
+
+
+def _slice_rows(metrics: list[dict], head: str, name) -> list[tuple]:
+    """data.slice_columns: the headline of every group any run scored, then each column's largest gap."""
+    sliced = lambda m, column: (_finetuned(m).get("slices") or {}).get(column) or {}  # noqa: E731
+    groups = dict.fromkeys((column, group) for m in metrics for column, s in (_finetuned(m).get("slices") or {}).items()
+                           for group in s["groups"])
+    rows = [(f"test {name(head)} {column}={group}",
+             lambda m, c=column, g=group: (sliced(m, c).get("groups", {}).get(g) or {}).get(head), "{:.4f}")
+            for column, group in groups]
+    return rows + [(f"largest {column} gap in {name(head)}", lambda m, c=column: (sliced(m, c).get("gap") or {}).get(
+        "value"), "{:.4f}") for column in dict.fromkeys(column for column, _ in groups)]
 
 
 def find_runs(root: Path) -> list[Path]:

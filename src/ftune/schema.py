@@ -52,6 +52,9 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, description="tokens per text (classification: longer texts follow task.long_text)")
     max_train_samples: int | None = Field(None, ge=1, description="subsample the training split")
     max_eval_samples: int | None = Field(None, ge=1, description="subsample validation and test splits")
+    slice_columns: list[str] = Field([], description="columns of the data whose groups are scored apart on the test "
+                                     "split (a source, a language, a length bucket): metrics.json, the report and "
+                                     "`ftune runs compare` show every metric per group and the largest gap")
     unlabeled: str | None = Field(None, description="distill, classification: more texts (a .txt file, a line each, or "
                                   "a table with the text column) that only the teacher labels; the student learns its "
                                   "answers on them too")

@@ -13,6 +13,8 @@ import numpy as np
 
 from ftune.errors import DataError
 
+from ftune.data.prepare import SLICE_PREFIX
+
 MIN_GROUP = 30  # fewer examples than this in a group: its score moves by 3+ points with one example; not judged
 
 
@@ -52,6 +54,19 @@ def slice_scores(task, rows: list, data, labels: list[str], groups, column: str,
         out["gap"] = {"value": abs(judged[high] - judged[low]), "best": high, "worst": low,
                       "fairlearn_difference": float(frame.difference()[headline])}  # over every group, small too
     return out
+
+
+def scored(task, rows: list, data, splits, split: str, interval_seed: int | None = None) -> tuple[dict, object]:
+    """task.score of a split's outputs; on the test split, also each data.slice_columns column's scores by slice,
+    under "slices" (the splits carry those columns as slice:NAME)."""
+    metrics, outputs = task.score(rows, data, splits.labels, interval_seed)
+    frame = getattr(splits, split)
+    columns = [c for c in frame.columns if str(c).startswith(SLICE_PREFIX)] if split == "test" else []
+    if columns and len(rows):
+        metrics["slices"] = {c.removeprefix(SLICE_PREFIX): slice_scores(task, rows, data, splits.labels, frame[c],
+                                                                          c.removeprefix(SLICE_PREFIX))
+                             for c in columns}
+    return metrics, outputs
 
 
 def lines(sliced: dict) -> list[str]:

@@ -34,6 +34,7 @@ from ftune.predictors import Run
 from ftune.progress import TrainProgress
 from ftune.run import discard_run, last_step, open_run_dir, release_run_dir, update_manifest
 from ftune.run_files import write_run
+from ftune.slices import scored
 from ftune.stopping import StopFlag, stop_on_signals
 from ftune.tasks import Task, task_for
 from ftune.train_setup import (Setup, check_max_length, epoch_batches, preflight, set_up,  # noqa: F401 (preflight: the CLI's)
@@ -223,7 +224,7 @@ class _Fit:
     # --- evaluate and checkpoint --------------------------------------------------------------------------------
     def evaluate(self, split: str, interval_seed: int | None = None) -> tuple[dict, object]:
         """The task's scores of a split, from rows every process computes a share of (task-neutral gather)."""
-        return self.task.score(self._rows(split), self.data[split], self.splits.labels, interval_seed)
+        return scored(self.task, self._rows(split), self.data[split], self.splits, split, interval_seed)  # + slices
 
     def _rows(self, split: str) -> list:
         # A bf16 frozen base is read under bf16 autocast here too, as in training.

@@ -24,6 +24,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
 # How other tools write a missing value into a CSV cell; as a label it would become a class of its own.
 # (NA and N/A are left alone: they are also real labels, "not applicable".)
+SLICE_PREFIX = "slice:"  # a data.slice_columns column as the splits carry it
 MISSING_LABELS = {"nan", "NaN", "NAN", "-nan", "None", "null", "NULL", "<NA>", "#N/A"}
 
 
@@ -41,7 +42,9 @@ class Splits:
         """sha256 of every split's texts and labels: what the manifest records as the data hash."""
         h = hashlib.sha256()
         for name in ("train", "validation", "test"):
-            frame = getattr(self, name).map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # tags, chats
+            frame = getattr(self, name)
+            frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith(SLICE_PREFIX)])  # not data
+            frame = frame.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # tags, chats
             h.update(name.encode())
             h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
         return h.hexdigest()
@@ -192,9 +195,29 @@ def given_splits(cfg: DataConfig, read: Callable[[str], Table],
         if source:
             splits[name] = pick_split(read(source), name)
     out = {name: select(frame, cfg, source_name(cfg, name)) for name, frame in splits.items()}
+    for name, frame in splits.items():
+        out[name] = with_slice_columns(out[name], frame, cfg, source_name(cfg, name))
     if len(out["train"]) < 2:
         raise DataError(f"{cfg.train}: the training split has {len(out['train'])} rows; fine-tuning needs more")
     return out
+
+
+def with_slice_columns(selected: pd.DataFrame, table: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFrame:
+    """The task's columns plus each data.slice_columns column as `slice:NAME` (strings), which the splits carry
+    to the test scores by slice (ftune.slices) and the data hash leaves out."""
+    for name in cfg.slice_columns:
+        if name not in table.columns:
+            raise DataError(f"{where}: data.slice_columns names '{name}', which is not a column (columns: "
+                            f"{', '.join(map(str, table.columns[:12]))}); name a column that holds each row's group")
+        values = table[name].reset_index(drop=True)
+        if values.isna().any():
+            row = int(values.isna().to_numpy().nonzero()[0][0])
+            raise DataError(f"{where} row {row + 1}: no value in slice column '{name}'; fill it (e.g. 'unknown') "
+                            f"or drop the column from data.slice_columns")
+        if len(values) != len(selected):  # a task that reads several rows as one example: nothing to align
+            raise DataError(f"{where}: data.slice_columns needs one row per example; drop data.slice_columns")
+        selected = selected.assign(**{SLICE_PREFIX + name: values.astype(str).to_numpy()})
+    return selected
 
 
 def named_splits(table: Table, cfg: DataConfig) -> dict[str, pd.DataFrame]:

@@ -3,6 +3,7 @@
     base.py      Labeler: what every predictor shares (the task turns outputs into answers)
     pytorch.py   Predictor: a finished run's model (full weights, or base model + adapter)
     onnx.py      OnnxPredictor: an `ftune export` folder through onnxruntime
+    executorch.py ExecutorchPredictor: an `ftune export --format executorch` folder through ExecuTorch's runtime
     classical.py ClassicalPredictor: an `ftune export --baseline` folder (TF-IDF + linear model) through onnxruntime
     many.py      load_many: several runs in one process, adapter runs of one base model sharing it (`ftune serve A B`)
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ftune import run as run_dir
 from ftune.errors import ConfigError, RunError
-from ftune.integrity import restore_aside
+from ftune.integrity import read_json_file, restore_aside
 from ftune.predictors.base import EXPORT_FILE, Labeler
 from ftune.predictors.classical import ClassicalPredictor, is_classical
 from ftune.predictors.pytorch import Predictor, load_run_model
@@ -33,8 +34,6 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
     (PyTorch only): fp32, bf16 or fp16."""
     path = Path(path)
     if is_export(path):
-        from ftune.predictors.onnx import OnnxPredictor
-
         if is_classical(path):
             if variant is not None or precision != "fp32":
                 flag = "--variant" if variant is not None else "--precision"
@@ -43,7 +42,7 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
         if precision != "fp32":
             raise ConfigError(f"--precision {precision} applies to a run's PyTorch model; an export's precision is "
                               f"its --variant (fp32 or int8)")
-        return OnnxPredictor(path, variant, device=device)
+        return export_predictor(path)(path, variant, device=device)
     if variant is not None:
         raise RunError(f"{path} is a run directory, which has only its PyTorch model; "
                        f"--variant applies to an export made by `ftune export`")
@@ -52,6 +51,23 @@ def load_predictor(path: str | Path, variant: str | None = None, trust_remote_co
         raise RunError(f"{path} is a {run.config.task.name} run: it writes text rather than labels; use "
                        f"`ftune generate {path} --prompt TEXT`")
     return Predictor(path, trust_remote_code=trust_remote_code, device=device, precision=precision)
+
+
+def export_predictor(path: Path) -> type:
+    """The predictor class of a model export folder by its export.json's "format": ExecuTorch's runtime for
+    executorch, onnxruntime for the others (onnx, ort; none named, or a damaged export.json: OnnxPredictor then
+    reports it, with the fix)."""
+    from ftune.predictors.onnx import OnnxPredictor
+
+    try:
+        info = read_json_file(path / EXPORT_FILE, "")
+    except RunError:
+        info = None
+    if isinstance(info, dict) and info.get("format") == "executorch":
+        from ftune.predictors.executorch import ExecutorchPredictor
+
+        return ExecutorchPredictor
+    return OnnxPredictor
 
 
 def is_export(path: str | Path) -> bool:
@@ -109,4 +125,4 @@ def _slice_column(source: str, name: str):
 
 
 __all__ = ["EXPORT_FILE", "ClassicalPredictor", "Labeler", "Predictor", "Run", "evaluate_export", "evaluate_run",
-           "is_export", "load_predictor", "load_run_model"]
+           "export_predictor", "is_export", "load_predictor", "load_run_model"]

@@ -82,13 +82,16 @@ def onnx_providers(device: str, available: list[str]) -> list[str]:
 
 
 class OnnxPredictor(Labeler):
-    """An `ftune export` folder: model.onnx and/or model.int8.onnx, tokenizer files, labels.json, export.json."""
+    """An `ftune export` folder: model.onnx and/or model.int8.onnx (or their .ort forms), tokenizer files,
+    labels.json, export.json.
+    A subclass for another runtime (predictors.executorch) overrides the three methods after __init__'s reading."""
+
+    runtime = "onnx"  # what `kind` starts with (onnx-fp32, onnx-int8) where export.json names no format
 
     def __init__(self, export_dir: str | Path, variant: str | None = None, batch_size: int = 128,
                  device: str = "auto"):
-        import onnxruntime as ort
-
-        providers = onnx_providers(device, ort.get_available_providers())  # a wrong flag: before any file is read
+        self.check_device(device)  # a wrong flag: before any file is read
+        self.device = device
         self.export_dir = Path(export_dir)
         fix = export_fix(self.export_dir)
         self.info = read_export_info(self.export_dir, fix)
@@ -96,9 +99,10 @@ class OnnxPredictor(Labeler):
         files: dict[str, str] = self.info["files"]
         variant = variant or ("int8" if "int8" in files else "fp32")
         if variant not in files:
-            hint = "; export it with `ftune export RUN --quantize int8`" if variant == "int8" else ""
+            how = f" --format {self.info['format']}" if self.info.get("format", "onnx") != "onnx" else ""
+            hint = f"; export it with `ftune export RUN{how} --quantize int8`" if variant == "int8" else ""
             raise RunError(f"{self.export_dir} has no {variant} model (it has: {', '.join(files)}){hint}")
-        self.variant, self.kind = variant, f"onnx-{variant}"
+        self.variant, self.kind = variant, f"{self.info.get('format') or self.runtime}-{variant}"  # onnx, ort, ...
         self.file = member(self.export_dir, files[variant], self.export_dir / EXPORT_FILE, fix)
         if not self.file.is_file():
             raise RunError(f"{self.file} is missing; {fix}")
@@ -110,6 +114,20 @@ class OnnxPredictor(Labeler):
         self.data_config = self.task.config.data.model_copy(update={key: self.info.get(key) for key in COLUMN_KEYS})
         self.tokenizer = load_tokenizer(str(self.export_dir))  # never remote code: an export holds none
         check_tokenizer(self.tokenizer, self.export_dir, fix)
+        self.open(fix)
+
+    @staticmethod
+    def check_device(device: str) -> None:
+        import onnxruntime as ort
+
+        onnx_providers(device, ort.get_available_providers())
+
+    def open(self, fix: str) -> None:
+        """Load self.file into the runtime, checking its outputs against labels.json and its inputs against the
+        tokenizer."""
+        import onnxruntime as ort
+
+        providers = onnx_providers(self.device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
         try:
@@ -135,6 +153,9 @@ class OnnxPredictor(Labeler):
 
         return batched_outputs(forward, data, self.batch_size, self.tokenizer.pad_token_id or 0)
 
+    def runs_on(self) -> str:
+        return self.session.get_providers()[0]
+
     def using(self) -> str:
         """One line saying which model answers: the int8 one, picked by default, may label a few texts otherwise than
         the run does (its parity figure says how often it agreed), so a user must be able to see it and opt out."""
@@ -152,6 +173,6 @@ class OnnxPredictor(Labeler):
         return {"kind": self.kind, "variant": self.variant, "variants": list(self.info["files"]),
                 "task": self.task.name, "labels": self.labels, "base_model": self.info["base_model"],
                 "method": self.info["method"], "max_length": self.max_length, "source": str(self.export_dir),
-                "file_bytes": self.file.stat().st_size, "device": self.session.get_providers()[0],
+                "file_bytes": self.file.stat().st_size, "device": self.runs_on(),
                 "metrics": {f"test_{metric}": score, f"pytorch_test_{metric}": parity.get("pytorch", {}).get(metric),
                             "same_label_as_pytorch": parity.get(self.kind, {}).get("same_label_as_pytorch")}}

@@ -69,7 +69,7 @@ class Task(ABC):
     one_label_per_text: ClassVar[bool] = False  # batch["labels"] holds one class id per text (method contrastive)
     pairs_in_a_row: ClassVar[bool] = False  # a row holds two texts kept apart by position_ids (preference, kto)
     labeled: ClassVar[bool] = True  # the run has label names (labels.json); a decoder writes text instead
-    exportable: ClassVar[bool] = False  # `ftune export` can write its model as ONNX (logits per text)
+    exportable: ClassVar[bool] = False  # `ftune export` writes its model (ONNX, ExecuTorch): logits per text or token
     ships_baseline: ClassVar[bool] = False  # `ftune export RUN --baseline` can write its TF-IDF baseline as ONNX
     calibrates: ClassVar[bool] = False  # has a `calibrate` step after training (an extra pass over validation)
     default_label_column: ClassVar[str] = "label"

@@ -46,6 +46,12 @@ class TaggedEncoded(Encoded):
     no_tokens: list[np.ndarray] | None = None  # with tags: which words the tokenizer turns into no token at all
     unseen_tags: list[str] = field(default_factory=list)  # names of the tag ids from len(labels): not in train
 
+    def subset(self, indices: np.ndarray) -> "TaggedEncoded":
+        pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
+        return TaggedEncoded(**vars(super().subset(indices)), word_ids=pick(self.word_ids),
+                             word_tags=pick(self.word_tags), no_tokens=pick(self.no_tokens),
+                             unseen_tags=self.unseen_tags)
+
 
 class TaggingOptions(TaskOptions):
     name: Literal["token-classification"] = "token-classification"
@@ -72,6 +78,7 @@ class Tagging(Task):
     Prediction = TaggedText
     peft_type = "TOKEN_CLS"  # peft keeps the new tagging head trainable and saved
     weighs_classes = True
+    exportable = True  # logits per token; the predictor maps them to words as for the PyTorch model
     metrics = ("accuracy", "macro_f1", "entity_f1", "loss")  # entity_f1: only with BIO/BIOES tags
     note = ("Accuracy over all words (each tagged by its first sub-token; words beyond the window count as wrong), "
             "with the 95% bootstrap interval for the fine-tuned model.")
