@@ -24,7 +24,18 @@ pytestmark = pytest.mark.e2e  # trains whole runs: make test-quick leaves this m
 BLOCK = 32 * 1024  # the .wandb file is a LevelDB log: 32 KiB blocks of records, each with a 7-byte header
 
 
-def wandb_records(path: Path) -> list:
+def wandb_records(path: Path, wait_s: float = 30) -> list:
+    """The records of a closed run's .wandb file. wandb's core process writes the last ones (the exit record) after
+    `finish` has returned, which a loaded machine shows: read again until the exit record is there."""
+    deadline = time.monotonic() + wait_s
+    records = _read_records(path)
+    while not of_kind(records, "exit") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = _read_records(path)
+    return records
+
+
+def _read_records(path: Path) -> list:
     """The protobuf records of a .wandb file. wandb 0.31 keeps its reader in the Go core, so this reads the
     LevelDB log format itself (a 7-byte W&B header, then records split across blocks as FULL/FIRST/MIDDLE/LAST)."""
     data, records, pending = path.read_bytes(), [], b""
@@ -35,6 +46,8 @@ def wandb_records(path: Path) -> list:
             pos += BLOCK - pos % BLOCK
             continue
         _crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         pending += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record
