@@ -96,7 +96,7 @@ def test_a_tagger_exports_and_tags_words(tiny_config, tmp_path):
         assert [t["score"] for t in exported["tokens"]] == pytest.approx([t["score"] for t in ran["tokens"]],
                                                                          abs=1e-4)
     snippet = (folder / "README.md").read_text().split("```python\n")[1].split("```")[0]  # the ONNX folder's
-    code = subprocess.run([sys.executable, "-c", snippet.replace('"a first text to label"', '"john smith visited paris"')],
-                          cwd=folder, capture_output=True, text=True)
+    snippet = snippet.replace('"a first text to label"', '"john smith visited paris"')
+    code = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True)
     assert code.returncode == 0, code.stderr
     assert json.loads(code.stdout.splitlines()[0])["tags"] == ran["tagged"].replace("/", " ").split()[1::2]

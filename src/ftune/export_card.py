@@ -24,10 +24,10 @@ def export_readme(run, info: dict, task, tokenizer) -> str:
                                 f"2 to {info['max_length']} tokens], int64, one text unpadded; output logits [1, "
                                 f"{len(facts.labels) or 1}]; {sizes['fp32']:.1f} MB")]
     else:
-        rows = [(files["fp32"], f"the model in fp32 (opset {info['opset']}"
-                                f"{', ONNX Runtime format: loaded by its mobile packages too' if runtime == 'ort' else ''}): inputs {', '.join(info['inputs'])} "
-                                f"[batch, sequence], int64; output logits [batch, {len(facts.labels) or 1}]; "
-                                f"{sizes['fp32']:.1f} MB")]
+        mobile = ", ONNX Runtime format: its mobile packages load it too" if runtime == "ort" else ""
+        rows = [(files["fp32"], f"the model in fp32 (opset {info['opset']}{mobile}): inputs "
+                                f"{', '.join(info['inputs'])} [batch, sequence], int64; output logits [batch, "
+                                f"{len(facts.labels) or 1}]; {sizes['fp32']:.1f} MB")]
     if "int8" in files:
         how = ("int8 linear layers (dynamic activations) and int8 embedding rows" if runtime == "executorch" else
                "int8 weights (dynamic quantization)")

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftune.errors import DataError
-
 from ftune.data.prepare import SLICE_PREFIX
+from ftune.errors import DataError
 
 MIN_GROUP = 30  # fewer examples than this in a group: its score moves by 3+ points with one example; not judged
 
