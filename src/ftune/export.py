@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ftune.export_card import export_readme
+from ftune.export_card import FORMAT_NAMES, export_readme
 from ftune.errors import ConfigError, RunError
 from ftune.integrity import (MANIFEST_KEY, TMP_SUFFIX, manifest, read_json_file, remove_stale, staged_dir, write_json,
                              write_text)
@@ -38,7 +38,6 @@ from ftune.run import Run
 
 # A format's writer: (merged model, tokenizer, folder, quantize, max_length) -> (input names, {"fp32"[, "int8"]: file})
 Writer = Callable[[torch.nn.Module, object, Path, "str | None", int], tuple[list[str], dict[str, str]]]
-FORMAT_NAMES = {"onnx": "ONNX", "ort": "ONNX Runtime (ORT format)", "executorch": "ExecuTorch"}
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 README = "README.md"  # what the folder holds and how to run it without ftune (ftune.export_card)

@@ -9,6 +9,10 @@ from ftune.card import RunFacts, cell, file_name, local_paths, portable, score_l
 from ftune.methods import METHODS
 
 
+# export.json's "format", as the README and the export messages name it
+FORMAT_NAMES = {"onnx": "ONNX", "ort": "ONNX Runtime (ORT format)", "executorch": "ExecuTorch"}
+
+
 def export_readme(run, info: dict, task, tokenizer) -> str:
     """README.md of an export folder: what the model is, its files, how to run it with onnxruntime alone, and how
     the int8 model compares with fp32 (export.json's parity figures). `run` is the exported ftune.run.Run."""
@@ -42,7 +46,7 @@ def export_readme(run, info: dict, task, tokenizer) -> str:
     score = score_line(facts, lead="The run's test")
     method = facts.config.method.name
     merged = f" (the {method} adapter merged into the weights)." if METHODS[method].trains_adapter else "."
-    name = {"executorch": "ExecuTorch", "ort": "ONNX Runtime (ORT format)"}.get(runtime, "ONNX")
+    name = FORMAT_NAMES[runtime]
     text = "\n\n".join([
         f"# {facts.name}: {name} export",
         f"A {task.name} model{labels} fine-tuned from {base} "

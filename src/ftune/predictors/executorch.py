@@ -48,10 +48,12 @@ class ExecutorchPredictor(OnnxPredictor):
     runtime = "executorch"
 
     @staticmethod
-    def check_device(device: str) -> None:
+    def providers_for(device: str) -> list[str]:
+        """None to choose: the program runs its XNNPACK delegate on the CPU."""
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--device {device}: an ExecuTorch export runs on the CPU (XNNPACK); use --device cpu, "
                               f"or export the run to ONNX for a GPU")
+        return []
 
     def open(self, fix: str) -> None:
         try:

@@ -90,8 +90,7 @@ class OnnxPredictor(Labeler):
 
     def __init__(self, export_dir: str | Path, variant: str | None = None, batch_size: int = 128,
                  device: str = "auto"):
-        self.check_device(device)  # a wrong flag: before any file is read
-        self.device = device
+        self.providers = self.providers_for(device)  # a wrong flag: before any file is read
         self.export_dir = Path(export_dir)
         fix = export_fix(self.export_dir)
         self.info = read_export_info(self.export_dir, fix)
@@ -117,21 +116,21 @@ class OnnxPredictor(Labeler):
         self.open(fix)
 
     @staticmethod
-    def check_device(device: str) -> None:
+    def providers_for(device: str) -> list[str]:
+        """The runtime's execution providers for --device (refused in one line where it has none for it)."""
         import onnxruntime as ort
 
-        onnx_providers(device, ort.get_available_providers())
+        return onnx_providers(device, ort.get_available_providers())
 
     def open(self, fix: str) -> None:
         """Load self.file into the runtime, checking its outputs against labels.json and its inputs against the
         tokenizer."""
         import onnxruntime as ort
 
-        providers = onnx_providers(self.device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
         try:
-            self.session = ort.InferenceSession(str(self.file), options, providers=providers)
+            self.session = ort.InferenceSession(str(self.file), options, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own classes (Fail, InvalidProtobuf, ...) for a bad graph
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise RunError(f"onnxruntime cannot load {self.file} ({first}); {fix}") from None
